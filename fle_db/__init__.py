@@ -1,0 +1,41 @@
+"""fle-db: the checkpoint database for AI-agent trajectories (SQLite or PostgreSQL)."""
+
+from .client import DatabaseClient
+from .config import Settings
+from .errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ConflictError,
+    ConnectionTimeoutError,
+    DataIntegrityError,
+    DependencyError,
+    FleDBError,
+    NotFoundError,
+    PayloadTooLargeError,
+    SchemaVersionError,
+    ValidationError,
+)
+from .models import AgentOutput, EnvironmentFeedback, MetadataEntry, Step, Trajectory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentOutput",
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectionTimeoutError",
+    "DataIntegrityError",
+    "DatabaseClient",
+    "DependencyError",
+    "EnvironmentFeedback",
+    "FleDBError",
+    "MetadataEntry",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "SchemaVersionError",
+    "Settings",
+    "Step",
+    "Trajectory",
+    "ValidationError",
+]

@@ -1,0 +1,210 @@
+"""The backend contract: what every storage backend provides, and the rows it deals in.
+
+The client validates and encodes records (``fle_db.storage.codec``) before a backend sees them, so
+a backend only moves rows of scalars and tagged bytes. Its promises:
+
+* **Transactions.** Each write method is one transaction: it commits whole or not at all.
+* **Idempotency.** Writing a row that is already stored with the same digest is a no-op; a
+  different row under the same key raises :class:`~fle_db.errors.ConflictError` and the whole
+  transaction is rolled back.
+* **Errors.** Driver errors leave a backend only as :class:`~fle_db.errors.FleDBError`
+  subclasses (chained), never as empty results.
+* **Threads.** A backend is safe to share between threads; it pools its own connections.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """An encoded payload: codec tag, stored bytes, digest of the canonical JSON."""
+
+    codec: str
+    body: bytes
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateRow:
+    """A content-addressed game state (``id`` is the digest of its canonical JSON)."""
+
+    id: str
+    codec: str
+    body: bytes
+    raw_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """The step part of a checkpoint, with the columns its indexes need."""
+
+    body: Blob
+    reward: float | None = None
+    parent_trajectory_id: str | None = None
+    parent_step_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Everything saved at one step, written in one transaction. Any part may be absent."""
+
+    trajectory_id: str
+    step_number: int
+    step: StepRow | None = None
+    agent_output: Blob | None = None
+    environment_feedback: Blob | None = None
+    game_state: StateRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrajectoryRow:
+    """A trajectory: the indexed columns plus the encoded body of every other key."""
+
+    id: str
+    body: Blob
+    agent_type: str | None = None
+    task: str | None = None
+    total_reward: float | None = None
+    success: bool | None = None
+    parent_trajectory_id: str | None = None
+    parent_step_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStep:
+    """A step as read back."""
+
+    trajectory_id: str
+    step_number: int
+    game_state_id: str | None
+    codec: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """An agent output, environment feedback or metadata value as read back."""
+
+    trajectory_id: str
+    key: int | str
+    codec: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What one checkpoint write did: ``created`` is False when it was all already stored."""
+
+    trajectory_id: str
+    step_number: int
+    game_state_id: str | None
+    created: bool
+
+
+@dataclass(slots=True)
+class MigrationStatus:
+    """Schema version of the database against the newest this library knows."""
+
+    current_version: str | None
+    latest_version: str
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.pending
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "current_version": self.current_version,
+            "latest_version": self.latest_version,
+            "pending": list(self.pending),
+            "up_to_date": self.up_to_date,
+        }
+
+
+class Backend(ABC):
+    """A storage backend. Subclasses set :attr:`name` and implement every abstract method."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- lifecycle and schema -------------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None:
+        """Release every connection. Idempotent."""
+
+    @abstractmethod
+    def migration_status(self) -> MigrationStatus:
+        """Read-only. Raises SchemaVersionError if the database is newer than this library."""
+
+    @abstractmethod
+    def migrate(self) -> list[str]:
+        """Upgrade the schema to the newest version under a cross-process lock; returns the
+        revisions applied (empty if none). Safe to call from many processes at once."""
+
+    # -- writes ---------------------------------------------------------------------------
+    @abstractmethod
+    def save_trajectory(
+        self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]
+    ) -> None:
+        """Create or update a trajectory in one transaction: ``build((codec, body))`` receives the
+        stored body (an empty object for a new trajectory) and returns the row to store.
+
+        Raises NotFoundError if a fork's parent step does not exist, DependencyError if the fork
+        would make a lineage cycle."""
+
+    @abstractmethod
+    def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[SaveResult]:
+        """Write all checkpoints in one transaction (missing trajectories are created empty).
+
+        Idempotent per part; ConflictError (nothing written) if any part differs from a stored
+        one under the same key."""
+
+    @abstractmethod
+    def save_game_state(self, state: StateRow) -> None:
+        """Store a content-addressed state; a no-op if it is stored already."""
+
+    @abstractmethod
+    def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
+        """Insert or overwrite one metadata value (creating the trajectory empty if needed)."""
+
+    @abstractmethod
+    def delete_trajectory(self, trajectory_id: str, cascade: bool) -> list[str]:
+        """Delete a trajectory, its rows, and game states no other step uses; returns the ids
+        deleted. Raises NotFoundError, or DependencyError if forks exist and not ``cascade``
+        (with ``cascade`` the forks are deleted too, recursively)."""
+
+    # -- reads ----------------------------------------------------------------------------
+    @abstractmethod
+    def load_trajectory(self, trajectory_id: str) -> StoredRecord | None:
+        """The trajectory's stored body, or None."""
+
+    @abstractmethod
+    def trajectory_exists(self, trajectory_id: str) -> bool:
+        """Whether a trajectory row exists."""
+
+    @abstractmethod
+    def load_steps(self, trajectory_id: str) -> list[StoredStep]:
+        """All steps of a trajectory in ``step_number`` order."""
+
+    @abstractmethod
+    def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StateRow | None] | None:
+        """The highest-numbered step with its game state, read in one snapshot; None if no step."""
+
+    @abstractmethod
+    def load_game_state(self, state_id: str) -> StateRow | None:
+        """A game state by id, or None."""
+
+    @abstractmethod
+    def load_records(self, kind: str, trajectory_id: str) -> list[StoredRecord]:
+        """``kind`` is ``agent_outputs``, ``environment_feedbacks`` or ``metadata``: its rows
+        for one trajectory in key order."""

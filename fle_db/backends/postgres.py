@@ -1,0 +1,40 @@
+"""PostgreSQL backend (psycopg 3 through SQLAlchemy).
+
+Connections are pooled (``pool_size = max_connections``, no overflow, ``pool_timeout =
+connection_timeout``) and checked before use (``pool_pre_ping``), so a connection the server
+dropped is replaced instead of failing the next call. Commits are synchronous (the server
+default): a save that returned is durable. Migrations serialise on a transaction-scoped advisory
+lock; PostgreSQL DDL is transactional, so a failed migration leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from .sql import SQLBackend
+
+#: Advisory lock key for migrations: the bytes "fle_db" as an integer.
+MIGRATION_LOCK_KEY = int.from_bytes(b"fle_db", "big")
+
+
+class PostgresBackend(SQLBackend):
+    """PostgreSQL server, many writers."""
+
+    name = "postgres"
+    dialect_insert = staticmethod(pg_insert)
+
+    def _create_engine(self) -> Engine:
+        settings = self.settings
+        return create_engine(
+            settings.url,
+            pool_size=settings.max_connections,
+            max_overflow=0,
+            pool_timeout=settings.connection_timeout,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": max(1, round(settings.connection_timeout)),
+                          "application_name": "fle-db"},
+        )
+
+    def _lock_for_migration(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})

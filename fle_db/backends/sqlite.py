@@ -1,0 +1,86 @@
+"""SQLite backend (stdlib ``sqlite3`` through SQLAlchemy).
+
+Per connection: WAL journal (readers never block the writer), ``synchronous=FULL`` by default
+(a save that returned survives power loss; ``sqlite_synchronous="NORMAL"`` trades that for
+speed), foreign keys on, and a busy timeout equal to ``connection_timeout``. pysqlite's own
+transaction handling is switched off (``isolation_level = None``) so that fle-db emits ``BEGIN``
+itself: write transactions start with ``BEGIN IMMEDIATE``, taking the write lock up front, so
+concurrent writer processes queue on the busy timeout instead of failing with "database is
+locked" when a deferred transaction tries to upgrade its lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.pool import QueuePool, StaticPool
+
+from ..errors import BackendUnavailableError
+from .sql import SQLBackend
+
+
+class SQLiteBackend(SQLBackend):
+    """Embedded SQLite file (or ``:memory:``, one shared connection, for tests and demos)."""
+
+    name = "sqlite"
+    dialect_insert = staticmethod(sqlite_insert)
+
+    def _create_engine(self) -> Engine:
+        settings = self.settings
+        path = settings.sqlite_path
+        timeout = settings.connection_timeout
+        if path is None:
+            engine = create_engine(
+                "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            _create_owner_only(Path(path))
+            engine = create_engine(
+                settings.url,
+                poolclass=QueuePool,
+                pool_size=settings.max_connections,
+                max_overflow=0,
+                pool_timeout=timeout,
+                connect_args={"check_same_thread": False, "timeout": timeout},
+            )
+        pragmas = [
+            f"PRAGMA busy_timeout = {int(timeout * 1000)}",
+            "PRAGMA foreign_keys = ON",
+            f"PRAGMA synchronous = {settings.sqlite_synchronous}",
+        ]
+        if path is not None:
+            pragmas.insert(0, "PRAGMA journal_mode = WAL")
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            for pragma in pragmas:
+                dbapi_conn.execute(pragma)
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("fle_write") else "BEGIN")
+
+        return engine
+
+    def _lock_for_migration(self, conn: Connection) -> None:
+        """``BEGIN IMMEDIATE`` already holds the database's single write lock."""
+
+
+def _create_owner_only(path: Path) -> None:
+    """Create the directory and an empty database file readable by the owner only.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's permissions, so those are
+    owner-only too. An existing file is left as it is.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise BackendUnavailableError(f"cannot create the SQLite database {str(path)!r}: {exc}") from exc

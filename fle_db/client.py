@@ -1,0 +1,427 @@
+"""``DatabaseClient``: the one facade users touch.
+
+It validates and encodes records, then hands rows to the selected backend; it holds no SQL.
+Every method is safe to call from several threads at once (the backend pools connections).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+import pydantic
+
+from . import models
+from .backends import Backend, open_backend
+from .backends.base import Blob, Checkpoint, SaveResult, StateRow, StepRow, StoredRecord, TrajectoryRow
+from .config import Settings
+from .errors import DependencyError, NotFoundError, ValidationError
+from .storage import codec
+
+_ID = re.compile(models.ID_PATTERN)
+_ENTRIES = ("agent_output", "environment_feedback", "game_state")
+_STEP_KEYS = ("trajectory_id", "step_number")
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+class DatabaseClient:
+    """Checkpoint store for agent trajectories on SQLite (default) or PostgreSQL.
+
+    Settings come from the arguments, then the environment (``FLE_DB_TYPE``, ``SQLITE_DB_FILE``,
+    ``SKILLS_DB_HOST/PORT/NAME/USER/PASSWORD``), then defaults (SQLite at ``.fle/data.db``)::
+
+        db = DatabaseClient()                                   # environment / defaults
+        db = DatabaseClient("postgresql://user:pw@host:5432/db") # or a URL
+        db = DatabaseClient(max_connections=10, connection_timeout=30)
+
+    The schema is migrated on open (under a cross-process lock) unless ``auto_migrate=False``.
+    Use as a context manager, or call :meth:`close`, to release connections.
+
+    Raises:
+        ConfigurationError: a setting is missing or invalid (the message names it).
+        BackendUnavailableError: the database cannot be opened.
+        SchemaVersionError: the database was written by a newer fle-db, or by another application.
+    """
+
+    def __init__(self, url: str | None = None, **options: Any) -> None:
+        self._settings = Settings.resolve(url, **options)
+        self._backend: Backend = open_backend(self._settings)
+        try:
+            if self._settings.auto_migrate:
+                self._backend.migrate()
+        except BaseException:
+            self._backend.close()
+            raise
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        """The resolved settings (their ``repr`` hides the password)."""
+        return self._settings
+
+    def close(self) -> None:
+        """Release every pooled connection. Idempotent."""
+        self._backend.close()
+
+    def __enter__(self) -> DatabaseClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DatabaseClient({self._settings.safe_url()!r})"
+
+    # -- trajectories ---------------------------------------------------------------------
+    def save_trajectory(self, trajectory: Mapping[str, Any] | models.Trajectory) -> str:
+        """Create a trajectory, or merge the given keys into the stored one (same ``id``).
+
+        Keys not given keep their stored values, so ``save_trajectory({"id": t, "end_time": ...,
+        "total_reward": ...})`` finishes a run. A fork names its origin with
+        ``parent_trajectory_id`` and ``parent_step_number``; that lineage cannot change later.
+        Idempotent. Returns the id.
+
+        Raises:
+            ValidationError: bad field, id or value. NotFoundError: the fork's parent step does
+            not exist. DependencyError: the lineage would change or form a cycle.
+        """
+        record = _validated(models.Trajectory, trajectory, "trajectory")
+        trajectory_id = record["id"]
+        fields = {k: v for k, v in record.items() if k != "id"}
+        self._encode(fields, f"trajectory {trajectory_id!r}")  # reject bad input before the transaction
+
+        def build(stored: tuple[str, bytes]) -> TrajectoryRow:
+            old = codec.load(*stored)
+            for key in ("parent_trajectory_id", "parent_step_number"):
+                if old.get(key) is not None and key in fields and fields[key] != old[key]:
+                    raise DependencyError(
+                        f"trajectory {trajectory_id!r} was forked from {old.get('parent_trajectory_id')!r} "
+                        f"step {old.get('parent_step_number')}; its lineage cannot change"
+                    )
+            merged = {**old, **fields}
+            reward = merged.get("total_reward")
+            return TrajectoryRow(
+                id=trajectory_id,
+                body=self._encode(merged, f"trajectory {trajectory_id!r}"),
+                agent_type=merged.get("agent_type"),
+                task=merged.get("task"),
+                total_reward=float(reward) if reward is not None else None,
+                success=merged.get("success"),
+                parent_trajectory_id=merged.get("parent_trajectory_id"),
+                parent_step_number=merged.get("parent_step_number"),
+            )
+
+        self._backend.save_trajectory(trajectory_id, build)
+        return trajectory_id
+
+    def load_trajectory(self, trajectory_id: str) -> dict[str, Any]:
+        """The trajectory as saved (merged over all saves), with ``id``.
+
+        Raises:
+            NotFoundError: no such trajectory. ValidationError: malformed id.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        stored = self._backend.load_trajectory(trajectory_id)
+        if stored is None:
+            raise NotFoundError(f"trajectory {trajectory_id!r} does not exist")
+        return {"id": trajectory_id, **codec.load(stored.codec, stored.body)}
+
+    def delete_trajectory(self, trajectory_id: str, *, cascade: bool = False) -> list[str]:
+        """Delete a trajectory with its steps, outputs, feedbacks, metadata and the game states
+        no other step uses, in one transaction. Returns the ids deleted.
+
+        Raises:
+            NotFoundError: no such trajectory.
+            DependencyError: forks depend on it and ``cascade`` is False. With ``cascade=True``
+                the forks (and their forks) are deleted too: **dangerous**.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        return self._backend.delete_trajectory(trajectory_id, cascade)
+
+    # -- steps and checkpoints ------------------------------------------------------------
+    def save_step(
+        self,
+        step: Mapping[str, Any] | models.Step,
+        *,
+        agent_output: Mapping[str, Any] | None = None,
+        environment_feedback: Mapping[str, Any] | None = None,
+        game_state: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Save one checkpoint (step, and optionally its agent output, environment feedback and
+        game state) in one transaction.
+
+        The optional parts may be passed as keyword arguments or as entries of ``step`` under
+        the same names. A trajectory not saved yet is created empty. Saving an identical
+        checkpoint again is a no-op (``created`` is then False), so a retry after a lost reply is
+        safe.
+
+        Returns:
+            ``{"trajectory_id", "step_number", "game_state_id", "created"}``; ``game_state_id``
+            is None without a game state.
+
+        Raises:
+            ValidationError: bad input (nothing written). ConflictError: a different record is
+            stored under this ``(trajectory_id, step_number)`` (nothing written).
+        """
+        checkpoint = self._checkpoint(step, agent_output, environment_feedback, game_state)
+        return _ids(self._backend.save_checkpoints([checkpoint])[0])
+
+    def batch_save_steps(self, steps: Iterable[Mapping[str, Any] | models.Step]) -> list[dict[str, Any]]:
+        """Save many checkpoints in one transaction: all of them or none.
+
+        Each element is a step as for :meth:`save_step` (it may carry ``agent_output``,
+        ``environment_feedback`` and ``game_state`` entries). Every element is validated before
+        anything is written. Idempotent like :meth:`save_step`.
+
+        Returns:
+            One id dict per step, in order (see :meth:`save_step`).
+
+        Raises:
+            ValidationError: an element is invalid (its index is named). ConflictError: an
+            element differs from a stored record.
+        """
+        checkpoints = []
+        for index, step in enumerate(steps):
+            try:
+                checkpoints.append(self._checkpoint(step, None, None, None))
+            except ValidationError as exc:
+                raise type(exc)(f"batch element {index}: {exc}") from None
+        return [_ids(result) for result in self._backend.save_checkpoints(checkpoints)]
+
+    def load_steps(self, trajectory_id: str) -> list[dict[str, Any]]:
+        """All steps of a trajectory in ``step_number`` order, each as saved plus
+        ``game_state_id`` (None without a state).
+
+        Raises:
+            NotFoundError: no such trajectory (a trajectory without steps gives ``[]``).
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        rows = self._backend.load_steps(trajectory_id)
+        if not rows:
+            self._require_trajectory(trajectory_id)
+        return [
+            {
+                "trajectory_id": row.trajectory_id,
+                "step_number": row.step_number,
+                **codec.load(row.codec, row.body),
+                "game_state_id": row.game_state_id,
+            }
+            for row in rows
+        ]
+
+    def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
+        """The newest checkpoint (highest ``step_number``) as ``{"step": ..., "game_state": ...}``
+        (``game_state`` None if that step has none), read in one index lookup; None when the
+        trajectory has no step (or does not exist): start the run afresh.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        found = self._backend.load_latest(trajectory_id)
+        if found is None:
+            return None
+        row, state = found
+        step = {
+            "trajectory_id": row.trajectory_id,
+            "step_number": row.step_number,
+            **codec.load(row.codec, row.body),
+            "game_state_id": row.game_state_id,
+        }
+        return {"step": step, "game_state": codec.load(state.codec, state.body) if state else None}
+
+    # -- game states ----------------------------------------------------------------------
+    def save_game_state(self, state: Mapping[str, Any]) -> str:
+        """Store a game state (any JSON object); returns its id, the digest of its content.
+
+        Equal states get the same id and are stored once, so saving again is a no-op.
+
+        Raises:
+            ValidationError: not a JSON object, or not exactly representable as JSON.
+        """
+        row = self._state_row(state)
+        self._backend.save_game_state(row)
+        return row.id
+
+    def load_game_state(self, state_id: str) -> dict[str, Any]:
+        """The game state with this id, equal to what was saved.
+
+        Raises:
+            NotFoundError: no such state. DataIntegrityError: the stored bytes are corrupt.
+        """
+        _check_id(state_id, "state_id")
+        row = self._backend.load_game_state(state_id)
+        if row is None:
+            raise NotFoundError(f"game state {state_id!r} does not exist")
+        state: dict[str, Any] = codec.load(row.codec, row.body)
+        return state
+
+    # -- agent outputs, environment feedbacks ---------------------------------------------
+    def save_agent_output(self, output: Mapping[str, Any] | models.AgentOutput) -> dict[str, Any]:
+        """Save the agent's output for one step (``trajectory_id``, ``step_number`` + any JSON).
+        Idempotent; ConflictError if a different output is stored for that step."""
+        record = _validated(models.AgentOutput, output, "agent_output")
+        blob = self._encode(_body(record), "agent_output")
+        cp = Checkpoint(record["trajectory_id"], record["step_number"], agent_output=blob)
+        return _ids(self._backend.save_checkpoints([cp])[0])
+
+    def save_environment_feedback(
+        self, feedback: Mapping[str, Any] | models.EnvironmentFeedback
+    ) -> dict[str, Any]:
+        """Save the environment's feedback for one step; same rules as :meth:`save_agent_output`."""
+        record = _validated(models.EnvironmentFeedback, feedback, "environment_feedback")
+        blob = self._encode(_body(record), "environment_feedback")
+        cp = Checkpoint(record["trajectory_id"], record["step_number"], environment_feedback=blob)
+        return _ids(self._backend.save_checkpoints([cp])[0])
+
+    def load_agent_outputs(self, trajectory_id: str) -> list[dict[str, Any]]:
+        """A trajectory's agent outputs in step order. Raises NotFoundError for an unknown trajectory."""
+        return self._load_step_records("agent_outputs", trajectory_id)
+
+    def load_environment_feedbacks(self, trajectory_id: str) -> list[dict[str, Any]]:
+        """A trajectory's environment feedbacks in step order. Raises NotFoundError for an unknown trajectory."""
+        return self._load_step_records("environment_feedbacks", trajectory_id)
+
+    # -- metadata -------------------------------------------------------------------------
+    def save_metadata(self, trajectory_id: str, key: str, value: Any) -> None:
+        """Set one metadata key of a trajectory to any JSON value (overwrites; idempotent).
+        A trajectory not saved yet is created empty."""
+        _check_id(trajectory_id, "trajectory_id")
+        _check_id(key, "metadata key")
+        self._backend.save_metadata(trajectory_id, key, self._encode(value, f"metadata {key!r}"))
+
+    def load_metadata(self, trajectory_id: str) -> dict[str, Any]:
+        """All metadata of a trajectory as ``{key: value}``. Raises NotFoundError for an unknown trajectory."""
+        _check_id(trajectory_id, "trajectory_id")
+        rows = self._backend.load_records("metadata", trajectory_id)
+        if not rows:
+            self._require_trajectory(trajectory_id)
+        return {str(row.key): codec.load(row.codec, row.body) for row in rows}
+
+    # -- migrations -----------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations (under a cross-process lock); returns the revisions
+        applied, empty if the schema was current. Idempotent."""
+        return self._backend.migrate()
+
+    def get_migration_status(self) -> dict[str, Any]:
+        """``{"current_version", "latest_version", "pending", "up_to_date"}``; read-only."""
+        return self._backend.migration_status().as_dict()
+
+    # -- internals ------------------------------------------------------------------------
+    def _encode(self, value: Any, what: str) -> Blob:
+        raw = codec.canonical_json(value, what, self._settings.max_payload_bytes)
+        tag, body = codec.pack(raw)
+        return Blob(tag, body, codec.digest(raw))
+
+    def _state_row(self, state: Any, what: str = "game_state") -> StateRow:
+        if not isinstance(state, Mapping):
+            raise ValidationError(f"{what} must be a JSON object (dict), got {type(state).__name__}")
+        raw = codec.canonical_json(state, what, self._settings.max_payload_bytes)
+        tag, body = codec.pack(raw)
+        return StateRow(codec.digest(raw), tag, body, len(raw))
+
+    def _checkpoint(
+        self,
+        step: Mapping[str, Any] | models.Step,
+        agent_output: Mapping[str, Any] | None,
+        environment_feedback: Mapping[str, Any] | None,
+        game_state: Mapping[str, Any] | None,
+    ) -> Checkpoint:
+        given = {"agent_output": agent_output, "environment_feedback": environment_feedback,
+                 "game_state": game_state}
+        record = dict(_as_dict(step, "step"))
+        for name in _ENTRIES:
+            if name in record:
+                if given[name] is not None:
+                    raise ValidationError(f"step: {name} was given both as an entry and as an argument")
+                given[name] = record.pop(name)
+        record = _validated(models.Step, record, "step")
+        tid, number = record["trajectory_id"], record["step_number"]
+        what = f"step {number} of trajectory {tid!r}"
+        reward = record.get("reward")
+        parent_step = record.get("parent_step_number")
+        step_row = StepRow(
+            body=self._encode(_body(record), what),
+            reward=float(reward) if reward is not None else None,
+            parent_trajectory_id=record.get("parent_trajectory_id") or (tid if parent_step is not None else None),
+            parent_step_number=parent_step,
+        )
+        parts: dict[str, Blob | None] = {}
+        for name, model in (("agent_output", models.AgentOutput), ("environment_feedback",
+                                                                    models.EnvironmentFeedback)):
+            part = given[name]
+            if part is None:
+                parts[name] = None
+                continue
+            rec = dict(_as_dict(part, name))
+            for key, value in zip(_STEP_KEYS, (tid, number), strict=True):
+                if rec.setdefault(key, value) != value:
+                    raise ValidationError(f"{what}: {name}[{key!r}] is {rec[key]!r}, not {value!r}")
+            parts[name] = self._encode(_body(_validated(model, rec, name)), f"{name} of {what}")
+        state = given["game_state"]
+        return Checkpoint(
+            tid,
+            number,
+            step=step_row,
+            agent_output=parts["agent_output"],
+            environment_feedback=parts["environment_feedback"],
+            game_state=self._state_row(state, f"game_state of {what}") if state is not None else None,
+        )
+
+    def _load_step_records(self, kind: str, trajectory_id: str) -> list[dict[str, Any]]:
+        _check_id(trajectory_id, "trajectory_id")
+        rows: list[StoredRecord] = self._backend.load_records(kind, trajectory_id)
+        if not rows:
+            self._require_trajectory(trajectory_id)
+        return [
+            {"trajectory_id": row.trajectory_id, "step_number": row.key, **codec.load(row.codec, row.body)}
+            for row in rows
+        ]
+
+    def _require_trajectory(self, trajectory_id: str) -> None:
+        if not self._backend.trajectory_exists(trajectory_id):
+            raise NotFoundError(f"trajectory {trajectory_id!r} does not exist")
+
+
+def _check_id(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ValidationError(
+            f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}"
+        )
+
+
+def _as_dict(record: Any, what: str) -> Mapping[str, Any]:
+    if isinstance(record, pydantic.BaseModel):
+        return record.model_dump(exclude_unset=True)
+    if not isinstance(record, Mapping):
+        raise ValidationError(f"{what} must be a dict, got {type(record).__name__}")
+    return record
+
+
+def _validated(model: type[M], record: Any, what: str) -> dict[str, Any]:
+    """Check the known fields of ``record`` strictly; return it as a plain dict, keys as given."""
+    data = dict(_as_dict(record, what))
+    try:
+        model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        by_field: dict[str, list[str]] = {}
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else what
+            by_field.setdefault(field, []).append(err["msg"].removeprefix("Input should be "))
+        problems = "; ".join(f"{field} should be {' or '.join(dict.fromkeys(msgs))}"
+                             for field, msgs in by_field.items())
+        raise ValidationError(f"{what}: {problems}") from None
+    return data
+
+
+def _body(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys stored in the payload: all but the key columns."""
+    return {k: v for k, v in record.items() if k not in _STEP_KEYS}
+
+
+def _ids(result: SaveResult) -> dict[str, Any]:
+    return {
+        "trajectory_id": result.trajectory_id,
+        "step_number": result.step_number,
+        "game_state_id": result.game_state_id,
+        "created": result.created,
+    }

@@ -1,0 +1,218 @@
+"""Settings: constructor arguments first, then the environment, then defaults.
+
+The environment variables are the spec's, kept exactly:
+
+=====================  ===========================================  ==================
+variable               meaning                                      default
+=====================  ===========================================  ==================
+``FLE_DB_TYPE``        ``sqlite`` or ``postgres``                   ``sqlite``
+``SQLITE_DB_FILE``     path of the SQLite file (dir is created)     ``.fle/data.db``
+``SKILLS_DB_HOST``     PostgreSQL host                              required
+``SKILLS_DB_PORT``     PostgreSQL port                              ``5432``
+``SKILLS_DB_NAME``     PostgreSQL database                          required
+``SKILLS_DB_USER``     PostgreSQL user                              required
+``SKILLS_DB_PASSWORD`` PostgreSQL password                          empty (trust/peer)
+=====================  ===========================================  ==================
+
+This is the only module that reads ``os.environ``. Passwords never appear in ``repr``, logs or
+errors: :meth:`Settings.safe_url` renders the URL with the password masked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigurationError
+
+BackendName = Literal["sqlite", "postgres"]
+
+DEFAULT_SQLITE_FILE = ".fle/data.db"
+DEFAULT_MAX_CONNECTIONS = 10
+DEFAULT_CONNECTION_TIMEOUT = 30.0
+#: Largest encoded (uncompressed JSON) size of one record: step, state, output, feedback or value.
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+_BACKEND_ALIASES: dict[str, BackendName] = {
+    "sqlite": "sqlite",
+    "sqlite3": "sqlite",
+    "postgres": "postgres",
+    "postgresql": "postgres",
+    "psql": "postgres",
+}
+_SQLITE_SYNC = ("FULL", "NORMAL")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved connection settings. Build with :meth:`resolve`; immutable afterwards."""
+
+    backend: BackendName
+    url: URL = field(repr=False)
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT
+    auto_migrate: bool = True
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: SQLite ``synchronous`` in WAL mode: FULL (default) makes a returned save survive power
+    #: loss; NORMAL is faster but may lose the last commits on power loss (never on a crash).
+    sqlite_synchronous: str = "FULL"
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(backend={self.backend!r}, url={self.safe_url()!r}, "
+            f"max_connections={self.max_connections}, connection_timeout={self.connection_timeout})"
+        )
+
+    def safe_url(self) -> str:
+        """The database URL with any password replaced by ``***``."""
+        return self.url.render_as_string(hide_password=True)
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file path, or None for an in-memory database or another backend."""
+        if self.backend != "sqlite" or self.url.database in (None, "", ":memory:"):
+            return None
+        return self.url.database
+
+    @classmethod
+    def resolve(
+        cls,
+        url: str | None = None,
+        *,
+        db_type: str | None = None,
+        sqlite_db_file: str | os.PathLike[str] | None = None,
+        host: str | None = None,
+        port: int | str | None = None,
+        database: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
+        auto_migrate: bool = True,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        sqlite_synchronous: str = "FULL",
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then defaults.
+
+        Raises:
+            ConfigurationError: a value is missing or invalid; the message names the argument or
+                environment variable, never the password.
+        """
+        env = os.environ if environ is None else environ
+        if url is not None:
+            backend, sa_url = _from_url(url)
+        else:
+            backend = _backend_name(db_type, env)
+            if backend == "sqlite":
+                path = sqlite_db_file if sqlite_db_file is not None else env.get("SQLITE_DB_FILE")
+                sa_url = _sqlite_url(str(path) if path else DEFAULT_SQLITE_FILE, "SQLITE_DB_FILE")
+            else:
+                sa_url = _postgres_url(env, host, port, database, user, password)
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigurationError(f"max_connections must be an integer >= 1, got {max_connections!r}")
+        if (
+            isinstance(connection_timeout, bool)
+            or not isinstance(connection_timeout, (int, float))
+            or not 0 < connection_timeout < 86400
+        ):
+            raise ConfigurationError(
+                f"connection_timeout must be a number of seconds in (0, 86400), got {connection_timeout!r}"
+            )
+        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 1024:
+            raise ConfigurationError(f"max_payload_bytes must be an integer >= 1024, got {max_payload_bytes!r}")
+        sync = str(sqlite_synchronous).upper()
+        if sync not in _SQLITE_SYNC:
+            raise ConfigurationError(f"sqlite_synchronous must be one of {_SQLITE_SYNC}, got {sqlite_synchronous!r}")
+        return cls(
+            backend=backend,
+            url=sa_url,
+            max_connections=max_connections,
+            connection_timeout=float(connection_timeout),
+            auto_migrate=bool(auto_migrate),
+            max_payload_bytes=max_payload_bytes,
+            sqlite_synchronous=sync,
+        )
+
+    def with_url(self, url: str) -> Settings:
+        """A copy of these settings pointing at another database URL."""
+        backend, sa_url = _from_url(url)
+        return replace(self, backend=backend, url=sa_url)
+
+
+def _backend_name(db_type: str | None, env: Mapping[str, str]) -> BackendName:
+    source = "db_type" if db_type is not None else "FLE_DB_TYPE"
+    raw = db_type if db_type is not None else env.get("FLE_DB_TYPE", "sqlite")
+    name = _BACKEND_ALIASES.get(raw.strip().lower())
+    if name is None:
+        raise ConfigurationError(
+            f"{source}={raw!r} is not a known database type; use one of: sqlite, postgres"
+        )
+    return name
+
+
+def _sqlite_url(path: str, source: str) -> URL:
+    if "\x00" in path:
+        raise ConfigurationError(f"{source} contains a NUL byte")
+    if path in (":memory:", ""):
+        return URL.create("sqlite", database=":memory:")
+    return URL.create("sqlite", database=str(Path(path).expanduser()))
+
+
+def _postgres_url(
+    env: Mapping[str, str],
+    host: str | None,
+    port: int | str | None,
+    database: str | None,
+    user: str | None,
+    password: str | None,
+) -> URL:
+    def pick(arg: Any, var: str, required: bool) -> Any:
+        value = arg if arg is not None else env.get(var)
+        if required and (value is None or str(value).strip() == ""):
+            raise ConfigurationError(
+                f"PostgreSQL was selected (FLE_DB_TYPE=postgres) but {var} is not set; "
+                "set it or pass a postgresql:// URL"
+            )
+        return value
+
+    raw_port = pick(port, "SKILLS_DB_PORT", False)
+    try:
+        port_no = int(raw_port) if raw_port not in (None, "") else 5432
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"SKILLS_DB_PORT must be a port number, got {raw_port!r}") from None
+    if not 0 < port_no < 65536:
+        raise ConfigurationError(f"SKILLS_DB_PORT must be in 1..65535, got {port_no}")
+    return URL.create(
+        "postgresql+psycopg",
+        username=pick(user, "SKILLS_DB_USER", True),
+        password=pick(password, "SKILLS_DB_PASSWORD", False) or None,
+        host=pick(host, "SKILLS_DB_HOST", True),
+        port=port_no,
+        database=pick(database, "SKILLS_DB_NAME", True),
+    )
+
+
+def _from_url(url: str) -> tuple[BackendName, URL]:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # The message of a URL parse error may echo the URL; keep the password out of it.
+        raise ConfigurationError("the database URL could not be parsed (expected sqlite:///path or "
+                                 "postgresql://user:password@host:port/database)") from None
+    scheme = parsed.get_backend_name()
+    if scheme == "sqlite":
+        return "sqlite", _sqlite_url(parsed.database or ":memory:", "url")
+    if scheme == "postgresql":
+        if not parsed.database:
+            raise ConfigurationError("the postgresql:// URL names no database")
+        return "postgres", parsed.set(drivername="postgresql+psycopg")
+    raise ConfigurationError(f"URL scheme {scheme!r} is not supported; use sqlite:// or postgresql://")

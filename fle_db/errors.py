@@ -1,0 +1,66 @@
+"""The one error hierarchy of fle-db.
+
+Every error the library raises on purpose derives from :class:`FleDBError`; driver errors are
+translated at the backend boundary and chained (``raise ... from exc``), never swallowed.
+"""
+
+from __future__ import annotations
+
+
+class FleDBError(Exception):
+    """Base of every fle-db error."""
+
+
+class ConfigurationError(FleDBError, ValueError):
+    """A setting is missing or invalid. The message names the setting (argument or variable)."""
+
+
+class ValidationError(FleDBError, ValueError):
+    """A record was rejected before anything was written (wrong type, NaN, NUL byte, too large...)."""
+
+
+class PayloadTooLargeError(ValidationError):
+    """An encoded record exceeds the configured ``max_payload_bytes``."""
+
+
+class NotFoundError(FleDBError, LookupError):
+    """The trajectory, step or game state asked for does not exist."""
+
+
+class ConflictError(FleDBError):
+    """A different record already exists under the same key; nothing was changed."""
+
+
+class DependencyError(ConflictError):
+    """The operation would break lineage (e.g. deleting a trajectory a fork depends on)."""
+
+
+class SchemaVersionError(FleDBError):
+    """The database schema is newer than this library, or unknown to it."""
+
+
+class BackendUnavailableError(FleDBError, ConnectionError):
+    """The database cannot be reached or opened."""
+
+
+class ConnectionTimeoutError(BackendUnavailableError, TimeoutError):
+    """No pooled connection became free within ``connection_timeout`` seconds."""
+
+
+class DataIntegrityError(FleDBError):
+    """Stored data failed a checksum or could not be decoded: the store never returns wrong data."""
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectionTimeoutError",
+    "DataIntegrityError",
+    "DependencyError",
+    "FleDBError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "SchemaVersionError",
+    "ValidationError",
+]

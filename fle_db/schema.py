@@ -1,0 +1,145 @@
+"""The schema: SQLAlchemy Core tables, the single source of truth for every backend.
+
+Migrations in ``migrations/versions`` build exactly this (a test compares a migrated database
+with this metadata). Payloads are stored as tagged bytes (``codec`` + ``body``), never as the
+backend's JSON type: JSONB would reorder keys and turn ``1e300`` into an integer, and one bytes
+column behaves the same on every backend. Timestamps the store adds are integer microseconds since
+the epoch (UTC), so ordering and comparisons never depend on a backend's time zone handling.
+
+Access paths and the index each uses:
+
+* resume (newest step of a trajectory): primary key ``steps (trajectory_id, step_number)``, read
+  backwards; one index probe whatever the table size.
+* load a trajectory's steps / outputs / feedbacks / metadata: the same primary-key prefixes.
+* forks of a trajectory, children of a step: ``ix_trajectories_parent``, ``ix_steps_parent``.
+* which steps use a game state (garbage collection on delete): ``ix_steps_game_state``.
+* trajectories per task or agent (analysis, best-N): ``ix_trajectories_task``, ``ix_trajectories_agent``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+)
+
+ID_LENGTH = 200
+DIGEST_LENGTH = 32
+CODEC_LENGTH = 32
+#: Alembic's version table, named for us so fle-db can share a database with other applications.
+VERSION_TABLE = "fle_db_version"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+trajectories = Table(
+    "trajectories",
+    metadata,
+    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("agent_type", String(ID_LENGTH)),
+    Column("task", String(ID_LENGTH)),
+    Column("total_reward", Float),
+    Column("success", Boolean),
+    # Lineage: this trajectory was forked from step (parent_trajectory_id, parent_step_number).
+    Column("parent_trajectory_id", String(ID_LENGTH), ForeignKey("trajectories.id")),
+    Column("parent_step_number", BigInteger),
+    Column("codec", String(CODEC_LENGTH), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_trajectories_parent", "parent_trajectory_id", "parent_step_number"),
+    Index("ix_trajectories_task", "task", "total_reward"),
+    Index("ix_trajectories_agent", "agent_type"),
+)
+
+game_states = Table(
+    "game_states",
+    metadata,
+    # Content address: blake2b-128 of the state's canonical JSON. Equal states are stored once.
+    Column("id", String(DIGEST_LENGTH), primary_key=True),
+    Column("codec", String(CODEC_LENGTH), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("raw_size", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("trajectory_id", String(ID_LENGTH), ForeignKey("trajectories.id"), nullable=False),
+    Column("step_number", BigInteger, nullable=False),
+    # Explicit parent step, when the caller gave one (forks, search trees); absent means the
+    # previous step of the same trajectory.
+    Column("parent_trajectory_id", String(ID_LENGTH)),
+    Column("parent_step_number", BigInteger),
+    Column("reward", Float),
+    Column("game_state_id", String(DIGEST_LENGTH), ForeignKey("game_states.id")),
+    Column("digest", String(DIGEST_LENGTH), nullable=False),
+    Column("codec", String(CODEC_LENGTH), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("trajectory_id", "step_number"),
+    Index("ix_steps_game_state", "game_state_id"),
+    Index("ix_steps_parent", "parent_trajectory_id", "parent_step_number"),
+)
+
+
+def _step_record_table(name: str) -> Table:
+    """Agent outputs and environment feedbacks: one immutable record per step, same shape."""
+    return Table(
+        name,
+        metadata,
+        Column("trajectory_id", String(ID_LENGTH), ForeignKey("trajectories.id"), nullable=False),
+        Column("step_number", BigInteger, nullable=False),
+        Column("digest", String(DIGEST_LENGTH), nullable=False),
+        Column("codec", String(CODEC_LENGTH), nullable=False),
+        Column("body", LargeBinary, nullable=False),
+        Column("created_at", BigInteger, nullable=False),
+        PrimaryKeyConstraint("trajectory_id", "step_number"),
+    )
+
+
+agent_outputs = _step_record_table("agent_outputs")
+environment_feedbacks = _step_record_table("environment_feedbacks")
+
+trajectory_metadata = Table(
+    "trajectory_metadata",
+    metadata,
+    Column("trajectory_id", String(ID_LENGTH), ForeignKey("trajectories.id"), nullable=False),
+    Column("key", String(ID_LENGTH), nullable=False),
+    Column("codec", String(CODEC_LENGTH), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("trajectory_id", "key"),
+)
+
+#: Tables that hold one trajectory's own rows, children first (delete order).
+TRAJECTORY_CHILD_TABLES = (agent_outputs, environment_feedbacks, trajectory_metadata, steps)
+
+__all__ = [
+    "TRAJECTORY_CHILD_TABLES",
+    "VERSION_TABLE",
+    "agent_outputs",
+    "environment_feedbacks",
+    "game_states",
+    "metadata",
+    "steps",
+    "trajectories",
+    "trajectory_metadata",
+]

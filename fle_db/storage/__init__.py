@@ -1,0 +1,1 @@
+"""Payload and game-state storage: codec (canonical JSON, digests, compression)."""
