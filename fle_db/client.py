@@ -263,9 +263,7 @@ class DatabaseClient:
         cp = Checkpoint(record["trajectory_id"], record["step_number"], agent_output=blob)
         return _ids(self._backend.save_checkpoints([cp])[0])
 
-    def save_environment_feedback(
-        self, feedback: Mapping[str, Any] | models.EnvironmentFeedback
-    ) -> dict[str, Any]:
+    def save_environment_feedback(self, feedback: Mapping[str, Any] | models.EnvironmentFeedback) -> dict[str, Any]:
         """Save the environment's feedback for one step; same rules as :meth:`save_agent_output`."""
         record = _validated(models.EnvironmentFeedback, feedback, "environment_feedback")
         blob = self._encode(_body(record), "environment_feedback")
@@ -326,8 +324,7 @@ class DatabaseClient:
         environment_feedback: Mapping[str, Any] | None,
         game_state: Mapping[str, Any] | None,
     ) -> Checkpoint:
-        given = {"agent_output": agent_output, "environment_feedback": environment_feedback,
-                 "game_state": game_state}
+        given = {"agent_output": agent_output, "environment_feedback": environment_feedback, "game_state": game_state}
         record = dict(_as_dict(step, "step"))
         for name in _ENTRIES:
             if name in record:
@@ -346,8 +343,7 @@ class DatabaseClient:
             parent_step_number=parent_step,
         )
         parts: dict[str, Blob | None] = {}
-        for name, model in (("agent_output", models.AgentOutput), ("environment_feedback",
-                                                                    models.EnvironmentFeedback)):
+        for name, model in (("agent_output", models.AgentOutput), ("environment_feedback", models.EnvironmentFeedback)):
             part = given[name]
             if part is None:
                 parts[name] = None
@@ -384,9 +380,7 @@ class DatabaseClient:
 
 def _check_id(value: Any, what: str) -> None:
     if not isinstance(value, str) or not _ID.match(value):
-        raise ValidationError(
-            f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}"
-        )
+        raise ValidationError(f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}")
 
 
 def _as_dict(record: Any, what: str) -> Mapping[str, Any]:
@@ -407,8 +401,9 @@ def _validated(model: type[M], record: Any, what: str) -> dict[str, Any]:
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else what
             by_field.setdefault(field, []).append(err["msg"].removeprefix("Input should be "))
-        problems = "; ".join(f"{field} should be {' or '.join(dict.fromkeys(msgs))}"
-                             for field, msgs in by_field.items())
+        problems = "; ".join(
+            f"{field} should be {' or '.join(dict.fromkeys(msgs))}" for field, msgs in by_field.items()
+        )
         raise ValidationError(f"{what}: {problems}") from None
     return data
 

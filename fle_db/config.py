@@ -151,9 +151,7 @@ def _backend_name(db_type: str | None, env: Mapping[str, str]) -> BackendName:
     raw = db_type if db_type is not None else env.get("FLE_DB_TYPE", "sqlite")
     name = _BACKEND_ALIASES.get(raw.strip().lower())
     if name is None:
-        raise ConfigurationError(
-            f"{source}={raw!r} is not a known database type; use one of: sqlite, postgres"
-        )
+        raise ConfigurationError(f"{source}={raw!r} is not a known database type; use one of: sqlite, postgres")
     return name
 
 
@@ -206,8 +204,10 @@ def _from_url(url: str) -> tuple[BackendName, URL]:
         parsed = make_url(url)
     except ArgumentError:
         # The message of a URL parse error may echo the URL; keep the password out of it.
-        raise ConfigurationError("the database URL could not be parsed (expected sqlite:///path or "
-                                 "postgresql://user:password@host:port/database)") from None
+        raise ConfigurationError(
+            "the database URL could not be parsed (expected sqlite:///path or "
+            "postgresql://user:password@host:port/database)"
+        ) from None
     scheme = parsed.get_backend_name()
     if scheme == "sqlite":
         return "sqlite", _sqlite_url(parsed.database or ":memory:", "url")

@@ -153,9 +153,7 @@ class Backend(ABC):
 
     # -- writes ---------------------------------------------------------------------------
     @abstractmethod
-    def save_trajectory(
-        self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]
-    ) -> None:
+    def save_trajectory(self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]) -> None:
         """Create or update a trajectory in one transaction: ``build((codec, body))`` receives the
         stored body (an empty object for a new trajectory) and returns the row to store.
 

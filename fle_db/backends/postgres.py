@@ -32,8 +32,7 @@ class PostgresBackend(SQLBackend):
             max_overflow=0,
             pool_timeout=settings.connection_timeout,
             pool_pre_ping=True,
-            connect_args={"connect_timeout": max(1, round(settings.connection_timeout)),
-                          "application_name": "fle-db"},
+            connect_args={"connect_timeout": max(1, round(settings.connection_timeout)), "application_name": "fle-db"},
         )
 
     def _lock_for_migration(self, conn: Connection) -> None:

@@ -90,8 +90,14 @@ class SQLBackend(Backend):
         self._upsert_metadata = self._metadata_upsert()
         self._select_latest = (
             select(
-                steps.c.trajectory_id, steps.c.step_number, steps.c.game_state_id, steps.c.codec, steps.c.body,
-                game_states.c.codec, game_states.c.body, game_states.c.raw_size,
+                steps.c.trajectory_id,
+                steps.c.step_number,
+                steps.c.game_state_id,
+                steps.c.codec,
+                steps.c.body,
+                game_states.c.codec,
+                game_states.c.body,
+                game_states.c.raw_size,
             )
             .select_from(steps.outerjoin(game_states, game_states.c.id == steps.c.game_state_id))
             .where(steps.c.trajectory_id == bindparam("tid"))
@@ -120,8 +126,11 @@ class SQLBackend(Backend):
         stmt = type(self).dialect_insert(trajectory_metadata)
         return stmt.on_conflict_do_update(  # type: ignore[attr-defined, no-any-return]
             index_elements=[trajectory_metadata.c.trajectory_id, trajectory_metadata.c.key],
-            set_={"codec": stmt.excluded.codec, "body": stmt.excluded.body,  # type: ignore[attr-defined]
-                  "updated_at": stmt.excluded.updated_at},  # type: ignore[attr-defined]
+            set_={
+                "codec": stmt.excluded.codec,
+                "body": stmt.excluded.body,  # type: ignore[attr-defined]
+                "updated_at": stmt.excluded.updated_at,
+            },  # type: ignore[attr-defined]
         )
 
     # -- connections and errors -----------------------------------------------------------
@@ -190,14 +199,11 @@ class SQLBackend(Backend):
     # -- writes ---------------------------------------------------------------------------
     def _ensure_trajectories(self, conn: Connection, ids: Sequence[str], now: int) -> None:
         rows = [
-            {"id": tid, "codec": CODEC_JSON, "body": _EMPTY_BODY, "created_at": now, "updated_at": now}
-            for tid in ids
+            {"id": tid, "codec": CODEC_JSON, "body": _EMPTY_BODY, "created_at": now, "updated_at": now} for tid in ids
         ]
         conn.execute(self._ensure_trajectory, rows[0] if len(rows) == 1 else rows)
 
-    def save_trajectory(
-        self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]
-    ) -> None:
+    def save_trajectory(self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]) -> None:
         now = now_us()
         with self._write() as conn:
             # Create-if-missing, then lock the row: concurrent savers of one id serialise here and
@@ -288,8 +294,7 @@ class SQLBackend(Backend):
 
     def _insert_states(self, conn: Connection, states: Sequence[StateRow], now: int) -> None:
         rows = [
-            {"id": s.id, "codec": s.codec, "body": s.body, "raw_size": s.raw_size, "created_at": now}
-            for s in states
+            {"id": s.id, "codec": s.codec, "body": s.body, "raw_size": s.raw_size, "created_at": now} for s in states
         ]
         conn.execute(self._insert_state, rows[0] if len(rows) == 1 else rows)
 
@@ -331,9 +336,7 @@ class SQLBackend(Backend):
         keys = list(dict.fromkeys((r["trajectory_id"], r["step_number"]) for r in rows))
         for i in range(0, len(keys), _VERIFY_CHUNK):
             chunk = keys[i : i + _VERIFY_CHUNK]
-            for rec in conn.execute(
-                select(*cols).where(tuple_(table.c.trajectory_id, table.c.step_number).in_(chunk))
-            ):
+            for rec in conn.execute(select(*cols).where(tuple_(table.c.trajectory_id, table.c.step_number).in_(chunk))):
                 stored[(rec.trajectory_id, rec.step_number)] = rec
         existed = set()
         for r in rows:
@@ -359,8 +362,13 @@ class SQLBackend(Backend):
             self._ensure_trajectories(conn, [trajectory_id], now)
             conn.execute(
                 self._upsert_metadata,
-                {"trajectory_id": trajectory_id, "key": key, "codec": value.codec, "body": value.body,
-                 "updated_at": now},
+                {
+                    "trajectory_id": trajectory_id,
+                    "key": key,
+                    "codec": value.codec,
+                    "body": value.body,
+                    "updated_at": now,
+                },
             )
 
     def delete_trajectory(self, trajectory_id: str, cascade: bool) -> list[str]:

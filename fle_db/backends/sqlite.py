@@ -35,9 +35,7 @@ class SQLiteBackend(SQLBackend):
         path = settings.sqlite_path
         timeout = settings.connection_timeout
         if path is None:
-            engine = create_engine(
-                "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
-            )
+            engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
             _create_owner_only(Path(path))
             engine = create_engine(

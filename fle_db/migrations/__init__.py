@@ -56,9 +56,7 @@ def current_revision(connection: Connection) -> str | None:
     """
     inspector = inspect(connection)
     revision = (
-        connection.execute(select(_version.c.version_num)).scalar()
-        if inspector.has_table(VERSION_TABLE)
-        else None
+        connection.execute(select(_version.c.version_num)).scalar() if inspector.has_table(VERSION_TABLE) else None
     )
     if revision is None:
         clash = sorted(set(inspector.get_table_names()) & set(metadata.tables))
