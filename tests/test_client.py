@@ -325,7 +325,7 @@ def test_deeply_nested_json_is_rejected(db: DatabaseClient) -> None:
     deep: object = "leaf"
     for _ in range(300):
         deep = [deep]
-    with pytest.raises(ValidationError, match="nest|recursion|depth"):
+    with pytest.raises(ValidationError, match=r"nest|recursion|depth"):
         db.save_step(step(0, observation=deep))
 
 

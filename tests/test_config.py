@@ -131,5 +131,5 @@ def test_password_never_appears_in_repr_errors_or_logs(caplog: pytest.LogCapture
 def test_unreachable_postgres_raises_backend_unavailable_quickly() -> None:
     from fle_db import BackendUnavailableError
 
-    with pytest.raises(BackendUnavailableError, match="127.0.0.1"):
+    with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1"):
         DatabaseClient("postgresql://nobody@127.0.0.1:1/none", connection_timeout=2)
