@@ -1,0 +1,111 @@
+"""Connections: pool limits and timeouts, SQLite WAL/busy timeout/BEGIN IMMEDIATE, release on close."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from fle_db import ConnectionTimeoutError, DatabaseClient, Settings
+
+
+def test_an_exhausted_pool_raises_a_timeout_error_after_connection_timeout(db_url: str) -> None:
+    with DatabaseClient(db_url, max_connections=2, connection_timeout=1) as db:
+        engine = db._backend.engine  # type: ignore[attr-defined]
+        held = [engine.connect() for _ in range(2)]
+        started = time.monotonic()
+        with pytest.raises(ConnectionTimeoutError, match="max_connections=2"):
+            db.load_steps("anything")
+        waited = time.monotonic() - started
+        assert 0.9 <= waited < 5
+        for conn in held:
+            conn.close()
+        db.save_step({"trajectory_id": "t", "step_number": 0})  # usable again once connections return
+
+
+def test_sqlite_connections_use_wal_full_sync_foreign_keys_and_busy_timeout(make_url) -> None:  # type: ignore[no-untyped-def]
+    with DatabaseClient(make_url("sqlite"), connection_timeout=7) as db:
+        with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+            assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 7000
+
+
+def test_sqlite_synchronous_normal_is_an_explicit_option(make_url) -> None:  # type: ignore[no-untyped-def]
+    with DatabaseClient(make_url("sqlite"), sqlite_synchronous="NORMAL") as db:
+        with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1
+
+
+def _writer(url: str, worker: int, steps: int, barrier, queue) -> None:  # type: ignore[no-untyped-def]
+    try:
+        with DatabaseClient(url, connection_timeout=60) as db:
+            barrier.wait(timeout=60)
+            for n in range(steps):
+                db.save_step(
+                    {"trajectory_id": f"w{worker}", "step_number": n, "action": "x" * 200},
+                    game_state={"worker": worker, "n": n},
+                )
+                db.save_metadata("shared", f"w{worker}", n)
+                db.save_trajectory({"id": "shared", f"last_{worker}": n})
+        queue.put("ok")
+    except BaseException as exc:
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_concurrent_writer_processes_wait_instead_of_failing(db_url: str) -> None:
+    workers, steps = 8, 25
+    DatabaseClient(db_url).close()  # migrate first: this test is about writers, not migrations
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(db_url, w, steps, barrier, queue)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == ["ok"] * workers
+    with DatabaseClient(db_url) as db:
+        for w in range(workers):
+            assert [s["step_number"] for s in db.load_steps(f"w{w}")] == list(range(steps))
+        assert db.load_metadata("shared") == {f"w{w}": steps - 1 for w in range(workers)}
+        shared = db.load_trajectory("shared")
+        assert all(shared[f"last_{w}"] == steps - 1 for w in range(workers)), "a merge was lost"
+
+
+def _backend_count(url: str) -> int:
+    database = Settings.resolve(url).url.database
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_close_and_context_manager_release_every_connection(make_url) -> None:  # type: ignore[no-untyped-def]
+    url = make_url("postgres")
+    with DatabaseClient(url, max_connections=4) as db:
+        for n in range(20):
+            db.save_step({"trajectory_id": "t", "step_number": n})
+        assert _backend_count(url) >= 1
+    assert _backend_count(url) == 0
+    db = DatabaseClient(url)
+    db.load_steps("t")
+    db.close()
+    db.close()  # idempotent
+    assert _backend_count(url) == 0
+
+
+def test_postgres_connections_dropped_by_the_server_are_replaced(make_url) -> None:  # type: ignore[no-untyped-def]
+    url = make_url("postgres")
+    database = Settings.resolve(url).url.database
+    with DatabaseClient(url, max_connections=2) as db:
+        db.save_step({"trajectory_id": "t", "step_number": 0})
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
+        assert len(db.load_steps("t")) == 1  # pre-ping replaced the dead connection
