@@ -87,7 +87,7 @@ class DatabaseClient:
             not exist. DependencyError: the lineage would change or form a cycle.
         """
         record = _validated(models.Trajectory, trajectory, "trajectory")
-        trajectory_id = record["id"]
+        trajectory_id: str = record["id"]
         fields = {k: v for k, v in record.items() if k != "id"}
         self._encode(fields, f"trajectory {trajectory_id!r}")  # reject bad input before the transaction
 

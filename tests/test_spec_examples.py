@@ -97,7 +97,7 @@ def test_spec_examples_run_in_order_on_the_configured_backend(
         if title in NOT_YET:
             continue
         assert "fle.commons" not in code.replace(SPEC_IMPORT, OUR_IMPORT)
-        exec(compile(code.replace(SPEC_IMPORT, OUR_IMPORT), f"<spec: {title}>", "exec"), namespace)  # noqa: S102
+        exec(compile(code.replace(SPEC_IMPORT, OUR_IMPORT), f"<spec: {title}>", "exec"), namespace)
         ran.append(title)
     out = capsys.readouterr().out
     assert "Trajectory: trajectory_001" in out

@@ -76,8 +76,9 @@ def now_us() -> int:
 class SQLBackend(Backend):
     """Backend over a SQLAlchemy engine. Subclasses provide the dialect hooks below."""
 
-    #: ``sqlalchemy.dialects.<name>.insert``: the dialect's INSERT with ``on_conflict_do_nothing``.
-    dialect_insert: Callable[[Table], Insert]
+    #: ``sqlalchemy.dialects.<name>.insert``: the dialect's INSERT with ``on_conflict_do_nothing``
+    #: (typed Any: the SQLite and PostgreSQL constructs share that API but no common base class).
+    dialect_insert: Callable[[Table], Any]
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
@@ -124,13 +125,10 @@ class SQLBackend(Backend):
 
     def _metadata_upsert(self) -> Insert:
         stmt = type(self).dialect_insert(trajectory_metadata)
-        return stmt.on_conflict_do_update(  # type: ignore[attr-defined, no-any-return]
+        excluded = stmt.excluded
+        return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
             index_elements=[trajectory_metadata.c.trajectory_id, trajectory_metadata.c.key],
-            set_={
-                "codec": stmt.excluded.codec,
-                "body": stmt.excluded.body,  # type: ignore[attr-defined]
-                "updated_at": stmt.excluded.updated_at,
-            },  # type: ignore[attr-defined]
+            set_={"codec": excluded.codec, "body": excluded.body, "updated_at": excluded.updated_at},
         )
 
     # -- connections and errors -----------------------------------------------------------

@@ -55,7 +55,7 @@ def current_revision(connection: Connection) -> str | None:
             the database holds fle-db's table names without a version (another application's?).
     """
     inspector = inspect(connection)
-    revision = (
+    revision: str | None = (
         connection.execute(select(_version.c.version_num)).scalar() if inspector.has_table(VERSION_TABLE) else None
     )
     if revision is None:
@@ -68,7 +68,7 @@ def current_revision(connection: Connection) -> str | None:
         return None
     try:
         script_directory().get_revision(revision)
-    except Exception:
+    except Exception:  # alembic raises several types for an unknown revision
         raise SchemaVersionError(
             f"the database is at schema revision {revision!r}, which this fle-db does not know: "
             "it was migrated by a newer fle-db; upgrade the package"
