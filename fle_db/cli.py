@@ -1,0 +1,254 @@
+"""``fle-db``: the command line (``fle-db --help``).
+
+The database is the one ``--url`` names, else the one the environment configures
+(``FLE_DB_TYPE``, ``SQLITE_DB_FILE``, ``SKILLS_DB_*``), else SQLite at ``.fle/data.db``.
+``--json`` switches the output of ``init``, ``migrate``, ``status``, ``config``, ``show`` and
+``demo`` to one JSON document on stdout.
+
+Exit codes: 0 success; 2 a configuration or validation error (bad setting, bad argument); 1 any
+other fle-db error (database unreachable, trajectory not found...). fle-db errors print one line
+``Error: <message>`` on stderr, never a traceback, and never a password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .client import DatabaseClient
+from .config import Settings
+from .errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
+
+#: Exit code of a configuration or validation error (click uses 2 for usage errors as well).
+EXIT_USAGE = 2
+#: Exit code of any other fle-db error.
+EXIT_ERROR = 1
+
+
+@dataclass(frozen=True)
+class _Options:
+    url: str | None
+    json: bool
+
+
+class _Group(click.Group):
+    """A click group that turns fle-db errors into a one-line message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FleDBError as exc:
+            code = EXIT_USAGE if isinstance(exc, (ConfigurationError, ValidationError)) else EXIT_ERROR
+            click.echo(f"Error: {' '.join(str(exc).split()) or type(exc).__name__}", err=True)
+            ctx.exit(code)
+
+
+def _json_option(command: Any) -> Any:
+    """``--json`` on a command too, so ``fle-db status --json`` works like ``fle-db --json status``."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON (same as the global --json).")(command)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url",
+    metavar="URL",
+    default=None,
+    help="Database URL (sqlite:///path or postgresql://user:password@host:port/db); overrides the environment.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output where it applies.")
+@click.version_option(__version__, prog_name="fle-db")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
+    """fle-db: the checkpoint database for AI-agent trajectories (SQLite or PostgreSQL).
+
+    Without --url the database comes from FLE_DB_TYPE, SQLITE_DB_FILE and SKILLS_DB_* (see
+    `fle-db config`), by default SQLite at .fle/data.db.
+    """
+    ctx.obj = _Options(url=url, json=as_json)
+
+
+@main.command()
+@click.option("--trajectories", type=click.IntRange(1, 10_000), default=5, show_default=True, help="Trajectories.")
+@click.option("--steps", type=click.IntRange(2, 1_000_000), default=40, show_default=True, help="Steps each.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated data.")
+@_json_option
+@click.pass_obj
+def demo(options: _Options, trajectories: int, steps: int, seed: int, as_json: bool) -> None:
+    """Simulate FLE agent runs: checkpoint every step, crash one run and resume it.
+
+    Writes new trajectories (ids demo-<time>-<random>-<i>) to the database, creating and migrating
+    it if needed, then prints a summary: steps/s, resume latency, database size.
+    """
+    from .demo import run_demo  # imported here: `fle-db --help` stays fast
+
+    as_json = as_json or options.json
+    console = Console(stderr=True) if as_json else Console()
+    with DatabaseClient(options.url) as client:
+        summary = run_demo(client, trajectories=trajectories, steps=steps, console=console, seed=seed)
+    if as_json:
+        _echo_json(summary)
+
+
+@main.command()
+@_json_option
+@click.pass_obj
+def init(options: _Options, as_json: bool) -> None:
+    """Create the database (if needed) and bring its schema up to date; print where it is."""
+    with DatabaseClient(options.url, auto_migrate=False) as client:
+        applied = client.migrate()
+        status = client.get_migration_status()
+        location = _location(client.settings)
+    if as_json or options.json:
+        _echo_json({"backend": client.settings.backend, "location": location, "applied": applied, **status})
+        return
+    done = f"applied {', '.join(applied)}" if applied else "already up to date"
+    click.echo(f"Initialised {client.settings.backend} database at {location}")
+    click.echo(f"Schema version {status['current_version']} ({done})")
+
+
+@main.command()
+@_json_option
+@click.pass_obj
+def migrate(options: _Options, as_json: bool) -> None:
+    """Apply pending schema migrations; print the revisions applied."""
+    with DatabaseClient(options.url, auto_migrate=False) as client:
+        applied = client.migrate()
+        status = client.get_migration_status()
+    if as_json or options.json:
+        _echo_json({"applied": applied, **status})
+    elif applied:
+        click.echo(f"Applied {len(applied)} migration(s): {', '.join(applied)}")
+        click.echo(f"Schema version is now {status['current_version']}")
+    else:
+        click.echo(f"Nothing to apply: the schema is at the latest version, {status['current_version']}")
+
+
+@main.command()
+@_json_option
+@click.pass_obj
+def status(options: _Options, as_json: bool) -> None:
+    """Show the schema version: current, latest, pending migrations (read-only)."""
+    settings = Settings.resolve(options.url)
+    path = settings.sqlite_path
+    if path is not None and not os.path.exists(path):
+        # Report on a database that does not exist yet without creating its file.
+        from . import migrations
+
+        result: dict[str, Any] = {
+            "current_version": None,
+            "latest_version": migrations.latest_revision(),
+            "pending": migrations.pending_revisions(None),
+            "up_to_date": False,
+        }
+        exists = False
+    else:
+        with DatabaseClient(options.url, auto_migrate=False) as client:
+            result = client.get_migration_status()
+        exists = True
+    result = {"location": _location(settings), "exists": exists, **result}
+    if as_json or options.json:
+        _echo_json(result)
+        return
+    _print_table(
+        "fle-db schema",
+        [
+            ("database", result["location"] + ("" if exists else " (does not exist yet)")),
+            ("current version", result["current_version"] or "none (not initialised)"),
+            ("latest version", result["latest_version"]),
+            ("pending", ", ".join(result["pending"]) or "none"),
+            ("up to date", "yes" if result["up_to_date"] else "no: run `fle-db migrate`"),
+        ],
+    )
+
+
+@main.command()
+@_json_option
+@click.pass_obj
+def config(options: _Options, as_json: bool) -> None:
+    """Show the resolved settings (the password is never shown). Does not connect."""
+    settings = Settings.resolve(options.url)
+    shown: dict[str, Any] = {
+        "backend": settings.backend,
+        "url": settings.safe_url(),
+        "sqlite_path": os.path.abspath(settings.sqlite_path) if settings.sqlite_path else None,
+        "max_connections": settings.max_connections,
+        "connection_timeout": settings.connection_timeout,
+        "auto_migrate": settings.auto_migrate,
+        "max_payload_bytes": settings.max_payload_bytes,
+        "sqlite_synchronous": settings.sqlite_synchronous,
+        "source": "--url" if options.url is not None else "environment / defaults",
+    }
+    if as_json or options.json:
+        _echo_json(shown)
+        return
+    _print_table("fle-db settings", [(key, str(value)) for key, value in shown.items() if value is not None])
+
+
+@main.command()
+@click.argument("trajectory_id")
+@_json_option
+@click.pass_obj
+def show(options: _Options, trajectory_id: str, as_json: bool) -> None:
+    """Show a trajectory: its record, metadata, number of steps and latest step number."""
+    settings = Settings.resolve(options.url)
+    location = _location(settings)
+    if settings.sqlite_path is not None and not os.path.exists(settings.sqlite_path):
+        raise NotFoundError(f"trajectory {trajectory_id!r} does not exist: there is no database at {location}")
+    with DatabaseClient(options.url, auto_migrate=False) as client:
+        if client.get_migration_status()["current_version"] is None:
+            raise NotFoundError(
+                f"trajectory {trajectory_id!r} does not exist: the database at {location} is not initialised "
+                "(run `fle-db init`)"
+            )
+        trajectory = client.load_trajectory(trajectory_id)
+        metadata = client.load_metadata(trajectory_id)
+        numbers = [step["step_number"] for step in client.load_steps(trajectory_id)]
+    result = {
+        "trajectory": trajectory,
+        "metadata": metadata,
+        "steps": len(numbers),
+        "latest_step_number": numbers[-1] if numbers else None,
+        "contiguous": numbers == list(range(len(numbers))),
+    }
+    if as_json or options.json:
+        _echo_json(result)
+        return
+    rows = [(key, _text(value)) for key, value in trajectory.items()]
+    rows += [(f"metadata.{key}", _text(value)) for key, value in metadata.items()]
+    rows.append(("steps", str(len(numbers)) + ("" if result["contiguous"] else " (not contiguous from 0)")))
+    rows.append(("latest step", "none" if not numbers else str(numbers[-1])))
+    _print_table(f"trajectory {trajectory_id}", rows)
+
+
+def _location(settings: Settings) -> str:
+    """Where the database is: the absolute SQLite path, or the URL without its password."""
+    return os.path.abspath(settings.sqlite_path) if settings.sqlite_path else settings.safe_url()
+
+
+def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    """Print a two-column table; values are plain text (never parsed as rich markup)."""
+    table = Table(title=Text(title), show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(Text(name), Text(value))
+    Console().print(table)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+__all__ = ["main"]
