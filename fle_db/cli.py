@@ -97,20 +97,25 @@ def demo(options: _Options, trajectories: int, steps: int, seed: int, as_json: b
         _echo_json(summary)
 
 
+def _migrate(options: _Options) -> tuple[Settings, list[str], dict[str, Any]]:
+    """Create the database if needed, apply pending migrations; return settings, applied, status."""
+    with DatabaseClient(options.url, auto_migrate=False) as client:
+        applied = client.migrate()
+        return client.settings, applied, client.get_migration_status()
+
+
 @main.command()
 @_json_option
 @click.pass_obj
 def init(options: _Options, as_json: bool) -> None:
     """Create the database (if needed) and bring its schema up to date; print where it is."""
-    with DatabaseClient(options.url, auto_migrate=False) as client:
-        applied = client.migrate()
-        status = client.get_migration_status()
-        location = _location(client.settings)
+    settings, applied, status = _migrate(options)
+    location = _location(settings)
     if as_json or options.json:
-        _echo_json({"backend": client.settings.backend, "location": location, "applied": applied, **status})
+        _echo_json({"backend": settings.backend, "location": location, "applied": applied, **status})
         return
     done = f"applied {', '.join(applied)}" if applied else "already up to date"
-    click.echo(f"Initialised {client.settings.backend} database at {location}")
+    click.echo(f"Initialised {settings.backend} database at {location}")
     click.echo(f"Schema version {status['current_version']} ({done})")
 
 
@@ -119,9 +124,7 @@ def init(options: _Options, as_json: bool) -> None:
 @click.pass_obj
 def migrate(options: _Options, as_json: bool) -> None:
     """Apply pending schema migrations; print the revisions applied."""
-    with DatabaseClient(options.url, auto_migrate=False) as client:
-        applied = client.migrate()
-        status = client.get_migration_status()
+    _settings, applied, status = _migrate(options)
     if as_json or options.json:
         _echo_json({"applied": applied, **status})
     elif applied:

@@ -20,8 +20,7 @@ byte-identical output in any process, in any call order (each value draws from i
 ``PYTHONHASHSEED``; ``entities`` also depends on the zlib library's output, identical for the
 same zlib build). There is no global state: a :class:`Workload` holds the seed and a bounded
 per-trajectory cache (research-tree versions, entity layout), so generating a trajectory's states
-in order costs ~0.3 ms each. The module-level functions accept a seed, a ``random.Random`` or a
-:class:`Workload`; pass a :class:`Workload` when generating many values, to reuse its cache.
+in order costs ~0.3 ms each.
 
 Returned values are fresh at the top level, but the ``research`` technologies of a state are
 shared with the cache and with other states of the same trajectory (copy-on-change): treat a
@@ -762,57 +761,4 @@ def _check(trajectory_index: int, step_number: int) -> None:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
-# -- functional API -------------------------------------------------------------------------
-Source = int | random.Random | Workload
-
-
-def workload(rng_or_seed: Source) -> Workload:
-    """The :class:`Workload` for ``rng_or_seed``: a Workload is returned as is, an ``int`` seeds a
-    new one, and a ``random.Random`` seeds a new one from one 63-bit draw (advancing it)."""
-    if isinstance(rng_or_seed, Workload):
-        return rng_or_seed
-    if isinstance(rng_or_seed, random.Random):
-        return Workload(rng_or_seed.getrandbits(63))
-    if isinstance(rng_or_seed, bool) or not isinstance(rng_or_seed, int):
-        raise TypeError(f"expected an int seed, a random.Random or a Workload, got {type(rng_or_seed).__name__}")
-    return Workload(rng_or_seed)
-
-
-def game_state(rng_or_seed: Source, trajectory_index: int, step_number: int) -> dict[str, Any]:
-    """The game state after a step; see :meth:`Workload.game_state`."""
-    return workload(rng_or_seed).game_state(trajectory_index, step_number)
-
-
-def step_record(
-    rng_or_seed: Source, trajectory_index: int, step_number: int, trajectory_id: str | None = None
-) -> dict[str, Any]:
-    """The step record of a step; see :meth:`Workload.step_record`."""
-    return workload(rng_or_seed).step_record(trajectory_index, step_number, trajectory_id)
-
-
-def agent_output(rng_or_seed: Source, trajectory_index: int, step_number: int) -> dict[str, Any]:
-    """The agent output of a step; see :meth:`Workload.agent_output`."""
-    return workload(rng_or_seed).agent_output(trajectory_index, step_number)
-
-
-def environment_feedback(rng_or_seed: Source, trajectory_index: int, step_number: int) -> dict[str, Any]:
-    """The environment feedback of a step; see :meth:`Workload.environment_feedback`."""
-    return workload(rng_or_seed).environment_feedback(trajectory_index, step_number)
-
-
-def checkpoint(
-    rng_or_seed: Source, trajectory_index: int, step_number: int, trajectory_id: str | None = None
-) -> dict[str, Any]:
-    """Every part of a checkpoint; see :meth:`Workload.checkpoint`."""
-    return workload(rng_or_seed).checkpoint(trajectory_index, step_number, trajectory_id)
-
-
-__all__ = [
-    "Workload",
-    "agent_output",
-    "checkpoint",
-    "environment_feedback",
-    "game_state",
-    "step_record",
-    "workload",
-]
+__all__ = ["Workload"]

@@ -65,7 +65,14 @@ log = logging.getLogger("fle_db")
 
 _EMPTY_BODY = b"{}"
 _VERIFY_CHUNK = 500
-_RECORD_TABLES = {"agent_outputs": agent_outputs, "environment_feedbacks": environment_feedbacks}
+#: Checkpoint part (attribute of :class:`Checkpoint`) -> its one-record-per-step table.
+_STEP_RECORDS = {"agent_output": agent_outputs, "environment_feedback": environment_feedbacks}
+#: ``load_records`` kinds -> table.
+_RECORD_KINDS = {
+    "agent_outputs": agent_outputs,
+    "environment_feedbacks": environment_feedbacks,
+    "metadata": trajectory_metadata,
+}
 
 
 def now_us() -> int:
@@ -87,7 +94,7 @@ class SQLBackend(Backend):
         self._ensure_trajectory = ins(trajectories).on_conflict_do_nothing()
         self._insert_state = ins(game_states).on_conflict_do_nothing()
         self._insert_step = ins(steps).on_conflict_do_nothing()
-        self._insert_record = {n: ins(t).on_conflict_do_nothing() for n, t in _RECORD_TABLES.items()}
+        self._insert_record = {n: ins(t).on_conflict_do_nothing() for n, t in _STEP_RECORDS.items()}
         self._upsert_metadata = self._metadata_upsert()
         self._select_latest = (
             select(
@@ -264,7 +271,7 @@ class SQLBackend(Backend):
             existed: set[tuple[str, int]] = set()
             step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
             existed |= self._insert_verified(conn, self._insert_step, steps, step_rows, now, "step")
-            for kind, table in _RECORD_TABLES.items():
+            for part, table in _STEP_RECORDS.items():
                 rows = [
                     {
                         "trajectory_id": cp.trajectory_id,
@@ -275,10 +282,10 @@ class SQLBackend(Backend):
                         "created_at": now,
                     }
                     for cp in checkpoints
-                    if (blob := getattr(cp, kind[:-1])) is not None
+                    if (blob := getattr(cp, part)) is not None
                 ]
                 existed |= self._insert_verified(
-                    conn, self._insert_record[kind], table, rows, now, kind[:-1].replace("_", " ")
+                    conn, self._insert_record[part], table, rows, now, part.replace("_", " ")
                 )
         return [
             SaveResult(
@@ -455,7 +462,7 @@ class SQLBackend(Backend):
         return StateRow(state_id, row[0], row[1], row[2]) if row is not None else None
 
     def load_records(self, kind: str, trajectory_id: str) -> list[StoredRecord]:
-        table = trajectory_metadata if kind == "metadata" else _RECORD_TABLES[kind]
+        table = _RECORD_KINDS[kind]
         key = table.c.key if kind == "metadata" else table.c.step_number
         with self._read() as conn:
             rows = conn.execute(
