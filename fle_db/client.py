@@ -7,17 +7,18 @@ Every method is safe to call from several threads at once (the backend pools con
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import pydantic
 
 from . import models
 from .backends import Backend, open_backend
-from .backends.base import Blob, Checkpoint, SaveResult, StateRow, StepRow, StoredRecord, TrajectoryRow
+from .backends.base import Blob, Checkpoint, SaveResult, StepRow, StoredRecord, StoredState, TrajectoryRow
 from .config import Settings
-from .errors import DependencyError, NotFoundError, ValidationError
+from .errors import ConflictError, DependencyError, NotFoundError, ValidationError
 from .storage import codec
+from .storage.engine import BlobCache, PendingBases, StateDecoder, StateEncoder
 
 _ID = re.compile(models.ID_PATTERN)
 _ENTRIES = ("agent_output", "environment_feedback", "game_state")
@@ -46,6 +47,9 @@ class DatabaseClient:
 
     def __init__(self, url: str | None = None, **options: Any) -> None:
         self._settings = Settings.resolve(url, **options)
+        self._encoder = StateEncoder(self._settings.max_payload_bytes)
+        self._cache = BlobCache(self._settings.cache_max_bytes)
+        self._decoder = StateDecoder(self._cache)
         self._backend: Backend = open_backend(self._settings)
         try:
             if self._settings.auto_migrate:
@@ -164,8 +168,9 @@ class DatabaseClient:
             ValidationError: bad input (nothing written). ConflictError: a different record is
             stored under this ``(trajectory_id, step_number)`` (nothing written).
         """
-        checkpoint = self._checkpoint(step, agent_output, environment_feedback, game_state)
-        return _ids(self._backend.save_checkpoints([checkpoint])[0])
+        return self._save(
+            lambda pending: [self._checkpoint(step, agent_output, environment_feedback, game_state, pending)]
+        )[0]
 
     def batch_save_steps(self, steps: Iterable[Mapping[str, Any] | models.Step]) -> list[dict[str, Any]]:
         """Save many checkpoints in one transaction: all of them or none.
@@ -181,13 +186,18 @@ class DatabaseClient:
             ValidationError: an element is invalid (its index is named). ConflictError: an
             element differs from a stored record.
         """
-        checkpoints = []
-        for index, step in enumerate(steps):
-            try:
-                checkpoints.append(self._checkpoint(step, None, None, None))
-            except ValidationError as exc:
-                raise type(exc)(f"batch element {index}: {exc}") from None
-        return [_ids(result) for result in self._backend.save_checkpoints(checkpoints)]
+        records = list(steps)
+
+        def build(pending: PendingBases) -> list[Checkpoint]:
+            checkpoints = []
+            for index, step in enumerate(records):
+                try:
+                    checkpoints.append(self._checkpoint(step, None, None, None, pending))
+                except ValidationError as exc:
+                    raise type(exc)(f"batch element {index}: {exc}") from None
+            return checkpoints
+
+        return self._save(build)
 
     def load_steps(self, trajectory_id: str) -> list[dict[str, Any]]:
         """All steps of a trajectory in ``step_number`` order, each as saved plus
@@ -200,15 +210,16 @@ class DatabaseClient:
         rows = self._backend.load_steps(trajectory_id)
         if not rows:
             self._require_trajectory(trajectory_id)
-        return [
-            {
-                "trajectory_id": row.trajectory_id,
-                "step_number": row.step_number,
-                **codec.load(row.codec, row.body),
-                "game_state_id": row.game_state_id,
-            }
-            for row in rows
-        ]
+        with codec.gc_paused():
+            return [
+                {
+                    "trajectory_id": row.trajectory_id,
+                    "step_number": row.step_number,
+                    **codec.load(row.codec, row.body),
+                    "game_state_id": row.game_state_id,
+                }
+                for row in rows
+            ]
 
     def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
         """The newest checkpoint (highest ``step_number``) as ``{"step": ..., "game_state": ...}``
@@ -226,7 +237,7 @@ class DatabaseClient:
             **codec.load(row.codec, row.body),
             "game_state_id": row.game_state_id,
         }
-        return {"step": step, "game_state": codec.load(state.codec, state.body) if state else None}
+        return {"step": step, "game_state": self._decode_state(state) if state else None}
 
     # -- game states ----------------------------------------------------------------------
     def save_game_state(self, state: Mapping[str, Any]) -> str:
@@ -237,9 +248,9 @@ class DatabaseClient:
         Raises:
             ValidationError: not a JSON object, or not exactly representable as JSON.
         """
-        row = self._state_row(state)
-        self._backend.save_game_state(row)
-        return row.id
+        encoded = self._encoder.encode(state, "game_state", None, PendingBases())
+        self._backend.save_game_state(encoded)
+        return encoded.id
 
     def load_game_state(self, state_id: str) -> dict[str, Any]:
         """The game state with this id, equal to what was saved.
@@ -248,11 +259,10 @@ class DatabaseClient:
             NotFoundError: no such state. DataIntegrityError: the stored bytes are corrupt.
         """
         _check_id(state_id, "state_id")
-        row = self._backend.load_game_state(state_id)
-        if row is None:
+        stored = self._backend.load_game_state(state_id)
+        if stored is None:
             raise NotFoundError(f"game state {state_id!r} does not exist")
-        state: dict[str, Any] = codec.load(row.codec, row.body)
-        return state
+        return self._decode_state(stored)
 
     # -- agent outputs, environment feedbacks ---------------------------------------------
     def save_agent_output(self, output: Mapping[str, Any] | models.AgentOutput) -> dict[str, Any]:
@@ -260,15 +270,15 @@ class DatabaseClient:
         Idempotent; ConflictError if a different output is stored for that step."""
         record = _validated(models.AgentOutput, output, "agent_output")
         blob = self._encode(_body(record), "agent_output")
-        cp = Checkpoint(record["trajectory_id"], record["step_number"], agent_output=blob)
-        return _ids(self._backend.save_checkpoints([cp])[0])
+        return self._save(lambda _: [Checkpoint(record["trajectory_id"], record["step_number"], agent_output=blob)])[0]
 
     def save_environment_feedback(self, feedback: Mapping[str, Any] | models.EnvironmentFeedback) -> dict[str, Any]:
         """Save the environment's feedback for one step; same rules as :meth:`save_agent_output`."""
         record = _validated(models.EnvironmentFeedback, feedback, "environment_feedback")
         blob = self._encode(_body(record), "environment_feedback")
-        cp = Checkpoint(record["trajectory_id"], record["step_number"], environment_feedback=blob)
-        return _ids(self._backend.save_checkpoints([cp])[0])
+        return self._save(
+            lambda _: [Checkpoint(record["trajectory_id"], record["step_number"], environment_feedback=blob)]
+        )[0]
 
     def load_agent_outputs(self, trajectory_id: str) -> list[dict[str, Any]]:
         """A trajectory's agent outputs in step order. Raises NotFoundError for an unknown trajectory."""
@@ -310,12 +320,29 @@ class DatabaseClient:
         tag, body = codec.pack(raw)
         return Blob(tag, body, codec.digest(raw))
 
-    def _state_row(self, state: Any, what: str = "game_state") -> StateRow:
-        if not isinstance(state, Mapping):
-            raise ValidationError(f"{what} must be a JSON object (dict), got {type(state).__name__}")
-        raw = codec.canonical_json(state, what, self._settings.max_payload_bytes)
-        tag, body = codec.pack(raw)
-        return StateRow(codec.digest(raw), tag, body, len(raw))
+    def _save(self, build: Callable[[PendingBases], list[Checkpoint]]) -> list[dict[str, Any]]:
+        """Encode with ``build`` and write in one transaction; adopt new keyframes on commit.
+
+        A delta names a keyframe this process remembers; if another process deleted it since,
+        the write fails on the foreign key: forget the keyframes and write once more, whole.
+        """
+        pending = PendingBases()
+        checkpoints = build(pending)
+        try:
+            results = self._backend.save_checkpoints(checkpoints)
+        except ConflictError:
+            if not any(cp.game_state and any(b.base_id for b in cp.game_state.blobs) for cp in checkpoints):
+                raise
+            self._encoder.forget()
+            pending = PendingBases()
+            checkpoints = build(pending)
+            results = self._backend.save_checkpoints(checkpoints)
+        self._encoder.committed(pending)
+        return [_ids(result) for result in results]
+
+    def _decode_state(self, stored: StoredState) -> dict[str, Any]:
+        state: dict[str, Any] = self._decoder.state(stored.id, stored.codec, stored.body, stored.parts)
+        return state
 
     def _checkpoint(
         self,
@@ -323,6 +350,7 @@ class DatabaseClient:
         agent_output: Mapping[str, Any] | None,
         environment_feedback: Mapping[str, Any] | None,
         game_state: Mapping[str, Any] | None,
+        pending: PendingBases,
     ) -> Checkpoint:
         given = {"agent_output": agent_output, "environment_feedback": environment_feedback, "game_state": game_state}
         record = dict(_as_dict(step, "step"))
@@ -360,7 +388,9 @@ class DatabaseClient:
             step=step_row,
             agent_output=parts["agent_output"],
             environment_feedback=parts["environment_feedback"],
-            game_state=self._state_row(state, f"game_state of {what}") if state is not None else None,
+            game_state=self._encoder.encode(state, f"game_state of {what}", tid, pending)
+            if state is not None
+            else None,
         )
 
     def _load_step_records(self, kind: str, trajectory_id: str) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ DEFAULT_MAX_CONNECTIONS = 10
 DEFAULT_CONNECTION_TIMEOUT = 30.0
 #: Largest encoded (uncompressed JSON) size of one record: step, state, output, feedback or value.
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
 
 _BACKEND_ALIASES: dict[str, BackendName] = {
     "sqlite": "sqlite",
@@ -62,6 +63,8 @@ class Settings:
     #: SQLite ``synchronous`` in WAL mode: FULL (default) makes a returned save survive power
     #: loss; NORMAL is faster but may lose the last commits on power loss (never on a crash).
     sqlite_synchronous: str = "FULL"
+    #: Bytes of decoded, immutable game-state parts kept in memory (per client).
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
 
     def __repr__(self) -> str:
         return (
@@ -97,6 +100,7 @@ class Settings:
         auto_migrate: bool = True,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         sqlite_synchronous: str = "FULL",
+        cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then defaults.
@@ -127,6 +131,8 @@ class Settings:
             )
         if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 1024:
             raise ConfigurationError(f"max_payload_bytes must be an integer >= 1024, got {max_payload_bytes!r}")
+        if isinstance(cache_max_bytes, bool) or not isinstance(cache_max_bytes, int) or cache_max_bytes < 0:
+            raise ConfigurationError(f"cache_max_bytes must be an integer >= 0, got {cache_max_bytes!r}")
         sync = str(sqlite_synchronous).upper()
         if sync not in _SQLITE_SYNC:
             raise ConfigurationError(f"sqlite_synchronous must be one of {_SQLITE_SYNC}, got {sqlite_synchronous!r}")
@@ -138,6 +144,7 @@ class Settings:
             auto_migrate=bool(auto_migrate),
             max_payload_bytes=max_payload_bytes,
             sqlite_synchronous=sync,
+            cache_max_bytes=cache_max_bytes,
         )
 
     def with_url(self, url: str) -> Settings:

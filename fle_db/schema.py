@@ -12,7 +12,8 @@ Access paths and the index each uses:
   backwards; one index probe whatever the table size.
 * load a trajectory's steps / outputs / feedbacks / metadata: the same primary-key prefixes.
 * forks of a trajectory, children of a step: ``ix_trajectories_parent``, ``ix_steps_parent``.
-* which steps use a game state (garbage collection on delete): ``ix_steps_game_state``.
+* which steps use a game state (garbage collection on delete): ``ix_steps_game_state``; which
+  states use a blob, which blobs use it as base: ``ix_game_state_parts_blob``, ``ix_blobs_base``.
 * trajectories per task or agent (analysis, best-N): ``ix_trajectories_task``, ``ix_trajectories_agent``.
 """
 
@@ -71,12 +72,40 @@ trajectories = Table(
 game_states = Table(
     "game_states",
     metadata,
-    # Content address: blake2b-128 of the state's canonical JSON. Equal states are stored once.
+    # Content address: blake2b-128 of the state's manifest of parts (codec "manifest", empty body;
+    # see fle_db.storage.engine), or of its canonical JSON for states stored whole (codec "json",
+    # "json+zstd", written before migration 0003). Equal states are stored once.
     Column("id", String(DIGEST_LENGTH), primary_key=True),
     Column("codec", String(CODEC_LENGTH), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("raw_size", Integer, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+)
+
+# Immutable, content-addressed parts of game states: id = blake2b-128 of the canonical JSON.
+# A delta (codec "zstd+delta") is compressed with its base's bytes as dictionary; every base is a
+# full blob (keyframe), so decoding never follows more than one link.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", String(DIGEST_LENGTH), primary_key=True),
+    Column("codec", String(CODEC_LENGTH), nullable=False),
+    Column("base_id", String(DIGEST_LENGTH), ForeignKey("blobs.id")),
+    Column("body", LargeBinary, nullable=False),
+    Column("raw_size", Integer, nullable=False),
+    Column("checksum", BigInteger, nullable=False),  # CRC-32 of body
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_blobs_base", "base_id"),
+)
+
+game_state_parts = Table(
+    "game_state_parts",
+    metadata,
+    Column("state_id", String(DIGEST_LENGTH), ForeignKey("game_states.id"), nullable=False),
+    Column("key", String(ID_LENGTH), nullable=False),
+    Column("blob_id", String(DIGEST_LENGTH), ForeignKey("blobs.id"), nullable=False),
+    PrimaryKeyConstraint("state_id", "key"),
+    Index("ix_game_state_parts_blob", "blob_id"),
 )
 
 steps = Table(
@@ -136,7 +165,9 @@ __all__ = [
     "TRAJECTORY_CHILD_TABLES",
     "VERSION_TABLE",
     "agent_outputs",
+    "blobs",
     "environment_feedbacks",
+    "game_state_parts",
     "game_states",
     "metadata",
     "steps",

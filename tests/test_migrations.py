@@ -15,6 +15,7 @@ from fle_db.schema import VERSION_TABLE, metadata
 from fle_db.storage import codec
 
 FIRST, HEAD = "0001_initial", fle_migrations.latest_revision()
+ALL = fle_migrations.pending_revisions(None)
 
 
 def _engine(url: str):  # type: ignore[no-untyped-def]
@@ -32,8 +33,8 @@ def test_fresh_database_reports_every_revision_pending(db_url: str) -> None:
         status = db.get_migration_status()
         assert status["current_version"] is None
         assert status["latest_version"] == HEAD
-        assert status["pending"] == [FIRST, HEAD]
-        assert db.migrate() == [FIRST, HEAD]
+        assert status["pending"] == ALL and ALL[0] == FIRST and ALL[-1] == HEAD
+        assert db.migrate() == ALL
         assert db.migrate() == []
         assert db.get_migration_status() == {
             "current_version": HEAD,
@@ -90,7 +91,7 @@ def test_database_at_first_revision_migrates_to_head_with_nothing_lost(db_url: s
     engine.dispose()
 
     with DatabaseClient(db_url, auto_migrate=False) as db:
-        assert db.get_migration_status()["pending"] == [HEAD]
+        assert db.get_migration_status()["pending"] == ALL[1:]
     with DatabaseClient(db_url) as db:  # migrates on open
         assert db.get_migration_status()["current_version"] == HEAD
         assert db.load_trajectory("old") == {"id": "old", "task": "iron", "total_reward": 3}
@@ -141,7 +142,7 @@ def test_parallel_starts_apply_each_migration_exactly_once(db_url: str) -> None:
     errors = [r for r in results if isinstance(r, str)]
     assert errors == []
     applied = sorted((r for r in results if r), key=len)
-    assert applied == [[FIRST, HEAD]], results
+    assert applied == [ALL], results
     with DatabaseClient(db_url) as db:
         assert db.get_migration_status()["up_to_date"]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..config import Settings
+from ..storage.engine import EncodedState, StoredBlob
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +30,6 @@ class Blob:
     codec: str
     body: bytes
     digest: str
-
-
-@dataclass(frozen=True, slots=True)
-class StateRow:
-    """A content-addressed game state (``id`` is the digest of its canonical JSON)."""
-
-    id: str
-    codec: str
-    body: bytes
-    raw_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +51,7 @@ class Checkpoint:
     step: StepRow | None = None
     agent_output: Blob | None = None
     environment_feedback: Blob | None = None
-    game_state: StateRow | None = None
+    game_state: EncodedState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +77,16 @@ class StoredStep:
     game_state_id: str | None
     codec: str
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """A game state as read back: its row, and its parts when stored as a manifest."""
+
+    id: str
+    codec: str
+    body: bytes
+    parts: tuple[tuple[str, StoredBlob], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +169,11 @@ class Backend(ABC):
         one under the same key."""
 
     @abstractmethod
-    def save_game_state(self, state: StateRow) -> None:
-        """Store a content-addressed state; a no-op if it is stored already."""
+    def save_game_state(self, state: EncodedState) -> None:
+        """Store a content-addressed state with its blobs; a no-op if it is stored already.
+
+        Keyframe blobs (no base) are written as full blobs even if the same content is stored as
+        a delta already, so that every base stays a keyframe."""
 
     @abstractmethod
     def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
@@ -177,8 +181,8 @@ class Backend(ABC):
 
     @abstractmethod
     def delete_trajectory(self, trajectory_id: str, cascade: bool) -> list[str]:
-        """Delete a trajectory, its rows, and game states no other step uses; returns the ids
-        deleted. Raises NotFoundError, or DependencyError if forks exist and not ``cascade``
+        """Delete a trajectory, its rows, and the game states and blobs nothing else uses; returns
+        the ids deleted. Raises NotFoundError, or DependencyError if forks exist and not ``cascade``
         (with ``cascade`` the forks are deleted too, recursively)."""
 
     # -- reads ----------------------------------------------------------------------------
@@ -195,11 +199,11 @@ class Backend(ABC):
         """All steps of a trajectory in ``step_number`` order."""
 
     @abstractmethod
-    def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StateRow | None] | None:
+    def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
         """The highest-numbered step with its game state, read in one snapshot; None if no step."""
 
     @abstractmethod
-    def load_game_state(self, state_id: str) -> StateRow | None:
+    def load_game_state(self, state_id: str) -> StoredState | None:
         """A game state by id, or None."""
 
     @abstractmethod

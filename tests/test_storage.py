@@ -1,0 +1,143 @@
+"""The game-state storage engine: exact round trips, dedup, bounded deltas, checksums, cache, GC."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+from fle_db import DatabaseClient, DataIntegrityError
+from fle_db.workload import Workload
+
+
+def _query(db: DatabaseClient, sql: str) -> list[tuple[object, ...]]:
+    with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
+        return [tuple(row) for row in conn.execute(text(sql))]
+
+
+def _write_run(db: DatabaseClient, trajectories: int = 2, steps: int = 40) -> dict[tuple[int, int], tuple[str, dict]]:
+    work = Workload(7)
+    saved = {}
+    for n in range(steps):
+        for t in range(trajectories):
+            cp = work.checkpoint(t, n, f"run{t}")
+            ids = db.save_step(cp["step"], game_state=cp["game_state"])
+            saved[(t, n)] = (ids["game_state_id"], cp["game_state"])
+    return saved
+
+
+def test_every_state_of_a_run_loads_back_exactly(db: DatabaseClient, db_url: str) -> None:
+    saved = _write_run(db)
+    with DatabaseClient(db_url) as fresh:  # nothing cached
+        for state_id, state in saved.values():
+            loaded = fresh.load_game_state(state_id)
+            assert loaded == state
+            assert loaded["entities"] == state["entities"]  # the zlib+base64 string, byte for byte
+        latest = fresh.load_latest_checkpoint("run1")
+        assert latest is not None and latest["game_state"] == saved[(1, 39)][1]
+
+
+def test_unchanged_parts_are_stored_once_and_changed_ones_as_bounded_deltas(db: DatabaseClient) -> None:
+    saved = _write_run(db)
+    distinct_research = {repr(sorted(s["research"]["technologies"].items())) for _, s in saved.values()}
+    research_blobs = _query(db, "SELECT count(DISTINCT blob_id) FROM game_state_parts WHERE key = 'research'")
+    assert research_blobs[0][0] == len(distinct_research) < len(saved) / 4
+    chains = _query(db, "SELECT count(*) FROM blobs d JOIN blobs b ON b.id = d.base_id WHERE b.base_id IS NOT NULL")
+    assert chains == [(0,)], "a delta's base must always be a keyframe"
+    deltas = _query(db, "SELECT count(*) FROM blobs WHERE base_id IS NOT NULL")[0][0]
+    assert deltas > 0
+    stored = _query(db, "SELECT sum(length(body)) FROM blobs")[0][0]
+    raw = sum(len(orjson.dumps(state)) for _, state in saved.values())
+    assert stored * 20 < raw  # type: ignore[operator]
+
+
+def test_a_keyframe_replaces_a_delta_of_the_same_content(db: DatabaseClient) -> None:
+    base = {"research": {"t": ["x" * 6000]}, "tick": 0}
+    changed = {"research": {"t": ["x" * 6000, "y"]}, "tick": 1}
+    db.save_step({"trajectory_id": "a", "step_number": 0}, game_state=base)
+    db.save_step({"trajectory_id": "a", "step_number": 1}, game_state=changed)  # research delta vs base
+    assert _query(db, "SELECT count(*) FROM blobs WHERE base_id IS NOT NULL")[0][0] >= 1
+    db.save_step({"trajectory_id": "b", "step_number": 0}, game_state=changed)  # b's keyframe: same content
+    assert _query(db, "SELECT count(*) FROM blobs d JOIN blobs b ON b.id = d.base_id WHERE b.base_id IS NOT NULL") == [
+        (0,)
+    ]
+    db.save_step({"trajectory_id": "b", "step_number": 1}, game_state={**changed, "research": {"t": ["z"] * 900}})
+    for tid in ("a", "b"):
+        for step in db.load_steps(tid):
+            db.load_game_state(step["game_state_id"])
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "codec"])
+def test_a_damaged_blob_raises_an_integrity_error_never_wrong_data(
+    db: DatabaseClient, db_url: str, damage: str
+) -> None:
+    state = {"research": {"techs": [f"tech-{i}" for i in range(800)]}, "tick": 5}
+    state_id = db.save_game_state(state)
+    blob_id, body = _query(
+        db, "SELECT b.id, b.body FROM blobs b JOIN game_state_parts p ON p.blob_id = b.id WHERE p.key = 'research'"
+    )[0]
+    with db._backend.engine.begin() as conn:  # type: ignore[attr-defined]
+        if damage == "codec":
+            conn.execute(text("UPDATE blobs SET codec = 'zstd9' WHERE id = :i"), {"i": blob_id})
+        else:
+            data = bytearray(body)  # type: ignore[arg-type]
+            if damage == "flip":
+                data[len(data) // 2] ^= 0xFF
+            else:
+                del data[len(data) // 2 :]
+            conn.execute(text("UPDATE blobs SET body = :b WHERE id = :i"), {"b": bytes(data), "i": blob_id})
+    with DatabaseClient(db_url) as fresh, pytest.raises(DataIntegrityError, match=str(blob_id)):
+        fresh.load_game_state(state_id)
+
+
+def test_a_state_missing_a_part_raises_an_integrity_error(db: DatabaseClient, db_url: str) -> None:
+    state_id = db.save_game_state({"research": {"x": "y" * 5000}, "tick": 1})
+    with db._backend.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("DELETE FROM game_state_parts WHERE key = 'rest'"))
+    with DatabaseClient(db_url) as fresh, pytest.raises(DataIntegrityError, match="parts"):
+        fresh.load_game_state(state_id)
+
+
+def test_the_cache_serves_repeated_parts_and_stays_within_its_bound(db_url: str) -> None:
+    bound = 1_000_000
+    with DatabaseClient(db_url, cache_max_bytes=bound) as db:
+        saved = _write_run(db, trajectories=1, steps=12)
+        for state_id, _ in saved.values():
+            db.load_game_state(state_id)
+        first = db._cache.stats()  # type: ignore[attr-defined]
+        assert first["misses"] > 0 and first["hits"] > 0  # the research tree repeats between states
+        for state_id, _ in saved.values():
+            db.load_game_state(state_id)
+        second = db._cache.stats()  # type: ignore[attr-defined]
+        assert second["misses"] == first["misses"]
+        assert second["hits"] == first["hits"] + 2 * len(saved)  # research + rest of each state
+        for state_id, _ in _write_run(db, trajectories=3, steps=12).values():
+            db.load_game_state(state_id)
+        assert db._cache.stats()["bytes"] <= bound  # type: ignore[attr-defined]
+
+
+def test_deleting_trajectories_collects_their_states_and_blobs(db: DatabaseClient) -> None:
+    _write_run(db, trajectories=2, steps=12)
+    shared = db.save_step(
+        {"trajectory_id": "other", "step_number": 0}, game_state=db.load_latest_checkpoint("run0")["game_state"]
+    )  # type: ignore[index]
+    db.delete_trajectory("run0")
+    db.delete_trajectory("run1")
+    assert db.load_game_state(shared["game_state_id"])["research"]  # still whole: its blobs were kept
+    remaining_states = _query(db, "SELECT count(*) FROM game_states")[0][0]
+    assert remaining_states == 1
+    db.delete_trajectory("other")
+    for table in ("game_states", "game_state_parts", "blobs"):
+        assert _query(db, f"SELECT count(*) FROM {table}") == [(0,)], table
+
+
+def test_a_writer_whose_keyframe_was_deleted_elsewhere_still_saves(db_url: str) -> None:
+    work = Workload(3)
+    with DatabaseClient(db_url) as writer, DatabaseClient(db_url) as other:
+        for n in range(3):
+            cp = work.checkpoint(0, n, "t")
+            writer.save_step(cp["step"], game_state=cp["game_state"])
+        other.delete_trajectory("t")
+        cp = work.checkpoint(0, 3, "t")
+        ids = writer.save_step(cp["step"], game_state=cp["game_state"])
+        assert other.load_game_state(ids["game_state_id"]) == cp["game_state"]
