@@ -10,15 +10,16 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+import orjson
 import pydantic
 
 from . import models
 from .backends import Backend, open_backend
-from .backends.base import Blob, Checkpoint, SaveResult, StepRow, StoredRecord, StoredState, TrajectoryRow
+from .backends.base import Blob, Checkpoint, SaveResult, StepRow, StoredState, StoredStep, TrajectoryRow
 from .config import Settings
-from .errors import ConflictError, DependencyError, NotFoundError, ValidationError
+from .errors import ConflictError, DataIntegrityError, DependencyError, NotFoundError, ValidationError
 from .storage import codec
-from .storage.engine import BlobCache, PendingBases, StateDecoder, StateEncoder
+from .storage.engine import BlobCache, EncodedRecord, PendingBases, StateDecoder, StateEncoder
 
 _ID = re.compile(models.ID_PATTERN)
 _ENTRIES = ("agent_output", "environment_feedback", "game_state")
@@ -215,10 +216,10 @@ class DatabaseClient:
                 {
                     "trajectory_id": row.trajectory_id,
                     "step_number": row.step_number,
-                    **codec.load(row.codec, row.body),
+                    **value,
                     "game_state_id": row.game_state_id,
                 }
-                for row in rows
+                for row, value in zip(rows, self._record_values(rows), strict=True)
             ]
 
     def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
@@ -234,7 +235,7 @@ class DatabaseClient:
         step = {
             "trajectory_id": row.trajectory_id,
             "step_number": row.step_number,
-            **codec.load(row.codec, row.body),
+            **self._record_values([row])[0],
             "game_state_id": row.game_state_id,
         }
         return {"step": step, "game_state": self._decode_state(state) if state else None}
@@ -269,16 +270,24 @@ class DatabaseClient:
         """Save the agent's output for one step (``trajectory_id``, ``step_number`` + any JSON).
         Idempotent; ConflictError if a different output is stored for that step."""
         record = _validated(models.AgentOutput, output, "agent_output")
-        blob = self._encode(_body(record), "agent_output")
-        return self._save(lambda _: [Checkpoint(record["trajectory_id"], record["step_number"], agent_output=blob)])[0]
+        tid, number = record["trajectory_id"], record["step_number"]
+        return self._save(
+            lambda pending: [
+                Checkpoint(tid, number, agent_output=self._encoder.encode_record(
+                    "agent_outputs", tid, number, _body(record), "agent_output", pending))
+            ]
+        )[0]  # fmt: skip
 
     def save_environment_feedback(self, feedback: Mapping[str, Any] | models.EnvironmentFeedback) -> dict[str, Any]:
         """Save the environment's feedback for one step; same rules as :meth:`save_agent_output`."""
         record = _validated(models.EnvironmentFeedback, feedback, "environment_feedback")
-        blob = self._encode(_body(record), "environment_feedback")
+        tid, number = record["trajectory_id"], record["step_number"]
         return self._save(
-            lambda _: [Checkpoint(record["trajectory_id"], record["step_number"], environment_feedback=blob)]
-        )[0]
+            lambda pending: [
+                Checkpoint(tid, number, environment_feedback=self._encoder.encode_record(
+                    "environment_feedbacks", tid, number, _body(record), "environment_feedback", pending))
+            ]
+        )[0]  # fmt: skip
 
     def load_agent_outputs(self, trajectory_id: str) -> list[dict[str, Any]]:
         """A trajectory's agent outputs in step order. Raises NotFoundError for an unknown trajectory."""
@@ -299,7 +308,7 @@ class DatabaseClient:
     def load_metadata(self, trajectory_id: str) -> dict[str, Any]:
         """All metadata of a trajectory as ``{key: value}``. Raises NotFoundError for an unknown trajectory."""
         _check_id(trajectory_id, "trajectory_id")
-        rows = self._backend.load_records("metadata", trajectory_id)
+        rows = self._backend.load_metadata(trajectory_id)
         if not rows:
             self._require_trajectory(trajectory_id)
         return {str(row.key): codec.load(row.codec, row.body) for row in rows}
@@ -331,7 +340,7 @@ class DatabaseClient:
         try:
             results = self._backend.save_checkpoints(checkpoints)
         except ConflictError:
-            if not any(cp.game_state and any(b.base_id for b in cp.game_state.blobs) for cp in checkpoints):
+            if not any(_has_delta(cp) for cp in checkpoints):
                 raise
             self._encoder.forget()
             pending = PendingBases()
@@ -339,6 +348,29 @@ class DatabaseClient:
             results = self._backend.save_checkpoints(checkpoints)
         self._encoder.committed(pending)
         return [_ids(result) for result in results]
+
+    def _record_values(self, rows: list[StoredStep]) -> list[Any]:
+        """Decode step-scoped rows of one trajectory and table; a delta's keyframe is either in
+        ``rows`` (whole-trajectory loads) or attached to the row (resume)."""
+        by_number = {row.step_number: row for row in rows}
+        raw: dict[int, bytes] = {}
+
+        def resolve(row: StoredStep) -> bytes:
+            got = raw.get(row.step_number)
+            if got is None:
+                base = None
+                if row.base_step_number is not None:
+                    base_row = row.base or by_number.get(row.base_step_number)
+                    if base_row is None:
+                        raise DataIntegrityError(
+                            f"record {row.step_number} of {row.trajectory_id!r} is a delta of missing "
+                            f"record {row.base_step_number}"
+                        )
+                    base = resolve(base_row)
+                got = raw[row.step_number] = self._decoder.record(row.codec, row.body, row.digest, base)
+            return got
+
+        return [orjson.loads(resolve(row)) for row in rows]
 
     def _decode_state(self, stored: StoredState) -> dict[str, Any]:
         state: dict[str, Any] = self._decoder.state(stored.id, stored.codec, stored.body, stored.parts)
@@ -365,13 +397,16 @@ class DatabaseClient:
         reward = record.get("reward")
         parent_step = record.get("parent_step_number")
         step_row = StepRow(
-            body=self._encode(_body(record), what),
+            body=self._encoder.encode_record("steps", tid, number, _body(record), what, pending),
             reward=float(reward) if reward is not None else None,
             parent_trajectory_id=record.get("parent_trajectory_id") or (tid if parent_step is not None else None),
             parent_step_number=parent_step,
         )
-        parts: dict[str, Blob | None] = {}
-        for name, model in (("agent_output", models.AgentOutput), ("environment_feedback", models.EnvironmentFeedback)):
+        parts: dict[str, EncodedRecord | None] = {}
+        for name, model, kind in (
+            ("agent_output", models.AgentOutput, "agent_outputs"),
+            ("environment_feedback", models.EnvironmentFeedback, "environment_feedbacks"),
+        ):
             part = given[name]
             if part is None:
                 parts[name] = None
@@ -380,7 +415,9 @@ class DatabaseClient:
             for key, value in zip(_STEP_KEYS, (tid, number), strict=True):
                 if rec.setdefault(key, value) != value:
                     raise ValidationError(f"{what}: {name}[{key!r}] is {rec[key]!r}, not {value!r}")
-            parts[name] = self._encode(_body(_validated(model, rec, name)), f"{name} of {what}")
+            parts[name] = self._encoder.encode_record(
+                kind, tid, number, _body(_validated(model, rec, name)), f"{name} of {what}", pending
+            )
         state = given["game_state"]
         return Checkpoint(
             tid,
@@ -395,12 +432,12 @@ class DatabaseClient:
 
     def _load_step_records(self, kind: str, trajectory_id: str) -> list[dict[str, Any]]:
         _check_id(trajectory_id, "trajectory_id")
-        rows: list[StoredRecord] = self._backend.load_records(kind, trajectory_id)
+        rows = self._backend.load_step_records(kind, trajectory_id)
         if not rows:
             self._require_trajectory(trajectory_id)
         return [
-            {"trajectory_id": row.trajectory_id, "step_number": row.key, **codec.load(row.codec, row.body)}
-            for row in rows
+            {"trajectory_id": row.trajectory_id, "step_number": row.step_number, **value}
+            for row, value in zip(rows, self._record_values(rows), strict=True)
         ]
 
     def _require_trajectory(self, trajectory_id: str) -> None:
@@ -441,6 +478,14 @@ def _validated(model: type[M], record: Any, what: str) -> dict[str, Any]:
 def _body(record: Mapping[str, Any]) -> dict[str, Any]:
     """The keys stored in the payload: all but the key columns."""
     return {k: v for k, v in record.items() if k not in _STEP_KEYS}
+
+
+def _has_delta(cp: Checkpoint) -> bool:
+    """Whether a checkpoint names any keyframe remembered from an earlier write."""
+    records = (cp.step.body if cp.step else None, cp.agent_output, cp.environment_feedback)
+    return any(r is not None and r.base is not None for r in records) or (
+        cp.game_state is not None and any(b.base_id for b in cp.game_state.blobs)
+    )
 
 
 def _ids(result: SaveResult) -> dict[str, Any]:

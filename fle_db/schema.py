@@ -25,6 +25,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -123,7 +124,11 @@ steps = Table(
     Column("codec", String(CODEC_LENGTH), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # A delta (codec "zstd+delta") names the keyframe step of the same trajectory whose body is
+    # its zstd dictionary; the foreign key keeps that step from vanishing under it.
+    Column("base_step_number", BigInteger),
     PrimaryKeyConstraint("trajectory_id", "step_number"),
+    ForeignKeyConstraint(["trajectory_id", "base_step_number"], ["steps.trajectory_id", "steps.step_number"]),
     Index("ix_steps_game_state", "game_state_id"),
     Index("ix_steps_parent", "parent_trajectory_id", "parent_step_number"),
 )
@@ -140,7 +145,9 @@ def _step_record_table(name: str) -> Table:
         Column("codec", String(CODEC_LENGTH), nullable=False),
         Column("body", LargeBinary, nullable=False),
         Column("created_at", BigInteger, nullable=False),
+        Column("base_step_number", BigInteger),
         PrimaryKeyConstraint("trajectory_id", "step_number"),
+        ForeignKeyConstraint(["trajectory_id", "base_step_number"], [f"{name}.trajectory_id", f"{name}.step_number"]),
     )
 
 

@@ -141,3 +141,54 @@ def test_a_writer_whose_keyframe_was_deleted_elsewhere_still_saves(db_url: str) 
         cp = work.checkpoint(0, 3, "t")
         ids = writer.save_step(cp["step"], game_state=cp["game_state"])
         assert other.load_game_state(ids["game_state_id"]) == cp["game_state"]
+
+
+def test_steps_outputs_and_feedbacks_are_stored_as_deltas_and_load_exactly(db: DatabaseClient, db_url: str) -> None:
+    work = Workload(11)
+    saved = [work.checkpoint(0, n, "r") for n in range(10)]
+    for cp in saved:
+        db.save_step(cp["step"], agent_output=cp["agent_output"], environment_feedback=cp["environment_feedback"])
+    for table in ("steps", "agent_outputs", "environment_feedbacks"):
+        assert _query(db, f"SELECT count(*) FROM {table} WHERE base_step_number IS NOT NULL")[0][0] > 0, table
+    with DatabaseClient(db_url) as fresh:
+        assert [{k: v for k, v in s.items() if k != "game_state_id"} for s in fresh.load_steps("r")] == [
+            cp["step"] for cp in saved
+        ]
+        outputs = fresh.load_agent_outputs("r")
+        assert [{k: v for k, v in o.items() if k not in ("trajectory_id", "step_number")} for o in outputs] == [
+            cp["agent_output"] for cp in saved
+        ]
+        latest = fresh.load_latest_checkpoint("r")
+        assert (
+            latest is not None
+            and {k: v for k, v in latest["step"].items() if k != "game_state_id"} == saved[-1]["step"]
+        )
+
+
+def test_a_delta_of_a_delta_still_decodes(db_url: str) -> None:
+    work = Workload(5)
+    cps = [work.checkpoint(0, n, "c") for n in range(6)]
+    with DatabaseClient(db_url) as first:
+        for cp in cps[:4]:
+            first.save_step(cp["step"])
+    with DatabaseClient(db_url) as restarted:  # remembers nothing: re-saving step 3 makes it its keyframe
+        restarted.save_step(cps[3]["step"])
+        restarted.save_step(cps[4]["step"])
+        restarted.save_step(cps[5]["step"])
+    with DatabaseClient(db_url) as reader:
+        assert [s["step_number"] for s in reader.load_steps("c")] == list(range(6))
+        assert reader.load_steps("c")[5]["action"] == cps[5]["step"]["action"]
+        assert reader.load_latest_checkpoint("c")["step"]["action"] == cps[5]["step"]["action"]  # type: ignore[index]
+
+
+def test_a_damaged_step_raises_an_integrity_error(db: DatabaseClient, db_url: str) -> None:
+    work = Workload(2)
+    for n in range(3):
+        db.save_step(work.checkpoint(0, n, "d")["step"])
+    body = _query(db, "SELECT body FROM steps WHERE step_number = 2")[0][0]
+    data = bytearray(body)  # type: ignore[arg-type]
+    data[-3] ^= 0x55
+    with db._backend.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("UPDATE steps SET body = :b WHERE step_number = 2"), {"b": bytes(data)})
+    with DatabaseClient(db_url) as fresh, pytest.raises(DataIntegrityError):
+        fresh.load_steps("d")

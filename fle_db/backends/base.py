@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..config import Settings
-from ..storage.engine import EncodedState, StoredBlob
+from ..storage.engine import EncodedRecord, EncodedState, StoredBlob
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,7 @@ class Blob:
 class StepRow:
     """The step part of a checkpoint, with the columns its indexes need."""
 
-    body: Blob
+    body: EncodedRecord
     reward: float | None = None
     parent_trajectory_id: str | None = None
     parent_step_number: int | None = None
@@ -49,8 +49,8 @@ class Checkpoint:
     trajectory_id: str
     step_number: int
     step: StepRow | None = None
-    agent_output: Blob | None = None
-    environment_feedback: Blob | None = None
+    agent_output: EncodedRecord | None = None
+    environment_feedback: EncodedRecord | None = None
     game_state: EncodedState | None = None
 
 
@@ -70,13 +70,18 @@ class TrajectoryRow:
 
 @dataclass(frozen=True, slots=True)
 class StoredStep:
-    """A step as read back."""
+    """A step (or agent output, environment feedback: then ``game_state_id`` is None) as read
+    back. ``base_step_number`` names the keyframe record a delta needs; ``base`` carries that
+    record when a single step was read (resume)."""
 
     trajectory_id: str
     step_number: int
     game_state_id: str | None
     codec: str
     body: bytes
+    digest: str
+    base_step_number: int | None = None
+    base: StoredStep | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,7 @@ class StoredState:
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
-    """An agent output, environment feedback or metadata value as read back."""
+    """A trajectory body or metadata value as read back."""
 
     trajectory_id: str
     key: int | str
@@ -207,6 +212,10 @@ class Backend(ABC):
         """A game state by id, or None."""
 
     @abstractmethod
-    def load_records(self, kind: str, trajectory_id: str) -> list[StoredRecord]:
-        """``kind`` is ``agent_outputs``, ``environment_feedbacks`` or ``metadata``: its rows
-        for one trajectory in key order."""
+    def load_step_records(self, kind: str, trajectory_id: str) -> list[StoredStep]:
+        """``kind`` is ``agent_outputs`` or ``environment_feedbacks``: a trajectory's rows in
+        step order."""
+
+    @abstractmethod
+    def load_metadata(self, trajectory_id: str) -> list[StoredRecord]:
+        """A trajectory's metadata rows in key order."""

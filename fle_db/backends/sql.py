@@ -13,6 +13,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import (
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Engine,
     Insert,
     Table,
+    and_,
     bindparam,
     delete,
     exists,
@@ -71,12 +73,19 @@ _EMPTY_BODY = b"{}"
 _VERIFY_CHUNK = 500
 #: Checkpoint part (attribute of :class:`Checkpoint`) -> its one-record-per-step table.
 _STEP_RECORDS = {"agent_output": agent_outputs, "environment_feedback": environment_feedbacks}
-#: ``load_records`` kinds -> table.
-_RECORD_KINDS = {
-    "agent_outputs": agent_outputs,
-    "environment_feedbacks": environment_feedbacks,
-    "metadata": trajectory_metadata,
-}
+#: ``load_step_records`` kinds -> table.
+_RECORD_KINDS = {"agent_outputs": agent_outputs, "environment_feedbacks": environment_feedbacks}
+
+
+def _step_columns(table: Table) -> list[Any]:
+    """The columns of a :class:`StoredStep`, in order (records have no game state)."""
+    state = table.c.game_state_id if "game_state_id" in table.c else null()
+    return [table.c.trajectory_id, table.c.step_number, state, table.c.codec, table.c.body, table.c.digest,
+            table.c.base_step_number]  # fmt: skip
+
+
+def _stored_step(row: Sequence[Any]) -> StoredStep:
+    return StoredStep(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6])
 
 
 class _Raw:
@@ -147,15 +156,25 @@ def _read_statements(dialect: Any) -> tuple[_Raw, _Raw]:
         )
 
     latest = (
-        select(steps.c.trajectory_id, steps.c.step_number, steps.c.game_state_id, steps.c.codec, steps.c.body)
+        select(*_step_columns(steps))
         .where(steps.c.trajectory_id == bindparam("tid"))
         .order_by(steps.c.step_number.desc())
         .limit(1)
         .subquery("latest")
     )
-    select_latest = select(*latest.c, *state_columns).select_from(
-        with_parts(latest.outerjoin(game_states, game_states.c.id == latest.c.game_state_id))
-    )
+    base_step = steps.alias("base_step")
+    select_latest = select(
+        *latest.c, base_step.c.codec, base_step.c.body, base_step.c.digest, base_step.c.base_step_number,
+        *state_columns,
+    ).select_from(
+        with_parts(
+            latest.outerjoin(
+                base_step,
+                and_(base_step.c.trajectory_id == latest.c.trajectory_id,
+                     base_step.c.step_number == latest.c.base_step_number),
+            ).outerjoin(game_states, game_states.c.id == latest.c.game_state_id)
+        )
+    )  # fmt: skip
     select_state = (
         select(game_states.c.id, *state_columns)
         .select_from(with_parts(game_states))
@@ -223,9 +242,7 @@ class SQLBackend(Backend):
         self._raw_step = _Raw(self._insert_step, dialect)
         self._raw_record = {part: _Raw(stmt, dialect) for part, stmt in self._insert_record.items()}
         self._select_steps = (
-            select(steps.c.trajectory_id, steps.c.step_number, steps.c.game_state_id, steps.c.codec, steps.c.body)
-            .where(steps.c.trajectory_id == bindparam("tid"))
-            .order_by(steps.c.step_number)
+            select(*_step_columns(steps)).where(steps.c.trajectory_id == bindparam("tid")).order_by(steps.c.step_number)
         )
         self._select_latest, self._select_state = _read_statements(dialect)
 
@@ -261,16 +278,18 @@ class SQLBackend(Backend):
                 "connection_timeout, or close clients you no longer use"
             ) from exc
         except sa_exc.DBAPIError as exc:
-            raise self._translate_dbapi(exc) from exc
+            raise self._translate_driver(exc.orig) from exc
+        except self.engine.dialect.loaded_dbapi.Error as exc:  # raised on the raw cursor (_Raw)
+            raise self._translate_driver(exc) from exc
 
-    def _translate_dbapi(self, exc: sa_exc.DBAPIError) -> FleDBError:
-        detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+    def _translate_driver(self, exc: BaseException | None) -> FleDBError:
+        detail = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
         if "database is locked" in detail:
             return ConnectionTimeoutError(
                 f"the database stayed locked by another writer for {self.settings.connection_timeout:g} s "
                 "(connection_timeout)"
             )
-        if isinstance(exc, sa_exc.IntegrityError):
+        if isinstance(exc, self.engine.dialect.loaded_dbapi.IntegrityError):
             return ConflictError(f"the write conflicts with stored data: {detail}")
         return BackendUnavailableError(f"database error on {self.settings.safe_url()}: {detail}")
 
@@ -393,6 +412,7 @@ class SQLBackend(Backend):
                         "digest": blob.digest,
                         "codec": blob.codec,
                         "body": blob.body,
+                        "base_step_number": blob.base,
                         "created_at": now,
                     }
                     for cp in checkpoints
@@ -455,6 +475,7 @@ class SQLBackend(Backend):
             "digest": step.body.digest,
             "codec": step.body.codec,
             "body": step.body.body,
+            "base_step_number": step.body.base,
             "created_at": now,
         }
 
@@ -612,36 +633,65 @@ class SQLBackend(Backend):
     def load_steps(self, trajectory_id: str) -> list[StoredStep]:
         with self._read() as conn:
             rows = conn.execute(self._select_steps, {"tid": trajectory_id}).all()
-        return [StoredStep(*row) for row in rows]
+        return [_stored_step(row) for row in rows]
 
     def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
         with self._read() as conn:
             rows = self._select_latest.fetch(conn, {"tid": trajectory_id})
-        if not rows:
-            return None
-        first = rows[0]
-        step = StoredStep(first[0], first[1], first[2], first[3], bytes(first[4]))
-        if first[2] is None:
-            return step, None
-        state = _stored_state(first[2], [r[5:] for r in rows])
+            if not rows:
+                return None
+            first = rows[0]
+            step = _stored_step(first)
+            if step.base_step_number is not None:
+                base = StoredStep(trajectory_id, step.base_step_number, None, first[7], bytes(first[8]), first[9],
+                                  first[10])  # fmt: skip
+                step = replace(step, base=self._with_bases(conn, base))
+            if step.game_state_id is None:
+                return step, None
+            state = _stored_state(step.game_state_id, [r[11:] for r in rows])
         if state is None:
             raise DataIntegrityError(
-                f"step {first[1]} of {trajectory_id!r} names game state {first[2]}, which is missing"
+                f"step {step.step_number} of {trajectory_id!r} names game state {step.game_state_id}, which is missing"
             )
         return step, state
+
+    def _with_bases(self, conn: Connection, step: StoredStep) -> StoredStep:
+        """Attach the keyframe a delta record needs; deeper links (rare: a retried keyframe that
+        was stored as a delta before) are read one by one."""
+        if step.base_step_number is None:
+            return step
+        row = conn.execute(
+            select(*_step_columns(steps)).where(
+                steps.c.trajectory_id == step.trajectory_id, steps.c.step_number == step.base_step_number
+            )
+        ).first()
+        if row is None:
+            raise DataIntegrityError(
+                f"step {step.step_number} of {step.trajectory_id!r} is a delta of missing step {step.base_step_number}"
+            )
+        return replace(step, base=self._with_bases(conn, _stored_step(row)))
 
     def load_game_state(self, state_id: str) -> StoredState | None:
         with self._read() as conn:
             rows = self._select_state.fetch(conn, {"sid": state_id})
         return _stored_state(state_id, [r[1:] for r in rows]) if rows else None
 
-    def load_records(self, kind: str, trajectory_id: str) -> list[StoredRecord]:
+    def load_step_records(self, kind: str, trajectory_id: str) -> list[StoredStep]:
         table = _RECORD_KINDS[kind]
-        key = table.c.key if kind == "metadata" else table.c.step_number
         with self._read() as conn:
             rows = conn.execute(
-                select(table.c.trajectory_id, key, table.c.codec, table.c.body)
+                select(*_step_columns(table))
                 .where(table.c.trajectory_id == trajectory_id)
-                .order_by(key)
+                .order_by(table.c.step_number)
+            ).all()
+        return [_stored_step(row) for row in rows]
+
+    def load_metadata(self, trajectory_id: str) -> list[StoredRecord]:
+        table = trajectory_metadata
+        with self._read() as conn:
+            rows = conn.execute(
+                select(table.c.trajectory_id, table.c.key, table.c.codec, table.c.body)
+                .where(table.c.trajectory_id == trajectory_id)
+                .order_by(table.c.key)
             ).all()
         return [StoredRecord(*row) for row in rows]

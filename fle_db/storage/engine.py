@@ -93,7 +93,7 @@ def _digest(raw: bytes) -> str:
 
 @dataclass(slots=True)
 class _Keyframe:
-    blob_id: str
+    ref: str | int  # the base's blob id, or the base record's step number
     compressor: zstandard.ZstdCompressor
     uses: int = 0
 
@@ -105,8 +105,19 @@ class PendingBases:
     keyframes: dict[tuple[str, str], _Keyframe] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedRecord:
+    """A step, agent output or feedback ready to store; ``base`` is its keyframe's step number."""
+
+    codec: str
+    body: bytes
+    digest: str
+    base: int | None = None
+
+
 class StateEncoder:
-    """Encodes game states of many trajectories, remembering per trajectory and part key:
+    """Encodes game states and step records of many trajectories, remembering per trajectory and
+    part key (or record table):
 
     * the current keyframe (deltas are compressed against it), adopted only after the write
       that stored it committed, so a delta never names a base that was rolled back;
@@ -176,21 +187,39 @@ class StateEncoder:
                     self._validated.popitem(last=False)
         return digest
 
+    def encode_record(
+        self, kind: str, trajectory_id: str, step_number: int, value: Any, what: str, pending: PendingBases
+    ) -> EncodedRecord:
+        """Validate and encode a step-scoped record (the body of a step, output or feedback),
+        as a delta against this trajectory's keyframe record of the same ``kind`` when it pays."""
+        raw = codec.canonical_json(value, what, self._max_payload)
+        if len(raw) < codec.COMPRESS_MIN_BYTES:
+            return EncodedRecord(codec.CODEC_JSON, raw, _digest(raw))
+        tag, body, base = self._compress((trajectory_id, "@" + kind), step_number, raw, pending)
+        return EncodedRecord(tag, body, _digest(raw), base)  # type: ignore[arg-type]
+
     def _blob(self, slot: tuple[str, str], raw: bytes, blob_id: str, pending: PendingBases) -> BlobRow:
+        tag, body, base = self._compress(slot, blob_id, raw, pending)
+        return BlobRow(blob_id, tag, body, len(raw), zlib.crc32(body), base)  # type: ignore[arg-type]
+
+    def _compress(
+        self, slot: tuple[str, str], ref: str | int, raw: bytes, pending: PendingBases
+    ) -> tuple[str, bytes, str | int | None]:
+        """``(codec, body, base ref)``: a delta against the slot's keyframe when that is at most
+        half the raw size, else a plain frame that becomes the slot's next keyframe."""
         keyframe = pending.keyframes.get(slot)
         if keyframe is None and slot[0]:
             with self._lock:
                 keyframe = self._keyframes.get(slot)
-        if keyframe is not None and keyframe.blob_id != blob_id and keyframe.uses < KEYFRAME_INTERVAL:
+        if keyframe is not None and keyframe.ref != ref and keyframe.uses < KEYFRAME_INTERVAL:
             with self._lock:  # a zstd context is not thread-safe; keyframes are shared
                 body = keyframe.compressor.compress(raw)
             if len(body) <= DELTA_MAX_RATIO * len(raw):
                 keyframe.uses += 1
-                return BlobRow(blob_id, CODEC_ZSTD_DELTA, body, len(raw), zlib.crc32(body), keyframe.blob_id)
-        if slot[0] and (keyframe is None or keyframe.blob_id != blob_id):
-            pending.keyframes[slot] = _Keyframe(blob_id, _dict_compressor(raw))
-        body = _plain_compressor().compress(raw)
-        return BlobRow(blob_id, CODEC_ZSTD, body, len(raw), zlib.crc32(body))
+                return CODEC_ZSTD_DELTA, body, keyframe.ref
+        if slot[0] and (keyframe is None or keyframe.ref != ref):
+            pending.keyframes[slot] = _Keyframe(ref, _dict_compressor(raw))
+        return CODEC_ZSTD, _plain_compressor().compress(raw), None
 
     def committed(self, pending: PendingBases) -> None:
         """Adopt the keyframes of a write that committed."""
@@ -305,6 +334,27 @@ class StateDecoder:
         if _digest(raw) != blob.id:
             raise DataIntegrityError(f"blob {blob.id} decoded to bytes of another digest: corrupt")
         self.cache.put(blob.id, raw)
+        return raw
+
+    def record(self, codec_tag: str, body: bytes, digest: str, base: bytes | None) -> bytes:
+        """Verified raw bytes of a step-scoped record; ``base`` is its keyframe's raw bytes."""
+        if codec_tag in (codec.CODEC_JSON, codec.CODEC_JSON_ZSTD):
+            raw = codec.unpack(codec_tag, body)
+        else:
+            try:
+                if codec_tag == CODEC_ZSTD:
+                    raw = zstandard.ZstdDecompressor().decompress(body)
+                elif codec_tag == CODEC_ZSTD_DELTA and base is not None:
+                    dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+                    raw = zstandard.ZstdDecompressor(dict_data=dictionary).decompress(body)
+                else:
+                    raise DataIntegrityError(
+                        f"a record has codec {codec_tag!r} and base {'present' if base else 'missing'}"
+                    )
+            except zstandard.ZstdError as exc:
+                raise DataIntegrityError(f"a stored record failed to decompress: {exc}") from exc
+        if digest and _digest(raw) != digest:
+            raise DataIntegrityError(f"a stored record (digest {digest}) decoded to other bytes: corrupt")
         return raw
 
     def state(self, state_id: str, codec_tag: str, body: bytes, parts: Iterable[tuple[str, StoredBlob]]) -> Any:
