@@ -124,18 +124,30 @@ class _Raw:
 
     def run(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         """Execute for every row (executemany for several); returns the rows affected."""
+        return _rowcount(self.start(conn, rows))
+
+    def start(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> Any:
+        """Send the statement for every row; returns the cursor (None for no rows), whose row
+        count may only be known once a surrounding pipeline has synced (see :func:`_rowcount`)."""
         if not rows:
-            return 0
+            return None
         params = [self.params(row) for row in rows]
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if len(params) == 1:
-                cursor.execute(self.sql, params[0])
-            else:
-                cursor.executemany(self.sql, params)
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
+        if len(params) == 1:
+            cursor.execute(self.sql, params[0])
+        else:
+            cursor.executemany(self.sql, params)
+        return cursor
+
+
+def _rowcount(cursor: Any) -> int:
+    """Rows affected by a cursor from :meth:`_Raw.start` (0 for None); closes it."""
+    if cursor is None:
+        return 0
+    try:
+        return int(cursor.rowcount)
+    finally:
+        cursor.close()
 
 
 def _read_statements(dialect: Any) -> tuple[_Raw, _Raw]:
@@ -250,6 +262,11 @@ class SQLBackend(Backend):
     @abstractmethod
     def _create_engine(self) -> Engine:
         """Build the pooled engine (pool size, timeouts, per-connection settings)."""
+
+    @contextmanager
+    def _pipeline(self, conn: Connection) -> Iterator[None]:
+        """Batch the statements sent inside into as few round trips as the driver allows."""
+        yield
 
     @abstractmethod
     def _lock_for_migration(self, conn: Connection) -> None:
@@ -396,29 +413,40 @@ class SQLBackend(Backend):
         if not checkpoints:
             return []
         now = now_us()
+        step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
+        record_rows = {
+            part: [
+                {
+                    "trajectory_id": cp.trajectory_id,
+                    "step_number": cp.step_number,
+                    "digest": blob.digest,
+                    "codec": blob.codec,
+                    "body": blob.body,
+                    "base_step_number": blob.base,
+                    "created_at": now,
+                }
+                for cp in checkpoints
+                if (blob := getattr(cp, part)) is not None
+            ]
+            for part in _STEP_RECORDS
+        }
+        existed: set[tuple[str, int]] = set()
         with self._write() as conn:
-            self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now)
-            states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
-            if states:
-                self._insert_states(conn, list(states.values()), now)
-            existed: set[tuple[str, int]] = set()
-            step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
-            existed |= self._insert_verified(conn, self._raw_step, steps, step_rows, now, "step")
-            for part, table in _STEP_RECORDS.items():
-                rows = [
-                    {
-                        "trajectory_id": cp.trajectory_id,
-                        "step_number": cp.step_number,
-                        "digest": blob.digest,
-                        "codec": blob.codec,
-                        "body": blob.body,
-                        "base_step_number": blob.base,
-                        "created_at": now,
-                    }
-                    for cp in checkpoints
-                    if (blob := getattr(cp, part)) is not None
-                ]
-                existed |= self._insert_verified(conn, self._raw_record[part], table, rows, now, part.replace("_", " "))
+            # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
+            # of the immutable records are read after it, and only a shortfall costs a query.
+            with self._pipeline(conn):
+                self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now)
+                states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
+                if states:
+                    self._insert_states(conn, list(states.values()), now)
+                counted = [(self._raw_step.start(conn, step_rows), steps, step_rows, "step")]
+                for part, table in _STEP_RECORDS.items():
+                    rows = record_rows[part]
+                    counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
+            for cursor, table, rows, what in counted:
+                inserted = _rowcount(cursor)
+                if inserted != len(rows):
+                    existed |= self._verify_stored(conn, table, rows, now, what)
         return [
             SaveResult(
                 cp.trajectory_id,
@@ -479,18 +507,14 @@ class SQLBackend(Backend):
             "created_at": now,
         }
 
-    def _insert_verified(
-        self, conn: Connection, stmt: _Raw, table: Table, rows: list[dict[str, Any]], now: int, what: str
+    def _verify_stored(
+        self, conn: Connection, table: Table, rows: list[dict[str, Any]], now: int, what: str
     ) -> set[tuple[str, int]]:
-        """Insert-or-ignore ``rows``; if any was ignored, prove each stored row is identical.
+        """Some of ``rows`` were ignored as already stored: prove each stored row identical.
 
         Returns the keys that were stored before this transaction. Raises ConflictError (the
         caller's transaction then rolls back) when a stored row differs.
         """
-        if not rows:
-            return set()
-        if stmt.run(conn, rows) == len(rows):
-            return set()
         has_state = "game_state_id" in table.c
         cols = [table.c.trajectory_id, table.c.step_number, table.c.digest, table.c.created_at]
         if has_state:
