@@ -19,6 +19,8 @@ Access paths and the index each uses:
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -33,6 +35,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    text,
 )
 
 ID_LENGTH = 200
@@ -49,6 +52,12 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+
+def _partial(condition: str) -> dict[str, Any]:
+    """A partial index (both dialects): rows outside it cost no index page on write."""
+    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+
 
 trajectories = Table(
     "trajectories",
@@ -96,7 +105,7 @@ blobs = Table(
     Column("raw_size", Integer, nullable=False),
     Column("checksum", BigInteger, nullable=False),  # CRC-32 of body
     Column("created_at", BigInteger, nullable=False),
-    Index("ix_blobs_base", "base_id"),
+    Index("ix_blobs_base", "base_id", **_partial("base_id IS NOT NULL")),
 )
 
 game_state_parts = Table(
@@ -107,6 +116,7 @@ game_state_parts = Table(
     Column("blob_id", String(DIGEST_LENGTH), ForeignKey("blobs.id"), nullable=False),
     PrimaryKeyConstraint("state_id", "key"),
     Index("ix_game_state_parts_blob", "blob_id"),
+    sqlite_with_rowid=False,
 )
 
 steps = Table(
@@ -129,8 +139,10 @@ steps = Table(
     Column("base_step_number", BigInteger),
     PrimaryKeyConstraint("trajectory_id", "step_number"),
     ForeignKeyConstraint(["trajectory_id", "base_step_number"], ["steps.trajectory_id", "steps.step_number"]),
-    Index("ix_steps_game_state", "game_state_id"),
-    Index("ix_steps_parent", "parent_trajectory_id", "parent_step_number"),
+    Index("ix_steps_game_state", "game_state_id", **_partial("game_state_id IS NOT NULL")),
+    Index(
+        "ix_steps_parent", "parent_trajectory_id", "parent_step_number", **_partial("parent_trajectory_id IS NOT NULL")
+    ),
 )
 
 
