@@ -91,7 +91,7 @@ class DatabaseClient:
             ValidationError: bad field, id or value. NotFoundError: the fork's parent step does
             not exist. DependencyError: the lineage would change or form a cycle.
         """
-        record = _validated(models.Trajectory, trajectory, "trajectory")
+        record = _validated(models.Trajectory, dict(_as_dict(trajectory, "trajectory")), "trajectory")
         trajectory_id: str = record["id"]
         fields = {k: v for k, v in record.items() if k != "id"}
         self._encode(fields, f"trajectory {trajectory_id!r}")  # reject bad input before the transaction
@@ -269,7 +269,7 @@ class DatabaseClient:
     def save_agent_output(self, output: Mapping[str, Any] | models.AgentOutput) -> dict[str, Any]:
         """Save the agent's output for one step (``trajectory_id``, ``step_number`` + any JSON).
         Idempotent; ConflictError if a different output is stored for that step."""
-        record = _validated(models.AgentOutput, output, "agent_output")
+        record = _validated(models.AgentOutput, dict(_as_dict(output, "agent_output")), "agent_output")
         tid, number = record["trajectory_id"], record["step_number"]
         return self._save(
             lambda pending: [
@@ -280,7 +280,9 @@ class DatabaseClient:
 
     def save_environment_feedback(self, feedback: Mapping[str, Any] | models.EnvironmentFeedback) -> dict[str, Any]:
         """Save the environment's feedback for one step; same rules as :meth:`save_agent_output`."""
-        record = _validated(models.EnvironmentFeedback, feedback, "environment_feedback")
+        record = _validated(
+            models.EnvironmentFeedback, dict(_as_dict(feedback, "environment_feedback")), "environment_feedback"
+        )
         tid, number = record["trajectory_id"], record["step_number"]
         return self._save(
             lambda pending: [
@@ -459,10 +461,11 @@ def _as_dict(record: Any, what: str) -> Mapping[str, Any]:
 
 
 def _validated(model: type[M], record: Any, what: str) -> dict[str, Any]:
-    """Check the known fields of ``record`` strictly; return it as a plain dict, keys as given."""
-    data = dict(_as_dict(record, what))
+    """Check the known fields of ``record`` strictly; return it as a plain dict, keys as given
+    (a new dict unless ``record`` already is a plain dict the caller owns)."""
+    data = record if type(record) is dict else dict(_as_dict(record, what))
     try:
-        model.model_validate(data)
+        model.__pydantic_validator__.validate_python(data)
     except pydantic.ValidationError as exc:
         by_field: dict[str, list[str]] = {}
         for err in exc.errors():
