@@ -338,7 +338,8 @@ class DatabaseClient:
         the write fails on the foreign key: forget the keyframes and write once more, whole.
         """
         pending = PendingBases()
-        checkpoints = build(pending)
+        with codec.gc_paused():  # encoding allocates many short-lived objects, no cycles
+            checkpoints = build(pending)
         try:
             results = self._backend.save_checkpoints(checkpoints)
         except ConflictError:
