@@ -98,12 +98,12 @@ class FleDbBatch(BatchSystem):
     def __init__(self, location: str) -> None:
         self._postgres = location.startswith("postgresql://")
         self._url = location
-        self._db = DatabaseClient(location if self._postgres else f"sqlite:///{location}", sqlite_synchronous="FULL")
+        self._db = DatabaseClient(location if self._postgres else f"sqlite:///{location}", durability="full")
 
     def durability(self) -> str:
         if self._postgres:
             return f"txn/batch, {pg_synchronous_commit(self._url)}"
-        return f"txn/batch, WAL, synchronous={self._db.settings.sqlite_synchronous}"
+        return f"txn/batch, WAL, durability={self._db.settings.durability} (SQLite synchronous=FULL)"
 
     def write_batch(self, rows: Sequence[Row]) -> None:
         self._db.batch_save_steps(rows)

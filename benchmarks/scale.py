@@ -232,7 +232,7 @@ def run_backend(
     result = ScaleResult(backend)
     result.trajectories = small_count + len({item.tid for item in state_items})
     result.steps = small_count * args.steps_per_trajectory + len(state_items)
-    db = DatabaseClient(where if backend == "postgres" else f"sqlite:///{where}", sqlite_synchronous="FULL")
+    db = DatabaseClient(where if backend == "postgres" else f"sqlite:///{where}", durability="full")
     try:
         state_ids = build(db, result, state_items, small_count, args, progress)
         result.bytes_on_disk = pg_table_bytes(where) if backend == "postgres" else sqlite_bytes(Path(where))

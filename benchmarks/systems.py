@@ -87,13 +87,13 @@ class FleDb(System):
         self._postgres = location.startswith("postgresql://")
         url = location if self._postgres else f"sqlite:///{location}"
         self._url = location
-        self._db = DatabaseClient(url, sqlite_synchronous="FULL")
+        self._db = DatabaseClient(url, durability="full")
         self._state_ids: dict[tuple[str, int], str] = {}
 
     def durability(self) -> str:
         if self._postgres:
             return f"txn/checkpoint, {pg_synchronous_commit(self._url)}"
-        return f"txn/checkpoint, WAL, synchronous={self._db.settings.sqlite_synchronous}"
+        return f"txn/checkpoint, WAL, durability={self._db.settings.durability} (SQLite synchronous=FULL)"
 
     def write(self, items: Sequence[Item]) -> None:
         save = self._db.save_step

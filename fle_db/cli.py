@@ -186,7 +186,7 @@ def config(options: _Options, as_json: bool) -> None:
         "connection_timeout": settings.connection_timeout,
         "auto_migrate": settings.auto_migrate,
         "max_payload_bytes": settings.max_payload_bytes,
-        "sqlite_synchronous": settings.sqlite_synchronous,
+        "durability": settings.durability,
         "source": "--url" if options.url is not None else "environment / defaults",
     }
     if as_json or options.json:

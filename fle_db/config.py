@@ -47,7 +47,10 @@ _BACKEND_ALIASES: dict[str, BackendName] = {
     "postgresql": "postgres",
     "psql": "postgres",
 }
-_SQLITE_SYNC = ("FULL", "NORMAL")
+#: ``durability`` values: "full" (default) makes a save that returned survive power loss
+#: (SQLite ``synchronous=FULL`` in WAL, PostgreSQL synchronous commit); "fast" may lose the last
+#: commits on power loss or a server crash, never corrupts, and never loses them on a client crash.
+DURABILITY = {"full": ("FULL", "on"), "fast": ("NORMAL", "off")}
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,8 @@ class Settings:
     connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT
     auto_migrate: bool = True
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    #: SQLite ``synchronous`` in WAL mode: FULL (default) makes a returned save survive power
-    #: loss; NORMAL is faster but may lose the last commits on power loss (never on a crash).
-    sqlite_synchronous: str = "FULL"
+    #: "full" or "fast": see :data:`DURABILITY`.
+    durability: str = "full"
     #: Bytes of decoded, immutable game-state parts kept in memory (per client).
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
 
@@ -99,7 +101,7 @@ class Settings:
         connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
         auto_migrate: bool = True,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-        sqlite_synchronous: str = "FULL",
+        durability: str = "full",
         cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
@@ -133,9 +135,8 @@ class Settings:
             raise ConfigurationError(f"max_payload_bytes must be an integer >= 1024, got {max_payload_bytes!r}")
         if isinstance(cache_max_bytes, bool) or not isinstance(cache_max_bytes, int) or cache_max_bytes < 0:
             raise ConfigurationError(f"cache_max_bytes must be an integer >= 0, got {cache_max_bytes!r}")
-        sync = str(sqlite_synchronous).upper()
-        if sync not in _SQLITE_SYNC:
-            raise ConfigurationError(f"sqlite_synchronous must be one of {_SQLITE_SYNC}, got {sqlite_synchronous!r}")
+        if durability not in DURABILITY:
+            raise ConfigurationError(f"durability must be one of {sorted(DURABILITY)}, got {durability!r}")
         return cls(
             backend=backend,
             url=sa_url,
@@ -143,7 +144,7 @@ class Settings:
             connection_timeout=float(connection_timeout),
             auto_migrate=bool(auto_migrate),
             max_payload_bytes=max_payload_bytes,
-            sqlite_synchronous=sync,
+            durability=durability,
             cache_max_bytes=cache_max_bytes,
         )
 

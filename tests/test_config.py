@@ -102,7 +102,7 @@ def test_invalid_setting_raises_configuration_error_naming_it(env: dict[str, str
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("max_connections", 0), ("connection_timeout", -1), ("max_connections", True), ("sqlite_synchronous", "off")],
+    [("max_connections", 0), ("connection_timeout", -1), ("max_connections", True), ("durability", "off")],
 )
 def test_invalid_pool_options_raise_configuration_error(option: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=option):

@@ -35,10 +35,15 @@ def test_sqlite_connections_use_wal_full_sync_foreign_keys_and_busy_timeout(make
             assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 7000
 
 
-def test_sqlite_synchronous_normal_is_an_explicit_option(make_url) -> None:  # type: ignore[no-untyped-def]
-    with DatabaseClient(make_url("sqlite"), sqlite_synchronous="NORMAL") as db:
-        with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
-            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1
+def test_fast_durability_is_an_explicit_option_on_both_backends(db_url: str) -> None:
+    with DatabaseClient(db_url, durability="fast") as db, db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
+        if db.settings.backend == "sqlite":
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+        else:
+            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
+    with DatabaseClient(db_url) as db, db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
+        if db.settings.backend == "postgres":
+            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
 
 
 def _writer(url: str, worker: int, steps: int, barrier, queue) -> None:  # type: ignore[no-untyped-def]

@@ -2,8 +2,9 @@
 
 Connections are pooled (``pool_size = max_connections``, no overflow, ``pool_timeout =
 connection_timeout``) and checked before use (``pool_pre_ping``), so a connection the server
-dropped is replaced instead of failing the next call. Commits are synchronous (the server
-default): a save that returned is durable. Migrations serialise on a transaction-scoped advisory
+dropped is replaced instead of failing the next call. Commits are synchronous by default
+(``durability="full"``): a save that returned is durable; ``durability="fast"`` sets
+``synchronous_commit=off`` for fle-db's sessions. Migrations serialise on a transaction-scoped advisory
 lock; PostgreSQL DDL is transactional, so a failed migration leaves nothing behind.
 """
 
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from ..config import DURABILITY
 from .sql import SQLBackend
 
 #: Advisory lock key for migrations: the bytes "fle_db" as an integer.
@@ -35,7 +37,11 @@ class PostgresBackend(SQLBackend):
             max_overflow=0,
             pool_timeout=settings.connection_timeout,
             pool_pre_ping=True,
-            connect_args={"connect_timeout": max(1, round(settings.connection_timeout)), "application_name": "fle-db"},
+            connect_args={
+                "connect_timeout": max(1, round(settings.connection_timeout)),
+                "application_name": "fle-db",
+                "options": f"-c synchronous_commit={DURABILITY[settings.durability][1]}",
+            },
         )
 
     @contextmanager

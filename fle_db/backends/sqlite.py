@@ -1,8 +1,8 @@
 """SQLite backend (stdlib ``sqlite3`` through SQLAlchemy).
 
 Per connection: WAL journal (readers never block the writer), ``synchronous=FULL`` by default
-(a save that returned survives power loss; ``sqlite_synchronous="NORMAL"`` trades that for
-speed), foreign keys on, and a busy timeout equal to ``connection_timeout``. pysqlite's own
+(a save that returned survives power loss; ``durability="fast"`` selects NORMAL, trading that
+for speed), foreign keys on, and a busy timeout equal to ``connection_timeout``. pysqlite's own
 transaction handling is switched off (``isolation_level = None``) so that fle-db emits ``BEGIN``
 itself: write transactions start with ``BEGIN IMMEDIATE``, taking the write lock up front, so
 concurrent writer processes queue on the busy timeout instead of failing with "database is
@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.pool import QueuePool, StaticPool
 
+from ..config import DURABILITY
 from ..errors import BackendUnavailableError
 from .sql import SQLBackend
 
@@ -49,7 +50,7 @@ class SQLiteBackend(SQLBackend):
         pragmas = [
             f"PRAGMA busy_timeout = {int(timeout * 1000)}",
             "PRAGMA foreign_keys = ON",
-            f"PRAGMA synchronous = {settings.sqlite_synchronous}",
+            f"PRAGMA synchronous = {DURABILITY[settings.durability][0]}",
         ]
         if path is not None:
             pragmas.insert(0, "PRAGMA journal_mode = WAL")
