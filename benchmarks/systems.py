@@ -115,7 +115,7 @@ class FleDb(System):
 
     def load_trajectory(self, tid: str) -> list[Loaded]:
         steps = self._db.load_steps(tid)
-        states = {sid: self._db.load_game_state(sid) for sid in dict.fromkeys(s["game_state_id"] for s in steps)}
+        states = self._db.load_game_states(s["game_state_id"] for s in steps)
         return [(step, states[step["game_state_id"]]) for step in steps]
 
     def load_state(self, tid: str, step: int) -> dict[str, Any]:

@@ -265,6 +265,24 @@ class DatabaseClient:
             raise NotFoundError(f"game state {state_id!r} does not exist")
         return self._decode_state(stored)
 
+    def load_game_states(self, state_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Many game states at once (e.g. every state of a trajectory, from ``load_steps``), as
+        ``{state_id: state}``: one query per 500 ids, shared parts decoded once.
+
+        Raises:
+            NotFoundError: an id does not exist (the message names it). DataIntegrityError:
+            stored bytes are corrupt. ValidationError: a malformed id.
+        """
+        wanted = list(dict.fromkeys(state_ids))
+        for state_id in wanted:
+            _check_id(state_id, "state_id")
+        stored = self._backend.load_game_states(wanted)
+        missing = [sid for sid in wanted if sid not in stored]
+        if missing:
+            raise NotFoundError(f"game state(s) {', '.join(map(repr, missing[:5]))} do not exist")
+        with codec.gc_paused():
+            return {sid: self._decode_state(stored[sid]) for sid in wanted}
+
     # -- agent outputs, environment feedbacks ---------------------------------------------
     def save_agent_output(self, output: Mapping[str, Any] | models.AgentOutput) -> dict[str, Any]:
         """Save the agent's output for one step (``trajectory_id``, ``step_number`` + any JSON).

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from fle_db import DatabaseClient, DataIntegrityError
+from fle_db import DatabaseClient, DataIntegrityError, NotFoundError
 from fle_db.workload import Workload
 
 
@@ -192,3 +192,15 @@ def test_a_damaged_step_raises_an_integrity_error(db: DatabaseClient, db_url: st
         conn.execute(text("UPDATE steps SET body = :b WHERE step_number = 2"), {"b": bytes(data)})
     with DatabaseClient(db_url) as fresh, pytest.raises(DataIntegrityError):
         fresh.load_steps("d")
+
+
+def test_many_states_load_in_one_call_equal_to_one_by_one(db: DatabaseClient, db_url: str) -> None:
+    saved = _write_run(db, trajectories=2, steps=15)
+    ids = [state_id for state_id, _ in saved.values()]
+    with DatabaseClient(db_url) as fresh:
+        loaded = fresh.load_game_states(ids)
+        assert list(loaded) == list(dict.fromkeys(ids))
+        for state_id, state in saved.values():
+            assert loaded[state_id] == state
+        with pytest.raises(NotFoundError, match="0" * 32):
+            fresh.load_game_states([ids[0], "0" * 32])

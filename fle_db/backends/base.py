@@ -212,6 +212,10 @@ class Backend(ABC):
         """A game state by id, or None."""
 
     @abstractmethod
+    def load_game_states(self, state_ids: Sequence[str]) -> dict[str, StoredState]:
+        """The game states found among ``state_ids`` (absent ids are left out), in few queries."""
+
+    @abstractmethod
     def load_step_records(self, kind: str, trajectory_id: str) -> list[StoredStep]:
         """``kind`` is ``agent_outputs`` or ``environment_feedbacks``: a trajectory's rows in
         step order."""

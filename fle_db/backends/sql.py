@@ -150,7 +150,7 @@ def _rowcount(cursor: Any) -> int:
         cursor.close()
 
 
-def _read_statements(dialect: Any) -> tuple[_Raw, _Raw]:
+def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, Any]:
     """Resume and load-state queries: each reads a step and/or state with all its parts and
     their bases in ONE round trip (one row per part)."""
     base = blobs.alias("base")
@@ -192,7 +192,12 @@ def _read_statements(dialect: Any) -> tuple[_Raw, _Raw]:
         .select_from(with_parts(game_states))
         .where(game_states.c.id == bindparam("sid"))
     )
-    return _Raw(select_latest, dialect), _Raw(select_state, dialect)
+    select_states = (
+        select(game_states.c.id, *state_columns)
+        .select_from(with_parts(game_states))
+        .where(game_states.c.id.in_(bindparam("sids", expanding=True)))
+    )
+    return _Raw(select_latest, dialect), _Raw(select_state, dialect), select_states
 
 
 def _stored_state(state_id: str, rows: Sequence[Sequence[Any]]) -> StoredState | None:
@@ -256,7 +261,7 @@ class SQLBackend(Backend):
         self._select_steps = (
             select(*_step_columns(steps)).where(steps.c.trajectory_id == bindparam("tid")).order_by(steps.c.step_number)
         )
-        self._select_latest, self._select_state = _read_statements(dialect)
+        self._select_latest, self._select_state, self._select_states = _read_statements(dialect)
 
     # -- dialect hooks --------------------------------------------------------------------
     @abstractmethod
@@ -699,6 +704,15 @@ class SQLBackend(Backend):
         with self._read() as conn:
             rows = self._select_state.fetch(conn, {"sid": state_id})
         return _stored_state(state_id, [r[1:] for r in rows]) if rows else None
+
+    def load_game_states(self, state_ids: Sequence[str]) -> dict[str, StoredState]:
+        rows_by_id: dict[str, list[Any]] = {}
+        with self._read() as conn:
+            for i in range(0, len(state_ids), _VERIFY_CHUNK):
+                for row in conn.execute(self._select_states, {"sids": list(state_ids[i : i + _VERIFY_CHUNK])}):
+                    rows_by_id.setdefault(row[0], []).append(row[1:])
+        found = {sid: _stored_state(sid, rows) for sid, rows in rows_by_id.items()}
+        return {sid: state for sid, state in found.items() if state is not None}
 
     def load_step_records(self, kind: str, trajectory_id: str) -> list[StoredStep]:
         table = _RECORD_KINDS[kind]
