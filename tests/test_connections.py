@@ -114,3 +114,14 @@ def test_postgres_connections_dropped_by_the_server_are_replaced(make_url) -> No
                 (database,),
             )
         assert len(db.load_steps("t")) == 1  # pre-ping replaced the dead connection
+
+
+def test_sqlite_connections_keep_fle_db_transaction_control_after_reads(make_url) -> None:  # type: ignore[no-untyped-def]
+    with DatabaseClient(make_url("sqlite"), max_connections=1) as db:
+        db.save_step({"trajectory_id": "t", "step_number": 0}, game_state={"a": 1})
+        db.load_steps("t")
+        db.load_latest_checkpoint("t")
+        db.load_game_states([db.load_steps("t")[0]["game_state_id"]])
+        with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
+            # None = pysqlite's legacy implicit BEGINs stay off; fle-db emits BEGIN IMMEDIATE itself
+            assert conn.connection.dbapi_connection.isolation_level is None

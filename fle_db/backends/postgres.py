@@ -28,6 +28,8 @@ class PostgresBackend(SQLBackend):
 
     name = "postgres"
     dialect_insert = staticmethod(pg_insert)
+    # Reads in autocommit: no BEGIN/ROLLBACK round trips around a one-statement read.
+    read_isolation = "AUTOCOMMIT"
 
     def _create_engine(self) -> Engine:
         settings = self.settings

@@ -229,6 +229,8 @@ class SQLBackend(Backend):
     #: ``sqlalchemy.dialects.<name>.insert``: the dialect's INSERT with ``on_conflict_do_nothing``
     #: (typed Any: the SQLite and PostgreSQL constructs share that API but no common base class).
     dialect_insert: Callable[[Table], Any]
+    #: Isolation level of read connections, None to keep the engine's (see :meth:`_read`).
+    read_isolation: str | None = None
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
@@ -328,11 +330,12 @@ class SQLBackend(Backend):
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        """A connection for reads, in autocommit: each statement sees one consistent snapshot
-        and no BEGIN/ROLLBACK round trips are spent (every read that must be consistent is one
-        statement: resume and load-state join the step, state, parts and bases)."""
+        """A connection for reads. Every read that must be consistent is one statement (resume
+        and load-state join the step, state, parts and bases), so a backend may read in
+        autocommit (:attr:`read_isolation`) and save the BEGIN/ROLLBACK round trips."""
         with self._translate(), self.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT")
+            if self.read_isolation is not None:
+                conn.execution_options(isolation_level=self.read_isolation)
             yield conn
 
     def close(self) -> None:

@@ -30,6 +30,8 @@ class SQLiteBackend(SQLBackend):
 
     name = "sqlite"
     dialect_insert = staticmethod(sqlite_insert)
+    # Reads keep fle-db's own transaction control (a deferred BEGIN costs no I/O); switching
+    # pysqlite to AUTOCOMMIT and back would re-enable its legacy implicit transactions.
 
     def _create_engine(self) -> Engine:
         settings = self.settings
