@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from fle_db import DatabaseClient, DataIntegrityError, NotFoundError
 from fle_db.workload import Workload
+
+_counter = itertools.count()
 
 
 def _query(db: DatabaseClient, sql: str) -> list[tuple[object, ...]]:
@@ -204,3 +211,68 @@ def test_many_states_load_in_one_call_equal_to_one_by_one(db: DatabaseClient, db
             assert loaded[state_id] == state
         with pytest.raises(NotFoundError, match="0" * 32):
             fresh.load_game_states([ids[0], "0" * 32])
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _text
+)
+_big = st.lists(_text, min_size=300, max_size=400)  # a value over PART_MIN_BYTES: a part of its own
+_state = st.dictionaries(st.sampled_from(["research", "entities", "rest", "tick", "inv", "x" * 195]), _leaf | _big)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(st.lists(_state, min_size=1, max_size=8), min_size=1, max_size=3), delete=st.booleans())
+def test_any_sequence_of_states_round_trips_and_deletion_leaves_no_orphans(
+    db: DatabaseClient, db_url: str, runs: list[list[dict[str, object]]], delete: bool
+) -> None:
+    prefix = f"p{next(_counter)}"
+    saved = []
+    for t, states in enumerate(runs):
+        for n, state in enumerate(states):
+            saved.append((db.save_step({"trajectory_id": f"{prefix}-{t}", "step_number": n}, game_state=state), state))
+    with DatabaseClient(db_url) as fresh:
+        for ids, state in saved:
+            assert fresh.load_game_state(ids["game_state_id"]) == state
+    chains = _query(db, "SELECT count(*) FROM blobs d JOIN blobs b ON b.id = d.base_id WHERE b.base_id IS NOT NULL")
+    assert chains == [(0,)]
+    if delete:
+        for t in range(len(runs)):
+            db.delete_trajectory(f"{prefix}-{t}")
+        orphans = _query(
+            db,
+            "SELECT count(*) FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM game_state_parts p WHERE p.blob_id = b.id)"
+            " AND NOT EXISTS (SELECT 1 FROM blobs d WHERE d.base_id = b.id)",
+        )
+        assert orphans == [(0,)]
+        assert _query(
+            db,
+            "SELECT count(*) FROM game_states g WHERE NOT EXISTS (SELECT 1 FROM steps s WHERE s.game_state_id = g.id)",
+        ) == [(0,)]
+
+
+def test_threads_sharing_one_client_write_and_read_consistently(db: DatabaseClient) -> None:
+    work = Workload(9)
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for n in range(12):
+                cp = work.checkpoint(t % 2, n, f"th{t}")
+                db.save_step(cp["step"], agent_output=cp["agent_output"], game_state=cp["game_state"])
+                assert db.load_latest_checkpoint(f"th{t}")["game_state"] == cp["game_state"]  # type: ignore[index]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for t in range(4):
+        assert [s["step_number"] for s in db.load_steps(f"th{t}")] == list(range(12))
