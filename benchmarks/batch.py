@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import shutil
 import sqlite3
@@ -59,6 +58,7 @@ from benchmarks.common import (
     scratch_location,
     small_step,
     sqlite_synchronous,
+    write_json,
 )
 from fle_db import DatabaseClient
 
@@ -357,17 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         note_source_change(console, facts)
         elapsed = time.perf_counter() - started
         console.print(f"Wall time {elapsed:.1f} s")
-        if args.json is not None:
-            payload = {
-                "benchmark": "batch",
-                "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "machine": facts,
-                "wall_s": elapsed,
-                "runs": [asdict(r) for r in results],
-                "summary": summary,
-            }
-            args.json.write_text(json.dumps(payload, indent=2, default=str))
-            console.print(f"Raw results written to {args.json}")
+        write_json(console, args, "batch", facts, elapsed, runs=[asdict(r) for r in results], summary=summary)
         return 1 if any(r.error for r in results) else 0
     finally:
         if own_dir:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import math
 import os
 import platform
@@ -401,3 +402,21 @@ def print_machine(console: Console, facts: dict[str, Any]) -> None:
     table.add_row("fle_db source", facts["fle_db_source"])
     table.add_row("packages", ", ".join(f"{name} {version}" for name, version in facts["packages"].items()))
     console.print(table)
+
+
+def write_json(
+    console: Console, args: Any, benchmark: str, facts: dict[str, Any], elapsed: float, **sections: Any
+) -> None:
+    """Write the raw results to ``args.json`` (if given): config, machine facts, wall time and
+    the benchmark's own ``sections`` (runs, summary...)."""
+    if args.json is None:
+        return
+    payload = {
+        "benchmark": benchmark,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": facts,
+        "wall_s": elapsed,
+        **sections,
+    }
+    args.json.write_text(json.dumps(payload, indent=2, default=str))
+    console.print(f"Raw results written to {args.json}")

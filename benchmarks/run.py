@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import shutil
 import sys
@@ -68,6 +67,7 @@ from benchmarks.common import (
     sqlite_bytes,
     timed_ms,
     trajectory_id,
+    write_json,
 )
 from benchmarks.systems import SPECS, SYSTEM_NAMES, Loaded, System, SystemSpec
 
@@ -380,18 +380,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in rows:
             for error in row["errors"]:
                 console.print(f"[red]{row['backend']} {row['system']}: {error}[/red]")
-        if args.json is not None:
-            payload = {
-                "benchmark": "run",
-                "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "machine": facts,
-                "raw_json_bytes": {"steps": step_bytes, "states": state_bytes},
-                "wall_s": elapsed,
-                "runs": [asdict(r) for r in results],
-                "summary": rows,
-            }
-            args.json.write_text(json.dumps(payload, indent=2, default=str))
-            console.print(f"Raw results written to {args.json}")
+        write_json(
+            console,
+            args,
+            "run",
+            facts,
+            elapsed,
+            raw_json_bytes={"steps": step_bytes, "states": state_bytes},
+            runs=[asdict(r) for r in results],
+            summary=rows,
+        )
         return 1 if any(r.error for r in results) else 0
     finally:
         if own_dir:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import shutil
 import sys
@@ -66,6 +65,7 @@ from benchmarks.common import (
     small_step,
     sqlite_bytes,
     timed_ms,
+    write_json,
 )
 from fle_db import DatabaseClient
 
@@ -363,16 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         note_source_change(console, facts)
         elapsed = time.perf_counter() - started
         console.print(f"Wall time {elapsed:.1f} s")
-        if args.json is not None:
-            payload = {
-                "benchmark": "scale",
-                "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "machine": facts,
-                "wall_s": elapsed,
-                "results": [asdict(r) for r in results],
-            }
-            args.json.write_text(json.dumps(payload, indent=2, default=str))
-            console.print(f"Raw results written to {args.json}")
+        write_json(console, args, "scale", facts, elapsed, results=[asdict(r) for r in results])
         return 1 if any(r.error for r in results) else 0
     finally:
         if own_dir:

@@ -125,8 +125,47 @@ class FleDb(System):
         self._db.close()
 
 
+class _RawTables(System):
+    """Reads of the two raw TEXT tables, shared by the sqlite3 and psycopg baselines."""
+
+    #: The driver's placeholder: the queries below are written with "?" (sqlite3) and psycopg
+    #: subclasses set "%s".
+    mark = "?"
+
+    def _sql(self, query: str) -> str:
+        return query if self.mark == "?" else query.replace("?", self.mark)
+
+    def _reader(self) -> Any:
+        """The connection to read with."""
+        raise NotImplementedError
+
+    def resume(self, tid: str) -> Loaded:
+        conn, q = self._reader(), self._sql
+        step = conn.execute(q("SELECT data FROM steps WHERE traj_id = ? ORDER BY step DESC LIMIT 1"), (tid,)).fetchone()
+        state = conn.execute(
+            q("SELECT data FROM states WHERE traj_id = ? ORDER BY step DESC LIMIT 1"), (tid,)
+        ).fetchone()
+        if step is None or state is None:
+            raise LookupError(f"no checkpoint for {tid}")
+        return orjson.loads(step[0])["step"], orjson.loads(state[0])
+
+    def load_trajectory(self, tid: str) -> list[Loaded]:
+        conn, q = self._reader(), self._sql
+        steps = conn.execute(q("SELECT data FROM steps WHERE traj_id = ? ORDER BY step"), (tid,)).fetchall()
+        states = conn.execute(q("SELECT data FROM states WHERE traj_id = ? ORDER BY step"), (tid,)).fetchall()
+        return [(orjson.loads(s[0])["step"], orjson.loads(g[0])) for s, g in zip(steps, states, strict=True)]
+
+    def load_state(self, tid: str, step: int) -> dict[str, Any]:
+        conn, q = self._reader(), self._sql
+        row = conn.execute(q("SELECT data FROM states WHERE traj_id = ? AND step = ?"), (tid, step)).fetchone()
+        if row is None:
+            raise LookupError(f"no state for {tid} step {step}")
+        state: dict[str, Any] = orjson.loads(row[0])
+        return state
+
+
 # -- raw sqlite3 ----------------------------------------------------------------------------
-class Sqlite3Txn(System):
+class Sqlite3Txn(_RawTables):
     """stdlib sqlite3, WAL, ``synchronous=FULL``, ``BEGIN``/``COMMIT`` around each checkpoint's two rows."""
 
     def __init__(self, location: str) -> None:
@@ -149,34 +188,18 @@ class Sqlite3Txn(System):
             conn.execute("INSERT INTO states (traj_id, step, data) VALUES (?, ?, ?)", (item.tid, item.step, state_json))
             conn.execute("COMMIT")
 
-    def resume(self, tid: str) -> Loaded:
-        conn = self._conn
-        step = conn.execute("SELECT data FROM steps WHERE traj_id = ? ORDER BY step DESC LIMIT 1", (tid,)).fetchone()
-        state = conn.execute("SELECT data FROM states WHERE traj_id = ? ORDER BY step DESC LIMIT 1", (tid,)).fetchone()
-        if step is None or state is None:
-            raise LookupError(f"no checkpoint for {tid}")
-        return orjson.loads(step[0])["step"], orjson.loads(state[0])
-
-    def load_trajectory(self, tid: str) -> list[Loaded]:
-        conn = self._conn
-        steps = conn.execute("SELECT data FROM steps WHERE traj_id = ? ORDER BY step", (tid,)).fetchall()
-        states = conn.execute("SELECT data FROM states WHERE traj_id = ? ORDER BY step", (tid,)).fetchall()
-        return [(orjson.loads(s[0])["step"], orjson.loads(g[0])) for s, g in zip(steps, states, strict=True)]
-
-    def load_state(self, tid: str, step: int) -> dict[str, Any]:
-        row = self._conn.execute("SELECT data FROM states WHERE traj_id = ? AND step = ?", (tid, step)).fetchone()
-        if row is None:
-            raise LookupError(f"no state for {tid} step {step}")
-        state: dict[str, Any] = orjson.loads(row[0])
-        return state
+    def _reader(self) -> sqlite3.Connection:
+        return self._conn
 
     def close(self) -> None:
         self._conn.close()
 
 
 # -- raw psycopg ----------------------------------------------------------------------------
-class _PsycopgRaw(System):
+class _PsycopgRaw(_RawTables):
     """Raw psycopg 3 on the two TEXT tables; reads in autocommit mode after the writes."""
+
+    mark = "%s"
 
     def __init__(self, location: str) -> None:
         self._url = location
@@ -185,33 +208,11 @@ class _PsycopgRaw(System):
             self._conn.execute(ddl)
         self._conn.commit()
 
-    def _reading(self) -> psycopg.Connection[Any]:
+    def _reader(self) -> psycopg.Connection[Any]:
         if not self._conn.autocommit:
             self._conn.commit()
             self._conn.autocommit = True
         return self._conn
-
-    def resume(self, tid: str) -> Loaded:
-        conn = self._reading()
-        step = conn.execute("SELECT data FROM steps WHERE traj_id = %s ORDER BY step DESC LIMIT 1", (tid,)).fetchone()
-        state = conn.execute("SELECT data FROM states WHERE traj_id = %s ORDER BY step DESC LIMIT 1", (tid,)).fetchone()
-        if step is None or state is None:
-            raise LookupError(f"no checkpoint for {tid}")
-        return orjson.loads(step[0])["step"], orjson.loads(state[0])
-
-    def load_trajectory(self, tid: str) -> list[Loaded]:
-        conn = self._reading()
-        steps = conn.execute("SELECT data FROM steps WHERE traj_id = %s ORDER BY step", (tid,)).fetchall()
-        states = conn.execute("SELECT data FROM states WHERE traj_id = %s ORDER BY step", (tid,)).fetchall()
-        return [(orjson.loads(s[0])["step"], orjson.loads(g[0])) for s, g in zip(steps, states, strict=True)]
-
-    def load_state(self, tid: str, step: int) -> dict[str, Any]:
-        conn = self._reading()
-        row = conn.execute("SELECT data FROM states WHERE traj_id = %s AND step = %s", (tid, step)).fetchone()
-        if row is None:
-            raise LookupError(f"no state for {tid} step {step}")
-        state: dict[str, Any] = orjson.loads(row[0])
-        return state
 
     def close(self) -> None:
         self._conn.close()

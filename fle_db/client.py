@@ -287,27 +287,11 @@ class DatabaseClient:
     def save_agent_output(self, output: Mapping[str, Any] | models.AgentOutput) -> dict[str, Any]:
         """Save the agent's output for one step (``trajectory_id``, ``step_number`` + any JSON).
         Idempotent; ConflictError if a different output is stored for that step."""
-        record = _validated(models.AgentOutput, dict(_as_dict(output, "agent_output")), "agent_output")
-        tid, number = record["trajectory_id"], record["step_number"]
-        return self._save(
-            lambda pending: [
-                Checkpoint(tid, number, agent_output=self._encoder.encode_record(
-                    "agent_outputs", tid, number, _body(record), "agent_output", pending))
-            ]
-        )[0]  # fmt: skip
+        return self._save_step_record("agent_output", models.AgentOutput, output)
 
     def save_environment_feedback(self, feedback: Mapping[str, Any] | models.EnvironmentFeedback) -> dict[str, Any]:
         """Save the environment's feedback for one step; same rules as :meth:`save_agent_output`."""
-        record = _validated(
-            models.EnvironmentFeedback, dict(_as_dict(feedback, "environment_feedback")), "environment_feedback"
-        )
-        tid, number = record["trajectory_id"], record["step_number"]
-        return self._save(
-            lambda pending: [
-                Checkpoint(tid, number, environment_feedback=self._encoder.encode_record(
-                    "environment_feedbacks", tid, number, _body(record), "environment_feedback", pending))
-            ]
-        )[0]  # fmt: skip
+        return self._save_step_record("environment_feedback", models.EnvironmentFeedback, feedback)
 
     def load_agent_outputs(self, trajectory_id: str) -> list[dict[str, Any]]:
         """A trajectory's agent outputs in step order. Raises NotFoundError for an unknown trajectory."""
@@ -369,6 +353,19 @@ class DatabaseClient:
             results = self._backend.save_checkpoints(checkpoints)
         self._encoder.committed(pending)
         return [_ids(result) for result in results]
+
+    def _save_step_record(self, part: str, model: type[M], record: Any) -> dict[str, Any]:
+        """Save a standalone agent output or environment feedback (``part``) in its own transaction."""
+        data = _validated(model, dict(_as_dict(record, part)), part)
+        tid, number = data["trajectory_id"], data["step_number"]
+
+        def build(pending: PendingBases) -> list[Checkpoint]:
+            encoded = self._encoder.encode_record(part + "s", tid, number, _body(data), part, pending)
+            if part == "agent_output":
+                return [Checkpoint(tid, number, agent_output=encoded)]
+            return [Checkpoint(tid, number, environment_feedback=encoded)]
+
+        return self._save(build)[0]
 
     def _record_values(self, rows: list[StoredStep]) -> list[Any]:
         """Decode step-scoped rows of one trajectory and table; a delta's keyframe is either in

@@ -221,7 +221,8 @@ _leaf = (
     | st.floats(allow_nan=False, allow_infinity=False)
     | _text
 )
-_big = st.lists(_text, min_size=300, max_size=400)  # a value over PART_MIN_BYTES: a part of its own
+# Values over PART_MIN_BYTES (parts of their own), alike between states so that deltas occur.
+_big = st.tuples(st.integers(0, 40), _text).map(lambda v: ["tech-" * 10] * 90 + [v[0], v[1]])
 _state = st.dictionaries(st.sampled_from(["research", "entities", "rest", "tick", "inv", "x" * 195]), _leaf | _big)
 
 
