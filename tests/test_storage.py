@@ -257,10 +257,10 @@ def test_any_sequence_of_states_round_trips_and_deletion_leaves_no_orphans(
 
 
 def test_threads_sharing_one_client_write_and_read_consistently(db: DatabaseClient) -> None:
-    work = Workload(9)
     errors: list[BaseException] = []
 
     def writer(t: int) -> None:
+        work = Workload(9)  # the generator is not thread-safe; the client is
         try:
             for n in range(12):
                 cp = work.checkpoint(t % 2, n, f"th{t}")
