@@ -196,6 +196,39 @@ def config(options: _Options, as_json: bool) -> None:
 
 
 @main.command()
+@_json_option
+@click.pass_obj
+def stats(options: _Options, as_json: bool) -> None:
+    """Show what the database holds: counts, sizes per table, game-state compression, step times."""
+    with DatabaseClient(options.url) as client:
+        result = client.get_statistics()
+    if as_json or options.json:
+        _echo_json(result)
+        return
+    state_bytes = result["game_state_bytes"]
+    ratio = state_bytes["ratio"]
+    rows = [
+        (key, f"{result[key]:,}" + ("" if result["exact_counts"] else " (estimate)"))
+        for key in ("trajectories", "steps", "game_states", "agent_outputs", "environment_feedbacks", "blobs")
+    ]
+    rows.append(("size", _mib(result["size"])))
+    rows += [(f"  {table}", _mib(size)) for table, size in sorted(result["tables"].items(), key=lambda kv: -kv[1])]
+    rows.append(
+        (
+            "game states",
+            f"{_mib(state_bytes['stored'])} stored for {_mib(state_bytes['raw'])} of JSON"
+            + (f" ({ratio:.1%})" if ratio is not None else ""),
+        )
+    )
+    rows += [("oldest step", result["oldest_step_at"] or "-"), ("newest step", result["newest_step_at"] or "-")]
+    _print_table(f"fle-db statistics ({result['backend']})", rows)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.2f} MiB"
+
+
+@main.command()
 @click.argument("trajectory_id")
 @_json_option
 @click.pass_obj

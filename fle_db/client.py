@@ -6,8 +6,11 @@ Every method is safe to call from several threads at once (the backend pools con
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -18,10 +21,31 @@ from .backends import Backend, open_backend
 from .backends.base import Blob, Checkpoint, SaveResult, StepRow, StoredState, StoredStep, TrajectoryRow
 from .config import Settings
 from .errors import ConflictError, DataIntegrityError, DependencyError, NotFoundError, ValidationError
+from .ops.metrics import Metrics
 from .storage import codec
 from .storage.engine import BlobCache, EncodedRecord, PendingBases, StateDecoder, StateEncoder
 
 _ID = re.compile(models.ID_PATTERN)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _timed(method: F) -> F:
+    """Record the method's latency (and whether it raised) in the client's metrics."""
+
+    @functools.wraps(method)
+    def timed(self: DatabaseClient, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        failed = True
+        try:
+            result = method(self, *args, **kwargs)
+            failed = False
+            return result
+        finally:
+            self._metrics.record(method.__name__, time.perf_counter() - started, failed)
+
+    return timed  # type: ignore[return-value]
+
+
 _ENTRIES = ("agent_output", "environment_feedback", "game_state")
 _STEP_KEYS = ("trajectory_id", "step_number")
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -51,6 +75,7 @@ class DatabaseClient:
         self._encoder = StateEncoder(self._settings.max_payload_bytes)
         self._cache = BlobCache(self._settings.cache_max_bytes)
         self._decoder = StateDecoder(self._cache)
+        self._metrics = Metrics(self._settings.slow_operation_ms)
         self._backend: Backend = open_backend(self._settings)
         try:
             if self._settings.auto_migrate:
@@ -79,6 +104,7 @@ class DatabaseClient:
         return f"DatabaseClient({self._settings.safe_url()!r})"
 
     # -- trajectories ---------------------------------------------------------------------
+    @_timed
     def save_trajectory(self, trajectory: Mapping[str, Any] | models.Trajectory) -> str:
         """Create a trajectory, or merge the given keys into the stored one (same ``id``).
 
@@ -120,6 +146,7 @@ class DatabaseClient:
         self._backend.save_trajectory(trajectory_id, build)
         return trajectory_id
 
+    @_timed
     def load_trajectory(self, trajectory_id: str) -> dict[str, Any]:
         """The trajectory as saved (merged over all saves), with ``id``.
 
@@ -132,6 +159,7 @@ class DatabaseClient:
             raise NotFoundError(f"trajectory {trajectory_id!r} does not exist")
         return {"id": trajectory_id, **codec.load(stored.codec, stored.body)}
 
+    @_timed
     def delete_trajectory(self, trajectory_id: str, *, cascade: bool = False) -> list[str]:
         """Delete a trajectory with its steps, outputs, feedbacks, metadata and the game states
         no other step uses, in one transaction. Returns the ids deleted.
@@ -145,6 +173,7 @@ class DatabaseClient:
         return self._backend.delete_trajectory(trajectory_id, cascade)
 
     # -- steps and checkpoints ------------------------------------------------------------
+    @_timed
     def save_step(
         self,
         step: Mapping[str, Any] | models.Step,
@@ -173,6 +202,7 @@ class DatabaseClient:
             lambda pending: [self._checkpoint(step, agent_output, environment_feedback, game_state, pending)]
         )[0]
 
+    @_timed
     def batch_save_steps(self, steps: Iterable[Mapping[str, Any] | models.Step]) -> list[dict[str, Any]]:
         """Save many checkpoints in one transaction: all of them or none.
 
@@ -200,6 +230,7 @@ class DatabaseClient:
 
         return self._save(build)
 
+    @_timed
     def load_steps(self, trajectory_id: str) -> list[dict[str, Any]]:
         """All steps of a trajectory in ``step_number`` order, each as saved plus
         ``game_state_id`` (None without a state).
@@ -222,6 +253,7 @@ class DatabaseClient:
                 for row, value in zip(rows, self._record_values(rows), strict=True)
             ]
 
+    @_timed
     def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
         """The newest checkpoint (highest ``step_number``) as ``{"step": ..., "game_state": ...}``
         (``game_state`` None if that step has none), read in one index lookup; None when the
@@ -241,6 +273,7 @@ class DatabaseClient:
         return {"step": step, "game_state": self._decode_state(state) if state else None}
 
     # -- game states ----------------------------------------------------------------------
+    @_timed
     def save_game_state(self, state: Mapping[str, Any]) -> str:
         """Store a game state (any JSON object); returns its id, the digest of its content.
 
@@ -253,6 +286,7 @@ class DatabaseClient:
         self._backend.save_game_state(encoded)
         return encoded.id
 
+    @_timed
     def load_game_state(self, state_id: str) -> dict[str, Any]:
         """The game state with this id, equal to what was saved.
 
@@ -265,6 +299,7 @@ class DatabaseClient:
             raise NotFoundError(f"game state {state_id!r} does not exist")
         return self._decode_state(stored)
 
+    @_timed
     def load_game_states(self, state_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Many game states at once (e.g. every state of a trajectory, from ``load_steps``), as
         ``{state_id: state}``: one query per 500 ids, shared parts decoded once.
@@ -284,24 +319,29 @@ class DatabaseClient:
             return {sid: self._decode_state(stored[sid]) for sid in wanted}
 
     # -- agent outputs, environment feedbacks ---------------------------------------------
+    @_timed
     def save_agent_output(self, output: Mapping[str, Any] | models.AgentOutput) -> dict[str, Any]:
         """Save the agent's output for one step (``trajectory_id``, ``step_number`` + any JSON).
         Idempotent; ConflictError if a different output is stored for that step."""
         return self._save_step_record("agent_output", models.AgentOutput, output)
 
+    @_timed
     def save_environment_feedback(self, feedback: Mapping[str, Any] | models.EnvironmentFeedback) -> dict[str, Any]:
         """Save the environment's feedback for one step; same rules as :meth:`save_agent_output`."""
         return self._save_step_record("environment_feedback", models.EnvironmentFeedback, feedback)
 
+    @_timed
     def load_agent_outputs(self, trajectory_id: str) -> list[dict[str, Any]]:
         """A trajectory's agent outputs in step order. Raises NotFoundError for an unknown trajectory."""
         return self._load_step_records("agent_outputs", trajectory_id)
 
+    @_timed
     def load_environment_feedbacks(self, trajectory_id: str) -> list[dict[str, Any]]:
         """A trajectory's environment feedbacks in step order. Raises NotFoundError for an unknown trajectory."""
         return self._load_step_records("environment_feedbacks", trajectory_id)
 
     # -- metadata -------------------------------------------------------------------------
+    @_timed
     def save_metadata(self, trajectory_id: str, key: str, value: Any) -> None:
         """Set one metadata key of a trajectory to any JSON value (overwrites; idempotent).
         A trajectory not saved yet is created empty."""
@@ -309,6 +349,7 @@ class DatabaseClient:
         _check_id(key, "metadata key")
         self._backend.save_metadata(trajectory_id, key, self._encode(value, f"metadata {key!r}"))
 
+    @_timed
     def load_metadata(self, trajectory_id: str) -> dict[str, Any]:
         """All metadata of a trajectory as ``{key: value}``. Raises NotFoundError for an unknown trajectory."""
         _check_id(trajectory_id, "trajectory_id")
@@ -316,6 +357,42 @@ class DatabaseClient:
         if not rows:
             self._require_trajectory(trajectory_id)
         return {str(row.key): codec.load(row.codec, row.body) for row in rows}
+
+    # -- monitoring -----------------------------------------------------------------------
+    def get_statistics(self) -> dict[str, Any]:
+        """What the database holds, read cheaply (no scan of payload tables):
+
+        ``trajectories``, ``steps``, ``game_states``, ``agent_outputs``,
+        ``environment_feedbacks``, ``blobs`` (row counts; PostgreSQL estimates tables over 200,000
+        rows, and ``exact_counts`` is then False), ``size`` (bytes: the SQLite file and its WAL,
+        or fle-db's PostgreSQL tables), ``tables`` (bytes per table with its indexes),
+        ``game_state_bytes`` (``raw``: the states' JSON as saved; ``stored``: what the engine
+        keeps; ``ratio``), ``oldest_step_at`` / ``newest_step_at`` (ISO 8601 UTC, None if empty).
+        """
+        stats = self._backend.statistics()
+        state_bytes = stats["game_state_bytes"]
+        state_bytes["ratio"] = state_bytes["stored"] / state_bytes["raw"] if state_bytes["raw"] else None
+        for key in ("oldest_step", "newest_step"):
+            micros = stats.pop(f"{key}_us")
+            stats[f"{key}_at"] = datetime.fromtimestamp(micros / 1e6, UTC).isoformat() if micros is not None else None
+        return {"backend": self._settings.backend, **stats}
+
+    def get_performance_metrics(self) -> dict[str, Any]:
+        """This client's view of performance since it opened:
+
+        ``avg_query_time`` (seconds, over every timed call), ``connection_count`` (open pooled
+        connections), ``operations`` (per public method: count, errors, avg/p50/p95/p99/max
+        ms over its latest 2048 calls), ``pool`` (``in_use``, ``idle``, ``max``), ``cache``
+        (decoded-blob cache hits, misses, entries, bytes), ``slow_operations`` (the latest 100
+        calls of at least ``slow_operation_ms``). Read-only; touches no database.
+        """
+        pool = self._backend.pool_status()
+        return {
+            **self._metrics.snapshot(),
+            "connection_count": pool["in_use"] + pool["idle"],
+            "pool": pool,
+            "cache": self._cache.stats(),
+        }
 
     # -- migrations -----------------------------------------------------------------------
     def migrate(self) -> list[str]:

@@ -39,6 +39,7 @@ DEFAULT_CONNECTION_TIMEOUT = 30.0
 #: Largest encoded (uncompressed JSON) size of one record: step, state, output, feedback or value.
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_SLOW_OPERATION_MS = 100.0
 
 _BACKEND_ALIASES: dict[str, BackendName] = {
     "sqlite": "sqlite",
@@ -67,6 +68,8 @@ class Settings:
     durability: str = "full"
     #: Bytes of decoded, immutable game-state parts kept in memory (per client).
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    #: Operations at least this slow are listed by ``get_performance_metrics()``.
+    slow_operation_ms: float = DEFAULT_SLOW_OPERATION_MS
 
     def __repr__(self) -> str:
         return (
@@ -103,6 +106,7 @@ class Settings:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         durability: str = "full",
         cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
+        slow_operation_ms: float = DEFAULT_SLOW_OPERATION_MS,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then defaults.
@@ -135,6 +139,12 @@ class Settings:
             raise ConfigurationError(f"max_payload_bytes must be an integer >= 1024, got {max_payload_bytes!r}")
         if isinstance(cache_max_bytes, bool) or not isinstance(cache_max_bytes, int) or cache_max_bytes < 0:
             raise ConfigurationError(f"cache_max_bytes must be an integer >= 0, got {cache_max_bytes!r}")
+        if (
+            isinstance(slow_operation_ms, bool)
+            or not isinstance(slow_operation_ms, (int, float))
+            or slow_operation_ms < 0
+        ):
+            raise ConfigurationError(f"slow_operation_ms must be a number >= 0, got {slow_operation_ms!r}")
         if durability not in DURABILITY:
             raise ConfigurationError(f"durability must be one of {sorted(DURABILITY)}, got {durability!r}")
         return cls(
@@ -146,6 +156,7 @@ class Settings:
             max_payload_bytes=max_payload_bytes,
             durability=durability,
             cache_max_bytes=cache_max_bytes,
+            slow_operation_ms=float(slow_operation_ms),
         )
 
     def with_url(self, url: str) -> Settings:

@@ -15,6 +15,7 @@ Access paths and the index each uses:
 * which steps use a game state (garbage collection on delete): ``ix_steps_game_state``; which
   states use a blob, which blobs use it as base: ``ix_game_state_parts_blob``, ``ix_blobs_base``.
 * trajectories per task or agent (analysis, best-N): ``ix_trajectories_task``, ``ix_trajectories_agent``.
+* oldest/newest step, age-based cleanup, time-range export: ``ix_steps_created``.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ steps = Table(
     PrimaryKeyConstraint("trajectory_id", "step_number"),
     ForeignKeyConstraint(["trajectory_id", "base_step_number"], ["steps.trajectory_id", "steps.step_number"]),
     Index("ix_steps_game_state", "game_state_id", **_partial("game_state_id IS NOT NULL")),
+    Index("ix_steps_created", "created_at"),
     Index(
         "ix_steps_parent", "parent_trajectory_id", "parent_step_number", **_partial("parent_trajectory_id IS NOT NULL")
     ),

@@ -241,3 +241,16 @@ def test_help_works_for_the_group_and_every_command(command: str | None) -> None
     if command is None:
         for name in COMMANDS:
             assert name in result.stdout
+
+
+def test_stats_reports_counts_and_sizes_as_json_and_as_a_table(db_url: str) -> None:
+    from fle_db import DatabaseClient
+
+    with DatabaseClient(db_url) as db:
+        db.batch_save_steps({"trajectory_id": "s", "step_number": n, "action": "a"} for n in range(5))
+    result = CliRunner().invoke(main, ["--url", db_url, "stats", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert (stats["trajectories"], stats["steps"]) == (1, 5)
+    table = CliRunner().invoke(main, ["--url", db_url, "stats"])
+    assert table.exit_code == 0 and "steps" in table.output and "MiB" in table.output

@@ -190,6 +190,17 @@ class Backend(ABC):
         the ids deleted. Raises NotFoundError, or DependencyError if forks exist and not ``cascade``
         (with ``cascade`` the forks are deleted too, recursively)."""
 
+    # -- operations -----------------------------------------------------------------------
+    @abstractmethod
+    def statistics(self) -> dict[str, Any]:
+        """Row counts (``exact_counts`` says whether estimates were used on large tables), bytes
+        per table and in all, raw vs stored game-state bytes, oldest/newest step time (epoch
+        microseconds). Read-only and cheap: no scan of payload tables."""
+
+    @abstractmethod
+    def pool_status(self) -> dict[str, int]:
+        """``{"in_use", "idle", "max"}`` connections of this backend's pool."""
+
     # -- reads ----------------------------------------------------------------------------
     @abstractmethod
     def load_trajectory(self, trajectory_id: str) -> StoredRecord | None:

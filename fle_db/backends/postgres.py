@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, Table, create_engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ..config import DURABILITY
+from ..schema import metadata
 from .sql import SQLBackend
 
+#: Tables with at least this many rows (by the planner's estimate) are counted approximately.
+EXACT_COUNT_LIMIT = 200_000
 #: Advisory lock key for migrations: the bytes "fle_db" as an integer.
 MIGRATION_LOCK_KEY = int.from_bytes(b"fle_db", "big")
 
@@ -51,6 +54,23 @@ class PostgresBackend(SQLBackend):
         """psycopg pipeline mode: the checkpoint's INSERTs travel in one round trip."""
         with conn.connection.dbapi_connection.pipeline():  # type: ignore[union-attr]
             yield
+
+    def _count(self, conn: Connection, table: Table) -> tuple[int, bool]:
+        """Exact below :data:`EXACT_COUNT_LIMIT` rows; above, the planner's estimate
+        (``pg_class.reltuples``), since an exact count would read the whole heap."""
+        estimate = conn.execute(
+            text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table.name}
+        ).scalar()
+        if estimate is not None and estimate >= EXACT_COUNT_LIMIT:
+            return int(estimate), False
+        return super()._count(conn, table)
+
+    def _table_sizes(self, conn: Connection) -> dict[str, int]:
+        rows = conn.execute(
+            text("SELECT t, pg_total_relation_size(to_regclass(t)) FROM unnest(CAST(:names AS text[])) AS t"),
+            {"names": list(metadata.tables)},
+        ).all()
+        return {name: int(size or 0) for name, size in rows}
 
     def _lock_for_migration(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})

@@ -24,12 +24,14 @@ from sqlalchemy import (
     bindparam,
     delete,
     exists,
+    func,
     null,
     select,
     tuple_,
     update,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import QueuePool
 
 from .. import migrations
 from ..errors import (
@@ -74,6 +76,8 @@ _VERIFY_CHUNK = 500
 _STEP_RECORDS = {"agent_output": agent_outputs, "environment_feedback": environment_feedbacks}
 #: ``load_step_records`` kinds -> table.
 _RECORD_KINDS = {"agent_outputs": agent_outputs, "environment_feedbacks": environment_feedbacks}
+#: Tables whose rows :meth:`SQLBackend.statistics` counts.
+_COUNTED = (trajectories, steps, game_states, agent_outputs, environment_feedbacks, blobs)
 
 
 def _step_columns(table: Table) -> list[Any]:
@@ -648,6 +652,50 @@ class SQLBackend(Backend):
                     )
                 )
                 blob_ids = bases
+
+    # -- operations -----------------------------------------------------------------------
+    def statistics(self) -> dict[str, Any]:
+        with self._read() as conn:
+            counted = {table.name: self._count(conn, table) for table in _COUNTED}
+            # Two scalar subqueries: each is one probe at an end of ix_steps_created.
+            oldest, newest = conn.execute(
+                select(
+                    select(func.min(steps.c.created_at)).scalar_subquery(),
+                    select(func.max(steps.c.created_at)).scalar_subquery(),
+                )
+            ).one()
+            raw = conn.execute(select(func.coalesce(func.sum(game_states.c.raw_size), 0))).scalar()
+            tables = self._table_sizes(conn)
+        return {
+            **{name: count for name, (count, _) in counted.items()},
+            "exact_counts": all(exact for _, exact in counted.values()),
+            "size": self._total_size(tables),
+            "tables": tables,
+            "game_state_bytes": {
+                "raw": int(raw or 0),
+                "stored": sum(tables.get(t.name, 0) for t in (blobs, game_state_parts, game_states)),
+            },
+            "oldest_step_us": oldest,
+            "newest_step_us": newest,
+        }
+
+    def _count(self, conn: Connection, table: Table) -> tuple[int, bool]:
+        """``(rows, exact)``; the default counts exactly (SQLite reads the smallest index)."""
+        return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0), True
+
+    @abstractmethod
+    def _table_sizes(self, conn: Connection) -> dict[str, int]:
+        """Bytes on disk of each fle-db table with its indexes."""
+
+    def _total_size(self, tables: dict[str, int]) -> int:
+        """Bytes of the whole database as fle-db sees it (default: its tables)."""
+        return sum(tables.values())
+
+    def pool_status(self) -> dict[str, int]:
+        pool = self.engine.pool
+        if isinstance(pool, QueuePool):
+            return {"in_use": pool.checkedout(), "idle": pool.checkedin(), "max": pool.size()}
+        return {"in_use": 0, "idle": 1, "max": 1}  # one shared in-memory connection
 
     # -- reads ----------------------------------------------------------------------------
     @staticmethod

@@ -18,10 +18,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from ..config import DURABILITY
 from ..errors import BackendUnavailableError
+from ..schema import metadata
 from .sql import SQLBackend
 
 
@@ -71,6 +73,32 @@ class SQLiteBackend(SQLBackend):
 
     def _lock_for_migration(self, conn: Connection) -> None:
         """``BEGIN IMMEDIATE`` already holds the database's single write lock."""
+
+    def _table_sizes(self, conn: Connection) -> dict[str, int]:
+        """Pages of each table and its indexes (the ``dbstat`` table, which reads b-tree pages,
+        not payloads); empty where this SQLite build lacks it."""
+        try:
+            rows = conn.exec_driver_sql(
+                "SELECT tbl_name, name FROM sqlite_schema WHERE tbl_name IN "
+                "(SELECT name FROM sqlite_schema WHERE type = 'table')"
+            ).all()
+            sizes: dict[str, Any] = dict(
+                conn.exec_driver_sql("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").all()
+            )
+        except DBAPIError:
+            return {}
+        tables: dict[str, int] = {}
+        for table, name in rows:
+            if table in metadata.tables:
+                tables[table] = tables.get(table, 0) + int(sizes.get(name, 0))
+        return tables
+
+    def _total_size(self, tables: dict[str, int]) -> int:
+        """The database file and its write-ahead log."""
+        path = self.settings.sqlite_path
+        if path is None:
+            return sum(tables.values())
+        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
 
 def _create_owner_only(path: Path) -> None:

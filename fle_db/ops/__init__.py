@@ -1,0 +1,1 @@
+"""Operations: metrics (this module's ``metrics``); statistics and health live on the backends."""
