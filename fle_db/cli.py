@@ -229,6 +229,24 @@ def _mib(size: int) -> str:
 
 
 @main.command()
+@_json_option
+@click.pass_obj
+def health(options: _Options, as_json: bool) -> None:
+    """Check the database: connectivity, schema, a write probe (leaves no trace), disk and WAL
+    (SQLite), connection limits and replication (PostgreSQL). Exit code 1 when failing."""
+    with DatabaseClient(options.url, auto_migrate=False) as client:
+        result = client.health_check()
+    if as_json or options.json:
+        _echo_json(result)
+    else:
+        rows = [("status", result["status"])]
+        rows += [(name, f"{check['status']}: {check['detail']}") for name, check in result["checks"].items()]
+        _print_table(f"fle-db health ({result['backend']})", rows)
+    if result["status"] == "failing":
+        raise SystemExit(EXIT_ERROR)
+
+
+@main.command()
 @click.argument("trajectory_id")
 @_json_option
 @click.pass_obj

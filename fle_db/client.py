@@ -46,6 +46,7 @@ def _timed(method: F) -> F:
     return timed  # type: ignore[return-value]
 
 
+_SEVERITY = ["ok", "degraded", "failing"]
 _ENTRIES = ("agent_output", "environment_feedback", "game_state")
 _STEP_KEYS = ("trajectory_id", "step_number")
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -376,6 +377,16 @@ class DatabaseClient:
             micros = stats.pop(f"{key}_us")
             stats[f"{key}_at"] = datetime.fromtimestamp(micros / 1e6, UTC).isoformat() if micros is not None else None
         return {"backend": self._settings.backend, **stats}
+
+    def health_check(self) -> dict[str, Any]:
+        """``{"status": "ok" | "degraded" | "failing", "checks": {...}}``: the worst of the
+        checks, each with a status and a detail — connectivity, schema up to date, a write-and-
+        read probe that leaves no trace, pool saturation, and per backend disk space and WAL size
+        (SQLite) or server connection limits and replication/standby (PostgreSQL). Never raises
+        for an unhealthy database: that is what ``failing`` reports."""
+        checks = self._backend.health_checks()
+        worst = max((c["status"] for c in checks.values()), key=_SEVERITY.index)
+        return {"status": worst, "backend": self._settings.backend, "checks": checks}
 
     def get_performance_metrics(self) -> dict[str, Any]:
         """This client's view of performance since it opened:

@@ -254,3 +254,14 @@ def test_stats_reports_counts_and_sizes_as_json_and_as_a_table(db_url: str) -> N
     assert (stats["trajectories"], stats["steps"]) == (1, 5)
     table = CliRunner().invoke(main, ["--url", db_url, "stats"])
     assert table.exit_code == 0 and "steps" in table.output and "MiB" in table.output
+
+
+def test_health_exits_zero_when_ok_and_one_when_failing(db_url: str) -> None:
+    ok = CliRunner().invoke(main, ["--url", db_url, "init"])
+    assert ok.exit_code == 0, ok.output
+    healthy = CliRunner().invoke(main, ["--url", db_url, "health", "--json"])
+    assert healthy.exit_code == 0, healthy.output
+    assert json.loads(healthy.output)["status"] == "ok"
+    failing = CliRunner().invoke(main, ["--url", "postgresql://nobody@127.0.0.1:1/none", "health"])
+    assert failing.exit_code == 1
+    assert "failing" in failing.output

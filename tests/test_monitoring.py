@@ -68,3 +68,37 @@ def test_metrics_time_every_call_with_percentiles_pool_and_cache(db_url: str) ->
     assert metrics["cache"]["hits"] + metrics["cache"]["misses"] > 0
     assert len(metrics["slow_operations"]) == 10  # threshold 0: every call is slow
     assert metrics["slow_operations"][-1]["operation"] == "load_trajectory"
+
+
+def test_a_healthy_database_passes_every_check_and_the_probe_leaves_no_trace(db: DatabaseClient) -> None:
+    report = db.health_check()
+    assert report["status"] == "ok", report
+    expected = {"connectivity", "schema", "write_probe", "pool"}
+    expected |= {"disk", "wal"} if db.settings.backend == "sqlite" else {"connections", "replication"}
+    assert expected <= set(report["checks"])
+    assert all(check["status"] == "ok" and check["detail"] for check in report["checks"].values())
+    assert db.get_statistics()["trajectories"] == 0
+
+
+def test_an_unmigrated_database_reports_pending_schema_and_failing_writes(db_url: str) -> None:
+    with DatabaseClient(db_url, auto_migrate=False) as db:
+        report = db.health_check()
+    assert report["status"] == "failing"
+    assert report["checks"]["schema"]["status"] == "degraded" and "pending" in report["checks"]["schema"]["detail"]
+    assert report["checks"]["write_probe"]["status"] == "failing"
+
+
+def test_an_unreachable_server_reports_failing_connectivity() -> None:
+    with DatabaseClient("postgresql://nobody@127.0.0.1:1/none", auto_migrate=False, connection_timeout=2) as db:
+        report = db.health_check()
+    assert report["status"] == "failing"
+    assert report["checks"]["connectivity"]["status"] == "failing"
+
+
+def test_low_disk_space_degrades_sqlite_health(make_url, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fle_db.backends import sqlite
+
+    monkeypatch.setattr(sqlite, "DISK_DEGRADED_BYTES", 2**62)
+    with DatabaseClient(make_url("sqlite")) as db:
+        report = db.health_check()
+    assert report["status"] == "degraded" and report["checks"]["disk"]["status"] == "degraded"

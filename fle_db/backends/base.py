@@ -198,6 +198,13 @@ class Backend(ABC):
         microseconds). Read-only and cheap: no scan of payload tables."""
 
     @abstractmethod
+    def health_checks(self) -> dict[str, dict[str, Any]]:
+        """Named checks, each ``{"status": "ok" | "degraded" | "failing", "detail": str, ...}``:
+        connectivity, schema, a write-and-read probe rolled back (leaves no trace), and the
+        backend's own (disk, WAL, connection limits, replication). Never raises for a failed
+        check: a failure is a ``failing`` entry."""
+
+    @abstractmethod
     def pool_status(self) -> dict[str, int]:
         """``{"in_use", "idle", "max"}`` connections of this backend's pool."""
 

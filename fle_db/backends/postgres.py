@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -22,6 +23,8 @@ from .sql import SQLBackend
 
 #: Tables with at least this many rows (by the planner's estimate) are counted approximately.
 EXACT_COUNT_LIMIT = 200_000
+#: Share of the server's max_connections in use at which health is degraded.
+CONNECTIONS_DEGRADED_SHARE = 0.9
 #: Advisory lock key for migrations: the bytes "fle_db" as an integer.
 MIGRATION_LOCK_KEY = int.from_bytes(b"fle_db", "big")
 
@@ -71,6 +74,37 @@ class PostgresBackend(SQLBackend):
             {"names": list(metadata.tables)},
         ).all()
         return {name: int(size or 0) for name, size in rows}
+
+    def _backend_checks(self) -> dict[str, dict[str, Any]]:
+        with self._read() as conn:
+            used, limit, standby = conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM pg_stat_activity), current_setting('max_connections')::int,"
+                    " pg_is_in_recovery()"
+                )
+            ).one()
+            replicas = conn.execute(
+                text("SELECT count(*), max(EXTRACT(EPOCH FROM replay_lag)) FROM pg_stat_replication")
+            ).one()
+        share = used / limit
+        checks = {
+            "connections": {
+                "status": "degraded" if share >= CONNECTIONS_DEGRADED_SHARE else "ok",
+                "detail": f"{used} of the server's {limit} connections in use",
+                "in_use": used,
+                "max": limit,
+            },
+            "replication": {
+                "status": "failing" if standby else "ok",
+                "detail": (
+                    "this server is a read-only standby"
+                    if standby
+                    else f"{replicas[0]} replica(s)"
+                    + (f", replay lag {replicas[1]:.1f} s" if replicas[1] is not None else "")
+                ),
+            },
+        }
+        return checks
 
     def _lock_for_migration(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})

@@ -691,6 +691,63 @@ class SQLBackend(Backend):
         """Bytes of the whole database as fle-db sees it (default: its tables)."""
         return sum(tables.values())
 
+    def health_checks(self) -> dict[str, dict[str, Any]]:
+        checks: dict[str, dict[str, Any]] = {}
+        started = time.perf_counter()
+        try:
+            with self._read() as conn:
+                conn.execute(select(1)).scalar()
+        except FleDBError as exc:
+            return {"connectivity": {"status": "failing", "detail": str(exc)}}
+        checks["connectivity"] = {"status": "ok", "detail": "connected", "ms": (time.perf_counter() - started) * 1000}
+        try:
+            status = self.migration_status()
+            checks["schema"] = (
+                {"status": "ok", "detail": f"at {status.current_version}"}
+                if status.up_to_date
+                else {"status": "degraded", "detail": f"pending migrations: {', '.join(status.pending)}"}
+            )
+        except FleDBError as exc:
+            checks["schema"] = {"status": "failing", "detail": str(exc)}
+        checks["write_probe"] = self._write_probe()
+        checks["pool"] = self._pool_check()
+        try:
+            checks.update(self._backend_checks())
+        except FleDBError as exc:
+            checks["backend"] = {"status": "failing", "detail": str(exc)}
+        return checks
+
+    def _write_probe(self) -> dict[str, Any]:
+        """Insert and read back a probe row in a write transaction that is rolled back."""
+        probe = "fle-db-health-probe"
+        started = time.perf_counter()
+        try:
+            with self._translate(), self.engine.connect() as conn:
+                conn.execution_options(fle_write=True)
+                transaction = conn.begin()
+                try:
+                    self._raw_trajectory.run(
+                        conn,
+                        [{"id": probe, "codec": CODEC_JSON, "body": _EMPTY_BODY, "created_at": 0, "updated_at": 0}],
+                    )
+                    if not self._exists(conn, probe):
+                        return {"status": "failing", "detail": "a row written was not read back"}
+                finally:
+                    transaction.rollback()
+        except FleDBError as exc:
+            return {"status": "failing", "detail": f"cannot write: {exc}"}
+        return {"status": "ok", "detail": "write, read, rolled back", "ms": (time.perf_counter() - started) * 1000}
+
+    def _pool_check(self) -> dict[str, Any]:
+        pool = self.pool_status()
+        if pool["in_use"] >= pool["max"]:
+            return {"status": "degraded", "detail": f"all {pool['max']} pooled connections in use", **pool}
+        return {"status": "ok", "detail": f"{pool['in_use']} of {pool['max']} connections in use", **pool}
+
+    @abstractmethod
+    def _backend_checks(self) -> dict[str, dict[str, Any]]:
+        """Checks only this backend can make (disk and WAL; server limits and replication)."""
+
     def pool_status(self) -> dict[str, int]:
         pool = self.engine.pool
         if isinstance(pool, QueuePool):

@@ -12,6 +12,7 @@ locked" when a deferred transaction tries to upgrade its lock.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,12 @@ from ..config import DURABILITY
 from ..errors import BackendUnavailableError
 from ..schema import metadata
 from .sql import SQLBackend
+
+#: Free space on the database's filesystem below which health is degraded / failing.
+DISK_DEGRADED_BYTES = 1024**3
+DISK_FAILING_BYTES = 64 * 1024**2
+#: A write-ahead log above this size means checkpoints cannot keep up.
+WAL_DEGRADED_BYTES = 512 * 1024**2
 
 
 class SQLiteBackend(SQLBackend):
@@ -92,6 +99,23 @@ class SQLiteBackend(SQLBackend):
             if table in metadata.tables:
                 tables[table] = tables.get(table, 0) + int(sizes.get(name, 0))
         return tables
+
+    def _backend_checks(self) -> dict[str, dict[str, Any]]:
+        path = self.settings.sqlite_path
+        if path is None:
+            return {}
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        disk = "failing" if free < DISK_FAILING_BYTES else "degraded" if free < DISK_DEGRADED_BYTES else "ok"
+        wal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+        return {
+            "disk": {"status": disk, "detail": f"{free / 2**20:,.0f} MiB free", "free_bytes": free},
+            "wal": {
+                "status": "degraded" if wal > WAL_DEGRADED_BYTES else "ok",
+                "detail": f"write-ahead log {wal / 2**20:,.1f} MiB"
+                + (": checkpoints are starved (a long-lived reader?)" if wal > WAL_DEGRADED_BYTES else ""),
+                "wal_bytes": wal,
+            },
+        }
 
     def _total_size(self, tables: dict[str, int]) -> int:
         """The database file and its write-ahead log."""
