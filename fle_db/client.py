@@ -10,7 +10,7 @@ import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
@@ -18,7 +18,16 @@ import pydantic
 
 from . import models
 from .backends import Backend, open_backend
-from .backends.base import Blob, Checkpoint, SaveResult, StepRow, StoredState, StoredStep, TrajectoryRow
+from .backends.base import (
+    Blob,
+    Checkpoint,
+    CleanupCriteria,
+    SaveResult,
+    StepRow,
+    StoredState,
+    StoredStep,
+    TrajectoryRow,
+)
 from .config import Settings
 from .errors import ConflictError, DataIntegrityError, DependencyError, NotFoundError, ValidationError
 from .ops.metrics import Metrics
@@ -359,6 +368,52 @@ class DatabaseClient:
             self._require_trajectory(trajectory_id)
         return {str(row.key): codec.load(row.codec, row.body) for row in rows}
 
+    # -- maintenance ----------------------------------------------------------------------
+    @_timed
+    def cleanup(
+        self,
+        older_than: timedelta | float | None = None,
+        *,
+        before: datetime | str | None = None,
+        trajectory_ids: Iterable[str] | None = None,
+        task: str | None = None,
+        agent_type: str | None = None,
+        keep_best_per_task: int | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Delete old or unwanted trajectories, lineage-aware, in one transaction.
+
+        Selects the trajectories matching EVERY criterion given: no activity (trajectory or
+        step written) for ``older_than`` (a ``timedelta`` or seconds) or since ``before`` (an
+        aware datetime or ISO 8601 string), the ids ``trajectory_ids``, ``task``,
+        ``agent_type``, and with ``keep_best_per_task=N`` all but the N highest
+        ``total_reward`` of each task. A selected trajectory that a surviving one forks from is
+        kept (``kept_for_lineage``), so no fork ever points at a deleted step. States and blobs
+        nothing else uses go too. ``dry_run=True`` does the same work and rolls it back: the
+        report (``trajectories`` deleted, ``kept_for_lineage``, ``rows`` deleted per table,
+        payload ``bytes_freed``) is exact. Space returns to the
+        filesystem only after :meth:`optimize` with ``vacuum=True`` (SQLite) or VACUUM FULL.
+
+        Raises:
+            ValidationError: no criterion, or a bad one (both ``older_than`` and ``before``...).
+        """
+        if older_than is not None and before is not None:
+            raise ValidationError("cleanup: give older_than or before, not both")
+        cutoff = _cutoff_us(older_than, before)
+        ids = None
+        if trajectory_ids is not None:
+            ids = tuple(trajectory_ids)
+            for tid in ids:
+                _check_id(tid, "trajectory_ids")
+        if keep_best_per_task is not None and (
+            isinstance(keep_best_per_task, bool) or not isinstance(keep_best_per_task, int) or keep_best_per_task < 0
+        ):
+            raise ValidationError(f"keep_best_per_task must be an integer >= 0, got {keep_best_per_task!r}")
+        criteria = CleanupCriteria(cutoff, ids, task, agent_type, keep_best_per_task)
+        if criteria == CleanupCriteria():
+            raise ValidationError("cleanup needs at least one criterion (it never deletes everything by default)")
+        return self._backend.cleanup(criteria, dry_run)
+
     # -- monitoring -----------------------------------------------------------------------
     def get_statistics(self) -> dict[str, Any]:
         """What the database holds, read cheaply (no scan of payload tables):
@@ -549,6 +604,27 @@ class DatabaseClient:
     def _require_trajectory(self, trajectory_id: str) -> None:
         if not self._backend.trajectory_exists(trajectory_id):
             raise NotFoundError(f"trajectory {trajectory_id!r} does not exist")
+
+
+def _cutoff_us(older_than: timedelta | float | None, before: datetime | str | None) -> int | None:
+    """The cleanup cutoff in epoch microseconds, from a duration or an instant."""
+    if older_than is not None:
+        if isinstance(older_than, bool) or not isinstance(older_than, (timedelta, int, float)):
+            raise ValidationError(f"older_than must be a timedelta or seconds, got {older_than!r}")
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
+        if not 0 <= seconds < float("inf"):
+            raise ValidationError(f"older_than must be a positive duration, got {older_than!r}")
+        return int((time.time() - seconds) * 1_000_000)
+    if before is None:
+        return None
+    if isinstance(before, str):
+        try:
+            before = datetime.fromisoformat(before)
+        except ValueError:
+            raise ValidationError(f"before is not an ISO 8601 time: {before!r}") from None
+    if not isinstance(before, datetime) or before.tzinfo is None:
+        raise ValidationError("before must be a timezone-aware datetime or an ISO 8601 string with an offset")
+    return int(before.timestamp() * 1_000_000)
 
 
 def _check_id(value: Any, what: str) -> None:

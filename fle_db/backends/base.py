@@ -114,6 +114,17 @@ class SaveResult:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class CleanupCriteria:
+    """Which trajectories a cleanup selects: every given criterion must hold (AND)."""
+
+    before_us: int | None = None  # neither it nor its steps written since (epoch microseconds)
+    trajectory_ids: tuple[str, ...] | None = None
+    task: str | None = None
+    agent_type: str | None = None
+    keep_best_per_task: int | None = None  # select all but the N best (total_reward) per task
+
+
 @dataclass(slots=True)
 class MigrationStatus:
     """Schema version of the database against the newest this library knows."""
@@ -207,6 +218,14 @@ class Backend(ABC):
     @abstractmethod
     def pool_status(self) -> dict[str, int]:
         """``{"in_use", "idle", "max"}`` connections of this backend's pool."""
+
+    @abstractmethod
+    def cleanup(self, criteria: CleanupCriteria, dry_run: bool) -> dict[str, Any]:
+        """Delete the selected trajectories in one transaction — except those a surviving
+        trajectory forks from (``kept_for_lineage``) — with their states and blobs nothing else
+        uses. Returns ``trajectories`` (ids), ``kept_for_lineage``, ``rows`` (per table) and
+        payload ``bytes_freed``; with ``dry_run``
+        the same work is done and rolled back, so the report is exact."""
 
     # -- reads ----------------------------------------------------------------------------
     @abstractmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -60,6 +61,7 @@ from .base import (
     Backend,
     Blob,
     Checkpoint,
+    CleanupCriteria,
     MigrationStatus,
     SaveResult,
     StoredRecord,
@@ -76,6 +78,9 @@ _VERIFY_CHUNK = 500
 _STEP_RECORDS = {"agent_output": agent_outputs, "environment_feedback": environment_feedbacks}
 #: ``load_step_records`` kinds -> table.
 _RECORD_KINDS = {"agent_outputs": agent_outputs, "environment_feedbacks": environment_feedbacks}
+#: What a cleanup report counts, besides bytes.
+_TALLIED = ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "trajectory_metadata", "game_states",
+            "blobs")  # fmt: skip
 #: Tables whose rows :meth:`SQLBackend.statistics` counts.
 _COUNTED = (trajectories, steps, game_states, agent_outputs, environment_feedbacks, blobs)
 
@@ -589,9 +594,77 @@ class SQLBackend(Backend):
                     )
                 order.extend(forks)
                 frontier = forks
+            tally: Counter[str] = Counter()
             for tid in reversed(order):  # forks before their parents (foreign keys)
-                self._delete_one(conn, tid)
+                self._delete_one(conn, tid, tally)
         return order
+
+    def cleanup(self, criteria: CleanupCriteria, dry_run: bool) -> dict[str, Any]:
+        with self._write() as conn:
+            selected = self._select_for_cleanup(conn, criteria)
+            doomed, kept = self._lineage_safe(conn, selected)
+            tally: Counter[str] = Counter()
+            for tid in doomed:
+                self._delete_one(conn, tid, tally)
+            if dry_run:
+                conn.rollback()
+        return {
+            "dry_run": dry_run,
+            "trajectories": sorted(doomed),
+            "kept_for_lineage": sorted(kept),
+            "rows": {table: tally[table] for table in _TALLIED},
+            "bytes_freed": tally["bytes"],
+        }
+
+    def _select_for_cleanup(self, conn: Connection, criteria: CleanupCriteria) -> list[str]:
+        """Ids of the trajectories every given criterion selects (AND)."""
+        query = select(trajectories.c.id, trajectories.c.task, trajectories.c.total_reward, trajectories.c.created_at)
+        if criteria.trajectory_ids is not None:
+            query = query.where(trajectories.c.id.in_(criteria.trajectory_ids))
+        if criteria.task is not None:
+            query = query.where(trajectories.c.task == criteria.task)
+        if criteria.agent_type is not None:
+            query = query.where(trajectories.c.agent_type == criteria.agent_type)
+        if criteria.before_us is not None:
+            # Old = neither the trajectory nor any of its steps was written since the cutoff.
+            query = query.where(
+                trajectories.c.updated_at < criteria.before_us,
+                ~exists().where(steps.c.trajectory_id == trajectories.c.id, steps.c.created_at >= criteria.before_us),
+            )
+        rows = conn.execute(query).all()
+        if criteria.keep_best_per_task is None:
+            return [row.id for row in rows]
+        by_task: dict[str | None, list[Any]] = {}
+        for row in rows:
+            by_task.setdefault(row.task, []).append(row)
+        doomed = []
+        for group in by_task.values():
+            # Best first: highest total_reward (None lowest), then the newest.
+            group.sort(key=lambda r: (r.total_reward is not None, r.total_reward or 0.0, r.created_at), reverse=True)
+            doomed += [row.id for row in group[criteria.keep_best_per_task :]]
+        return doomed
+
+    def _lineage_safe(self, conn: Connection, selected: list[str]) -> tuple[list[str], set[str]]:
+        """Split ``selected`` into what can go (in a safe order: dependents first) and what must
+        stay because a surviving trajectory forks from it, directly or through kept ones."""
+        doomed = set(selected)
+        dependents = {tid: set(self._dependents(conn, [tid])) for tid in selected}
+        kept: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for tid in list(doomed):
+                if dependents[tid] - doomed:
+                    doomed.discard(tid)
+                    kept.add(tid)
+                    changed = True
+        order: list[str] = []
+        remaining = set(doomed)
+        while remaining:
+            ready = sorted(t for t in remaining if not dependents[t] & remaining)
+            order += ready
+            remaining -= set(ready)
+        return order, kept
 
     def _dependents(self, conn: Connection, ids: list[str]) -> list[str]:
         forks = conn.execute(select(trajectories.c.id).where(trajectories.c.parent_trajectory_id.in_(ids)))
@@ -602,7 +675,9 @@ class SQLBackend(Backend):
         )
         return list(dict.fromkeys([*forks.scalars(), *children.scalars()]))
 
-    def _delete_one(self, conn: Connection, tid: str) -> None:
+    def _delete_one(self, conn: Connection, tid: str, tally: Counter[str]) -> None:
+        """Delete one trajectory's rows and the states and blobs nothing else uses, adding the
+        rows and payload bytes removed to ``tally``."""
         state_ids = list(
             conn.execute(
                 select(steps.c.game_state_id)
@@ -610,12 +685,17 @@ class SQLBackend(Backend):
                 .distinct()
             ).scalars()
         )
-        for table in TRAJECTORY_CHILD_TABLES:
-            conn.execute(delete(table).where(table.c.trajectory_id == tid))
-        conn.execute(delete(trajectories).where(trajectories.c.id == tid))
-        self._collect_garbage(conn, state_ids)
+        for table in (*TRAJECTORY_CHILD_TABLES, trajectories):
+            key = table.c.id if table is trajectories else table.c.trajectory_id
+            rows, size = conn.execute(
+                select(func.count(), func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
+            ).one()
+            conn.execute(delete(table).where(key == tid))
+            tally[table.name] += rows
+            tally["bytes"] += size
+        self._collect_garbage(conn, state_ids, tally)
 
-    def _collect_garbage(self, conn: Connection, state_ids: list[str]) -> None:
+    def _collect_garbage(self, conn: Connection, state_ids: list[str], tally: Counter[str]) -> None:
         """Delete the given states that no step uses any more, then their blobs that no state
         uses and no delta needs as base (deltas first, then the keyframes they freed)."""
         for i in range(0, len(state_ids), _VERIFY_CHUNK):
@@ -636,22 +716,21 @@ class SQLBackend(Backend):
             )
             conn.execute(delete(game_state_parts).where(game_state_parts.c.state_id.in_(orphans)))
             conn.execute(delete(game_states).where(game_states.c.id.in_(orphans)))
+            tally["game_states"] += len(orphans)
+            dependent = blobs.alias("dependent")
             while blob_ids:
-                candidates = list(blob_ids)
-                bases = set(
-                    conn.execute(
-                        select(blobs.c.base_id).where(blobs.c.id.in_(candidates), blobs.c.base_id.is_not(None))
-                    ).scalars()
-                )
-                base_alias = blobs.alias("dependent")
-                conn.execute(
-                    delete(blobs).where(
-                        blobs.c.id.in_(candidates),
+                unused = conn.execute(
+                    select(blobs.c.id, blobs.c.base_id, func.length(blobs.c.body)).where(
+                        blobs.c.id.in_(list(blob_ids)),
                         ~exists().where(game_state_parts.c.blob_id == blobs.c.id),
-                        ~exists().where(base_alias.c.base_id == blobs.c.id),
+                        ~exists().where(dependent.c.base_id == blobs.c.id),
                     )
-                )
-                blob_ids = bases
+                ).all()
+                if unused:
+                    conn.execute(delete(blobs).where(blobs.c.id.in_([row[0] for row in unused])))
+                tally["blobs"] += len(unused)
+                tally["bytes"] += sum(row[2] for row in unused)
+                blob_ids = {row[1] for row in unused if row[1] is not None}
 
     # -- operations -----------------------------------------------------------------------
     def statistics(self) -> dict[str, Any]:
