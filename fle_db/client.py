@@ -31,6 +31,7 @@ from .backends.base import (
 from .config import Settings
 from .errors import ConflictError, DataIntegrityError, DependencyError, NotFoundError, ValidationError
 from .ops.metrics import Metrics
+from .ops.validate import validate as validate_database
 from .storage import codec
 from .storage.engine import BlobCache, EncodedRecord, PendingBases, StateDecoder, StateEncoder
 
@@ -413,6 +414,34 @@ class DatabaseClient:
         if criteria == CleanupCriteria():
             raise ValidationError("cleanup needs at least one criterion (it never deletes everything by default)")
         return self._backend.cleanup(criteria, dry_run)
+
+    @_timed
+    def optimize(self, *, vacuum: bool = False, reindex: bool = False) -> dict[str, Any]:
+        """The maintenance each backend needs, with a report ``{"actions": [{"action", "ms"}],
+        "size_before", "size_after"}``.
+
+        SQLite: ANALYZE, then ``wal_checkpoint(TRUNCATE)`` (the WAL shrinks to zero bytes);
+        PostgreSQL: ANALYZE of fle-db's tables. ``vacuum=True`` also rewrites the database to
+        return free pages to the filesystem (after :meth:`cleanup`; it needs free disk space of
+        about the database's size and blocks writers meanwhile); ``reindex=True`` rebuilds the
+        indexes (PostgreSQL: concurrently). Safe to run at any time; idempotent.
+        """
+        before = self._backend.statistics()["size"]
+        actions = self._backend.maintain(vacuum, reindex)
+        return {"actions": actions, "size_before": before, "size_after": self._backend.statistics()["size"]}
+
+    def validate(self, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+        """Check everything: structure (SQLite ``integrity_check`` and ``foreign_key_check``,
+        PostgreSQL ``amcheck`` where installed), every blob's checksum and digest, every state's
+        parts, every step, output and feedback, lineage references, step numbering.
+
+        Returns ``{"ok": bool, "problems": [{"severity", "kind", "where", "detail"}], "checked":
+        {...}}``; ``ok`` is False when any problem is an error (gaps in step numbering are
+        warnings, as are blobs nothing uses). Read-only; reads the whole database in chunks, so
+        it takes time on large ones: ``progress(stage, done)`` is called along the way.
+        """
+        decoder = StateDecoder(BlobCache(16 * 1024 * 1024))  # its own cache: verify, don't trust
+        return validate_database(self._backend, decoder, self._record_values, progress)
 
     # -- monitoring -----------------------------------------------------------------------
     def get_statistics(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ a backend only moves rows of scalars and tagged bytes. Its promises:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -226,6 +226,43 @@ class Backend(ABC):
         uses. Returns ``trajectories`` (ids), ``kept_for_lineage``, ``rows`` (per table) and
         payload ``bytes_freed``; with ``dry_run``
         the same work is done and rolled back, so the report is exact."""
+
+    @abstractmethod
+    def maintain(self, vacuum: bool, reindex: bool) -> list[dict[str, Any]]:
+        """Run the backend's maintenance — refresh planner statistics and checkpoint the log,
+        plus VACUUM (returns free space to the filesystem) and REINDEX when asked — and return
+        ``[{"action", "ms"}]``. VACUUM and REINDEX may take long on a large database."""
+
+    # -- validation (read-only, streaming) -------------------------------------------------
+    @abstractmethod
+    def structure_problems(self) -> list[tuple[str, str, str]]:
+        """``(kind, where, detail)`` from the engine's own checks (page structure, foreign keys,
+        index consistency). Raises BackendUnavailableError if the file cannot be read at all."""
+
+    @abstractmethod
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every blob (with its base attached), in chunks."""
+
+    @abstractmethod
+    def manifest_problems(self) -> list[tuple[str, str]]:
+        """``(state_id, detail)`` for states whose parts do not add up to their id."""
+
+    @abstractmethod
+    def iter_trajectory_ids(self) -> Iterator[str]:
+        """Every trajectory id, in chunks."""
+
+    @abstractmethod
+    def trajectory_records(self, trajectory_id: str) -> list[tuple[str, list[StoredStep]]]:
+        """``(table, rows)`` of a trajectory's steps, agent outputs and feedbacks."""
+
+    @abstractmethod
+    def reference_problems(self) -> list[tuple[str, str, str, str]]:
+        """``(severity, kind, where, detail)``: fork points and step parents that do not exist
+        (errors), blobs nothing uses (warnings: wasted space)."""
+
+    @abstractmethod
+    def numbering_problems(self) -> list[tuple[str, str]]:
+        """``(where, detail)`` for trajectories whose step numbers have gaps."""
 
     # -- reads ----------------------------------------------------------------------------
     @abstractmethod

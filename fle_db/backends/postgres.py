@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
 
 from ..config import DURABILITY
 from ..schema import metadata
@@ -74,6 +75,36 @@ class PostgresBackend(SQLBackend):
             {"names": list(metadata.tables)},
         ).all()
         return {name: int(size or 0) for name, size in rows}
+
+    def _maintenance(self, vacuum: bool, reindex: bool) -> list[tuple[str, str]]:
+        tables = ", ".join(metadata.tables)  # fle-db's own table names, not user input
+        actions = [("vacuum_analyze", f"VACUUM (ANALYZE) {tables}") if vacuum else ("analyze", f"ANALYZE {tables}")]
+        if reindex:
+            actions += [(f"reindex {t}", f"REINDEX TABLE CONCURRENTLY {t}") for t in metadata.tables]
+        return actions
+
+    def _structure_problems(self, conn: Connection) -> list[tuple[str, str, str]]:
+        """``amcheck``'s ``bt_index_check`` on every index of fle-db's tables, where the
+        extension is installed (``CREATE EXTENSION amcheck`` needs a privileged role). Foreign
+        keys are enforced by the server, so they need no check."""
+        if not conn.execute(text("SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'")).scalar():
+            return []
+        problems = []
+        indexes = conn.execute(
+            text(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_class t ON t.oid = i.indrelid WHERE t.relname = ANY(CAST(:names AS text[])) "
+                "AND c.relam = (SELECT oid FROM pg_am WHERE amname = 'btree')"
+            ),
+            {"names": list(metadata.tables)},
+        ).scalars()
+        for index in list(indexes):
+            try:
+                with conn.begin_nested():
+                    conn.execute(text("SELECT bt_index_check(to_regclass(:i))"), {"i": index})
+            except DBAPIError as exc:
+                problems.append(("structure", f"index {index}", str(exc.orig).splitlines()[0]))
+        return problems
 
     def _backend_checks(self) -> dict[str, dict[str, Any]]:
         with self._read() as conn:

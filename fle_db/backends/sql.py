@@ -56,7 +56,7 @@ from ..schema import (
     trajectory_metadata,
 )
 from ..storage.codec import CODEC_JSON
-from ..storage.engine import CODEC_MANIFEST, EncodedState, StoredBlob
+from ..storage.engine import CODEC_MANIFEST, EncodedState, StoredBlob, manifest_id
 from .base import (
     Backend,
     Blob,
@@ -225,6 +225,16 @@ def _stored_state(state_id: str, rows: Sequence[Sequence[Any]]) -> StoredState |
         if r[2] is not None
     )
     return StoredState(state_id, codec, bytes(body), parts)
+
+
+def _manifest_problem(state_id: str | None, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if state_id is None:
+        return []
+    if not parts:
+        return [(state_id, "has no parts")]
+    if manifest_id(parts) != state_id:
+        return [(state_id, f"its parts {sorted(parts)} do not add up to its id")]
+    return []
 
 
 def now_us() -> int:
@@ -832,6 +842,151 @@ class SQLBackend(Backend):
         if isinstance(pool, QueuePool):
             return {"in_use": pool.checkedout(), "idle": pool.checkedin(), "max": pool.size()}
         return {"in_use": 0, "idle": 1, "max": 1}  # one shared in-memory connection
+
+    def maintain(self, vacuum: bool, reindex: bool) -> list[dict[str, Any]]:
+        done = []
+        with self._read() as conn:  # outside any transaction: VACUUM refuses to run inside one
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            for action, statement in self._maintenance(vacuum, reindex):
+                started = time.perf_counter()
+                raw.execute(statement)
+                done.append({"action": action, "ms": (time.perf_counter() - started) * 1000})
+        return done
+
+    @abstractmethod
+    def _maintenance(self, vacuum: bool, reindex: bool) -> list[tuple[str, str]]:
+        """``(action, SQL)`` in order; each statement runs outside a transaction."""
+
+    # -- validation -----------------------------------------------------------------------
+    def structure_problems(self) -> list[tuple[str, str, str]]:
+        with self._read() as conn:
+            return self._structure_problems(conn)
+
+    @abstractmethod
+    def _structure_problems(self, conn: Connection) -> list[tuple[str, str, str]]:
+        """The engine's own structural checks."""
+
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        base = blobs.alias("base")
+        query = (
+            select(
+                blobs.c.id,
+                blobs.c.codec,
+                blobs.c.body,
+                blobs.c.checksum,
+                base.c.id,
+                base.c.codec,
+                base.c.body,
+                base.c.checksum,
+            )
+            .select_from(blobs.outerjoin(base, base.c.id == blobs.c.base_id))
+            .order_by(blobs.c.id)
+            .limit(_VERIFY_CHUNK)
+        )
+        last = ""
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(query.where(blobs.c.id > last)).all()
+            for r in rows:
+                parent = StoredBlob(r[4], r[5], bytes(r[6]), r[7]) if r[4] is not None else None
+                yield StoredBlob(r[0], r[1], bytes(r[2]), r[3], parent)
+            if len(rows) < _VERIFY_CHUNK:
+                return
+            last = rows[-1][0]
+
+    def manifest_problems(self) -> list[tuple[str, str]]:
+        problems = []
+        query = (
+            select(game_states.c.id, game_state_parts.c.key, game_state_parts.c.blob_id)
+            .select_from(game_states.outerjoin(game_state_parts, game_state_parts.c.state_id == game_states.c.id))
+            .where(game_states.c.codec == CODEC_MANIFEST)
+            .order_by(game_states.c.id)
+        )
+        with self._read() as conn:
+            current: str | None = None
+            parts: list[tuple[str, str]] = []
+            for state_id, key, blob_id in conn.execute(query):
+                if state_id != current:
+                    problems += _manifest_problem(current, parts)
+                    current, parts = state_id, []
+                if key is not None:
+                    parts.append((key, blob_id))
+            problems += _manifest_problem(current, parts)
+        return problems
+
+    def iter_trajectory_ids(self) -> Iterator[str]:
+        last = ""
+        while True:
+            with self._read() as conn:
+                ids = list(
+                    conn.execute(
+                        select(trajectories.c.id)
+                        .where(trajectories.c.id > last)
+                        .order_by(trajectories.c.id)
+                        .limit(_VERIFY_CHUNK)
+                    ).scalars()
+                )
+            yield from ids
+            if len(ids) < _VERIFY_CHUNK:
+                return
+            last = ids[-1]
+
+    def trajectory_records(self, trajectory_id: str) -> list[tuple[str, list[StoredStep]]]:
+        return [("steps", self.load_steps(trajectory_id))] + [
+            (kind, self.load_step_records(kind, trajectory_id)) for kind in _RECORD_KINDS
+        ]
+
+    def reference_problems(self) -> list[tuple[str, str, str, str]]:
+        parent = steps.alias("parent")
+        missing_parent = ~exists().where(
+            parent.c.trajectory_id == trajectories.c.parent_trajectory_id,
+            parent.c.step_number == trajectories.c.parent_step_number,
+        )
+        problems: list[tuple[str, str, str, str]] = []
+        with self._read() as conn:
+            for tid, ptid, pstep in conn.execute(
+                select(trajectories.c.id, trajectories.c.parent_trajectory_id, trajectories.c.parent_step_number).where(
+                    trajectories.c.parent_trajectory_id.is_not(None), missing_parent
+                )
+            ):
+                problems.append(
+                    ("error", "lineage", f"trajectory {tid!r}", f"forked from missing step {pstep} of {ptid!r}")
+                )
+            step_parent = ~exists().where(
+                parent.c.trajectory_id == steps.c.parent_trajectory_id,
+                parent.c.step_number == steps.c.parent_step_number,
+            )
+            for tid, number, ptid, pstep in conn.execute(
+                select(
+                    steps.c.trajectory_id, steps.c.step_number, steps.c.parent_trajectory_id, steps.c.parent_step_number
+                ).where(steps.c.parent_trajectory_id.is_not(None), step_parent)
+            ):
+                problems.append(
+                    ("error", "lineage", f"step {number} of {tid!r}", f"names missing parent step {pstep} of {ptid!r}")
+                )
+            dependent = blobs.alias("dependent")
+            for (blob_id,) in conn.execute(
+                select(blobs.c.id).where(
+                    ~exists().where(game_state_parts.c.blob_id == blobs.c.id),
+                    ~exists().where(dependent.c.base_id == blobs.c.id),
+                )
+            ):
+                problems.append(("warning", "orphan", f"blob {blob_id}", "no game state uses it (wasted space)"))
+        return problems
+
+    def numbering_problems(self) -> list[tuple[str, str]]:
+        lowest, highest, count = func.min(steps.c.step_number), func.max(steps.c.step_number), func.count()
+        with self._read() as conn:
+            rows = conn.execute(
+                select(steps.c.trajectory_id, lowest, highest, count)
+                .group_by(steps.c.trajectory_id)
+                .having(highest - lowest + 1 != count)
+            ).all()
+        return [
+            (f"trajectory {tid!r}", f"steps {low}..{high} hold {n} steps: {high - low + 1 - n} missing")
+            for tid, low, high, n in rows
+        ]
 
     # -- reads ----------------------------------------------------------------------------
     @staticmethod

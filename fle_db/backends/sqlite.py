@@ -100,6 +100,29 @@ class SQLiteBackend(SQLBackend):
                 tables[table] = tables.get(table, 0) + int(sizes.get(name, 0))
         return tables
 
+    def _maintenance(self, vacuum: bool, reindex: bool) -> list[tuple[str, str]]:
+        actions = [("analyze", "ANALYZE")]
+        if reindex:
+            actions.append(("reindex", "REINDEX"))
+        if vacuum:
+            actions.append(("vacuum", "VACUUM"))
+        # Last: fold the WAL into the database file and truncate it to zero bytes.
+        actions.append(("wal_checkpoint", "PRAGMA wal_checkpoint(TRUNCATE)"))
+        return actions
+
+    def _structure_problems(self, conn: Connection) -> list[tuple[str, str, str]]:
+        """``integrity_check`` (pages, b-trees, indexes) and ``foreign_key_check``."""
+        problems = [
+            ("structure", "database file", str(row[0]))
+            for row in conn.exec_driver_sql("PRAGMA integrity_check").all()
+            if row[0] != "ok"
+        ]
+        problems += [
+            ("foreign_key", f"{table} row {rowid}", f"refers to a missing row of {parent}")
+            for table, rowid, parent, _ in conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+        ]
+        return problems
+
     def _backend_checks(self) -> dict[str, dict[str, Any]]:
         path = self.settings.sqlite_path
         if path is None:

@@ -94,6 +94,11 @@ def _digest(raw: bytes) -> str:
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
+def manifest_id(parts: Iterable[tuple[str, str]]) -> str:
+    """A state's id: the digest of its sorted ``(part key, blob id)`` pairs."""
+    return _digest(orjson.dumps(sorted(parts)))
+
+
 @dataclass(slots=True)
 class _Keyframe:
     ref: str | int  # the base's blob id, or the base record's step number
@@ -173,7 +178,7 @@ class StateEncoder:
         parts.sort()
         # Keyframes first: a delta's base must exist when the delta's row is inserted.
         blobs.sort(key=lambda b: b.base_id is not None)
-        return EncodedState(_digest(orjson.dumps(parts)), total, tuple(parts), tuple(blobs))
+        return EncodedState(manifest_id(parts), total, tuple(parts), tuple(blobs))
 
     def _known_digest(self, trajectory_id: str | None, key: str, raw: bytes, value: Any, what: str) -> str:
         """Digest of a large part, proving it exact unless it repeats the last validated one."""
@@ -384,7 +389,6 @@ class StateDecoder:
                 state.update(value)
             else:
                 state[key] = value
-        manifest.sort()
-        if _digest(orjson.dumps(manifest)) != state_id:
+        if manifest_id(manifest) != state_id:
             raise DataIntegrityError(f"game state {state_id} has missing or foreign parts")
         return state
