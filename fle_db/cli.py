@@ -247,6 +247,111 @@ def health(options: _Options, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), help="No activity for this many days.")
+@click.option("--before", help="No activity since this ISO 8601 time (with offset).")
+@click.option("--id", "trajectory_ids", multiple=True, help="Only these trajectory ids (repeatable).")
+@click.option("--task", help="Only trajectories of this task.")
+@click.option("--agent", "agent_type", help="Only trajectories of this agent type.")
+@click.option("--keep-best", "keep_best_per_task", type=click.IntRange(min=0), help="Keep the N best per task.")
+@click.option("--yes", is_flag=True, help="Really delete; without it this is a dry run.")
+@_json_option
+@click.pass_obj
+def cleanup(
+    options: _Options,
+    older_than_days: float | None,
+    before: str | None,
+    trajectory_ids: tuple[str, ...],
+    task: str | None,
+    agent_type: str | None,
+    keep_best_per_task: int | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete trajectories matching every option given, lineage-aware (a trajectory a kept fork
+    descends from is kept). A dry run unless --yes: it reports what would go and the bytes freed."""
+    with DatabaseClient(options.url) as client:
+        report = client.cleanup(
+            older_than_days * 86400 if older_than_days is not None else None,
+            before=before,
+            trajectory_ids=trajectory_ids or None,
+            task=task,
+            agent_type=agent_type,
+            keep_best_per_task=keep_best_per_task,
+            dry_run=not yes,
+        )
+    if as_json or options.json:
+        _echo_json(report)
+        return
+    verb = "would delete" if report["dry_run"] else "deleted"
+    rows = [(verb, f"{len(report['trajectories'])} trajectories: {', '.join(report['trajectories'][:20]) or '-'}")]
+    rows += [(f"  {table}", f"{n:,}") for table, n in report["rows"].items() if n]
+    rows.append(("bytes freed", _mib(report["bytes_freed"])))
+    if report["kept_for_lineage"]:
+        rows.append(("kept for lineage", ", ".join(report["kept_for_lineage"][:20])))
+    _print_table("fle-db cleanup" + (" (dry run: pass --yes to delete)" if report["dry_run"] else ""), rows)
+
+
+@main.command()
+@click.option("--vacuum", is_flag=True, help="Also return free space to the filesystem (rewrites the database).")
+@click.option("--reindex", is_flag=True, help="Also rebuild the indexes.")
+@_json_option
+@click.pass_obj
+def optimize(options: _Options, vacuum: bool, reindex: bool, as_json: bool) -> None:
+    """Run the backend's maintenance (ANALYZE; SQLite WAL checkpoint; optionally VACUUM, REINDEX)."""
+    with DatabaseClient(options.url) as client:
+        report = client.optimize(vacuum=vacuum, reindex=reindex)
+    if as_json or options.json:
+        _echo_json(report)
+        return
+    rows = [(action["action"], f"{action['ms']:,.1f} ms") for action in report["actions"]]
+    rows.append(("size", f"{_mib(report['size_before'])} -> {_mib(report['size_after'])}"))
+    _print_table("fle-db optimize", rows)
+
+
+@main.command()
+@_json_option
+@click.pass_obj
+def validate(options: _Options, as_json: bool) -> None:
+    """Check everything (structure, checksums, states, records, lineage, numbering). Exit code 1
+    when a problem is an error."""
+    console = Console(stderr=True)
+    with DatabaseClient(options.url, auto_migrate=False) as client, console.status("validating...") as status:
+        report = client.validate(progress=lambda stage, done: status.update(f"validating {stage}: {done:,}"))
+    if as_json or options.json:
+        _echo_json(report)
+    else:
+        rows = [("result", "ok" if report["ok"] else "PROBLEMS FOUND")]
+        rows += [(f"checked {name}", f"{n:,}") for name, n in report["checked"].items()]
+        rows += [(f"{p['severity']}: {p['kind']}", f"{p['where']}: {p['detail']}") for p in report["problems"][:50]]
+        _print_table("fle-db validate", rows)
+    if not report["ok"]:
+        raise SystemExit(EXIT_ERROR)
+
+
+@main.command()
+@_json_option
+@click.pass_obj
+def metrics(options: _Options, as_json: bool) -> None:
+    """Probe the database (a health check and the statistics) and show the latencies measured
+    and the connection pool: a quick look at how fast it answers now."""
+    with DatabaseClient(options.url, auto_migrate=False) as client:
+        client.health_check()
+        client.get_statistics()
+        result = client.get_performance_metrics()
+    if as_json or options.json:
+        _echo_json(result)
+        return
+    rows = [
+        (name, f"{op['count']} calls, p50 {op['p50_ms']:.2f} ms, p99 {op['p99_ms']:.2f} ms")
+        for name, op in result["operations"].items()
+    ]
+    rows.append(
+        ("pool", f"{result['pool']['in_use']} in use, {result['pool']['idle']} idle, max {result['pool']['max']}")
+    )
+    _print_table("fle-db metrics", rows)
+
+
+@main.command()
 @click.argument("trajectory_id")
 @_json_option
 @click.pass_obj

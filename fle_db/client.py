@@ -430,6 +430,7 @@ class DatabaseClient:
         actions = self._backend.maintain(vacuum, reindex)
         return {"actions": actions, "size_before": before, "size_after": self._backend.statistics()["size"]}
 
+    @_timed
     def validate(self, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
         """Check everything: structure (SQLite ``integrity_check`` and ``foreign_key_check``,
         PostgreSQL ``amcheck`` where installed), every blob's checksum and digest, every state's
@@ -444,6 +445,7 @@ class DatabaseClient:
         return validate_database(self._backend, decoder, self._record_values, progress)
 
     # -- monitoring -----------------------------------------------------------------------
+    @_timed
     def get_statistics(self) -> dict[str, Any]:
         """What the database holds, read cheaply (no scan of payload tables):
 
@@ -462,6 +464,7 @@ class DatabaseClient:
             stats[f"{key}_at"] = datetime.fromtimestamp(micros / 1e6, UTC).isoformat() if micros is not None else None
         return {"backend": self._settings.backend, **stats}
 
+    @_timed
     def health_check(self) -> dict[str, Any]:
         """``{"status": "ok" | "degraded" | "failing", "checks": {...}}``: the worst of the
         checks, each with a status and a detail — connectivity, schema up to date, a write-and-

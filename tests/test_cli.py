@@ -265,3 +265,58 @@ def test_health_exits_zero_when_ok_and_one_when_failing(db_url: str) -> None:
     failing = CliRunner().invoke(main, ["--url", "postgresql://nobody@127.0.0.1:1/none", "health"])
     assert failing.exit_code == 1
     assert "failing" in failing.output
+
+
+def test_cleanup_is_a_dry_run_unless_yes(db_url: str) -> None:
+    from fle_db import DatabaseClient
+
+    with DatabaseClient(db_url) as db:
+        db.save_trajectory({"id": "c1", "task": "t", "total_reward": 1.0})
+        db.save_trajectory({"id": "c2", "task": "t", "total_reward": 2.0})
+    dry = CliRunner().invoke(main, ["--url", db_url, "cleanup", "--keep-best", "1", "--json"])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output)["trajectories"] == ["c1"] and json.loads(dry.output)["dry_run"] is True
+    real = CliRunner().invoke(main, ["--url", db_url, "cleanup", "--keep-best", "1", "--yes"])
+    assert real.exit_code == 0 and "deleted" in real.output
+    with DatabaseClient(db_url) as db:
+        assert db.get_statistics()["trajectories"] == 1
+    nothing = CliRunner().invoke(main, ["--url", db_url, "cleanup"])
+    assert nothing.exit_code == 2 and "criterion" in nothing.output
+
+
+def test_optimize_validate_and_metrics_commands(db_url: str) -> None:
+    from fle_db import DatabaseClient
+
+    with DatabaseClient(db_url) as db:
+        db.save_step({"trajectory_id": "o", "step_number": 0}, game_state={"x": [1] * 3000})
+    optimized = CliRunner().invoke(main, ["--url", db_url, "optimize", "--json"])
+    assert optimized.exit_code == 0, optimized.output
+    assert json.loads(optimized.output)["actions"]
+    valid = CliRunner().invoke(main, ["--url", db_url, "validate", "--json"])
+    assert valid.exit_code == 0, valid.output
+    assert json.loads(valid.output)["ok"] is True
+    measured = CliRunner().invoke(main, ["--url", db_url, "metrics", "--json"])
+    assert measured.exit_code == 0, measured.output
+    assert {"health_check", "get_statistics"} <= set(json.loads(measured.output)["operations"])
+
+
+def test_validate_exits_one_on_damage(make_url) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from fle_db import DatabaseClient
+
+    url = make_url("sqlite")
+    with DatabaseClient(url) as db:
+        db.save_game_state({"research": ["t" * 10] * 1000})
+        with db._backend.engine.begin() as conn:
+            conn.execute(text("UPDATE blobs SET checksum = checksum + 1"))
+    result = CliRunner().invoke(main, ["--url", url, "validate"])
+    assert result.exit_code == 1 and "blob" in result.output
+
+
+def test_every_command_has_help_and_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, command in main.commands.items():
+        result = CliRunner().invoke(main, [name, "--help"])
+        assert result.exit_code == 0 and command.help, name
+        assert f"`fle-db {name}" in readme, f"fle-db {name} is not documented in README.md"
