@@ -450,7 +450,7 @@ class DatabaseClient:
         """What the database holds, read cheaply (no scan of payload tables):
 
         ``trajectories``, ``steps``, ``game_states``, ``agent_outputs``,
-        ``environment_feedbacks``, ``blobs`` (row counts; PostgreSQL estimates tables over 200,000
+        ``environment_feedbacks``, ``blobs`` (row counts; PostgreSQL estimates tables over 50,000
         rows, and ``exact_counts`` is then False), ``size`` (bytes: the SQLite file and its WAL,
         or fle-db's PostgreSQL tables), ``tables`` (bytes per table with its indexes),
         ``game_state_bytes`` (``raw``: the states' JSON as saved; ``stored``: what the engine

@@ -94,3 +94,20 @@ def test_optimize_reports_its_actions_and_shrinks_sqlite_after_cleanup(db: Datab
         assert actions[0] == "vacuum_analyze" and any(a.startswith("reindex") for a in actions)
     assert db.validate()["ok"]
     assert len(db.load_steps("v2")) == 8
+
+
+def test_postgres_validation_runs_amcheck_when_installed(make_url) -> None:  # type: ignore[no-untyped-def]
+    with DatabaseClient(make_url("postgres")) as db:
+        _fill(db, trajectories=1, steps=3)
+        _execute(db, "CREATE EXTENSION IF NOT EXISTS amcheck")
+        checked = []
+        original = db._backend._structure_problems  # type: ignore[attr-defined]
+
+        def spy(conn):  # type: ignore[no-untyped-def]
+            problems = original(conn)
+            checked.append(conn.execute(text("SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'")).scalar())
+            return problems
+
+        db._backend._structure_problems = spy  # type: ignore[attr-defined]
+        assert db.validate()["ok"] is True
+        assert checked == [1]
