@@ -332,8 +332,8 @@ class SQLBackend(Backend):
         detail = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
         if "database is locked" in detail:
             return ConnectionTimeoutError(
-                f"the database stayed locked by another writer for {self.settings.connection_timeout:g} s "
-                "(connection_timeout)"
+                "the database is locked by another connection (fle-db waits for it up to "
+                f"connection_timeout={self.settings.connection_timeout:g} s)"
             )
         if isinstance(exc, self.engine.dialect.loaded_dbapi.IntegrityError):
             return ConflictError(f"the write conflicts with stored data: {detail}")
