@@ -261,7 +261,7 @@ def test_health_exits_zero_when_ok_and_one_when_failing(db_url: str) -> None:
     assert ok.exit_code == 0, ok.output
     healthy = CliRunner().invoke(main, ["--url", db_url, "health", "--json"])
     assert healthy.exit_code == 0, healthy.output
-    assert json.loads(healthy.output)["status"] == "ok"
+    assert json.loads(healthy.output)["status"] in ("ok", "degraded")  # degraded: a SQLite with the WAL-reset bug
     failing = CliRunner().invoke(main, ["--url", "postgresql://nobody@127.0.0.1:1/none", "health"])
     assert failing.exit_code == 1
     assert "failing" in failing.output

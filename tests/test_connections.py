@@ -125,3 +125,15 @@ def test_sqlite_connections_keep_fle_db_transaction_control_after_reads(make_url
         with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
             # None = pysqlite's legacy implicit BEGINs stay off; fle-db emits BEGIN IMMEDIATE itself
             assert conn.connection.dbapi_connection.isolation_level is None
+
+
+def test_a_sqlite_with_the_wal_reset_bug_is_warned_about_once(make_url, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    from fle_db.backends import sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "_warned", False)
+    monkeypatch.setattr(sqlite_backend.sqlite3, "sqlite_version_info", (3, 45, 0))
+    caplog.set_level("WARNING", logger="fle_db")
+    DatabaseClient(make_url("sqlite")).close()
+    DatabaseClient(make_url("sqlite")).close()
+    warnings = [r for r in caplog.records if "WAL-reset bug" in r.getMessage()]
+    assert len(warnings) == 1

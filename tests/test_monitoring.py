@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 
 import pytest
@@ -9,6 +10,7 @@ from sqlalchemy import text
 
 from fle_db import DatabaseClient, NotFoundError
 from fle_db.backends import postgres
+from fle_db.backends.sqlite import wal_reset_bug_affects
 from fle_db.workload import Workload
 
 
@@ -72,11 +74,14 @@ def test_metrics_time_every_call_with_percentiles_pool_and_cache(db_url: str) ->
 
 def test_a_healthy_database_passes_every_check_and_the_probe_leaves_no_trace(db: DatabaseClient) -> None:
     report = db.health_check()
-    assert report["status"] == "ok", report
     expected = {"connectivity", "schema", "write_probe", "pool"}
-    expected |= {"disk", "wal"} if db.settings.backend == "sqlite" else {"connections", "replication"}
+    expected |= {"disk", "wal", "sqlite_version"} if db.settings.backend == "sqlite" else {"connections", "replication"}
     assert expected <= set(report["checks"])
-    assert all(check["status"] == "ok" and check["detail"] for check in report["checks"].values())
+    buggy_sqlite = db.settings.backend == "sqlite" and wal_reset_bug_affects(sqlite3.sqlite_version_info)
+    for name, check in report["checks"].items():
+        assert check["detail"]
+        assert check["status"] == ("degraded" if name == "sqlite_version" and buggy_sqlite else "ok"), (name, check)
+    assert report["status"] == ("degraded" if buggy_sqlite else "ok")
     assert db.get_statistics()["trajectories"] == 0
 
 
@@ -102,3 +107,12 @@ def test_low_disk_space_degrades_sqlite_health(make_url, monkeypatch) -> None:  
     with DatabaseClient(make_url("sqlite")) as db:
         report = db.health_check()
     assert report["status"] == "degraded" and report["checks"]["disk"]["status"] == "degraded"
+
+
+@pytest.mark.parametrize(
+    ("version", "affected"),
+    [((3, 40, 1), True), ((3, 51, 2), True), ((3, 51, 3), False), ((3, 52, 0), False), ((3, 50, 7), False),
+     ((3, 50, 6), True), ((3, 44, 6), False), ((3, 44, 5), True), ((3, 6, 23), False)],
+)  # fmt: skip
+def test_the_wal_reset_bug_window_is_known_exactly(version: tuple[int, int, int], affected: bool) -> None:
+    assert wal_reset_bug_affects(version) is affected

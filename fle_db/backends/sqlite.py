@@ -11,6 +11,7 @@ locked" when a deferred transaction tries to upgrade its lock.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -27,6 +28,40 @@ from ..config import DURABILITY
 from ..errors import BackendUnavailableError
 from ..schema import metadata
 from .sql import SQLBackend
+
+log = logging.getLogger("fle_db")
+
+#: SQLite's WAL-reset bug (https://sqlite.org/wal.html, "WAL-reset bug"): two connections that
+#: write or checkpoint at the same moment can corrupt a WAL database. In 3.7.0 up to 3.51.2,
+#: fixed in 3.51.3 and the 3.44.6 and 3.50.7 patch releases. Python's stdlib sqlite3 links the
+#: system library (3.40.1 on Debian 12); pysqlite3-binary bundles 3.51.1, still affected; apsw
+#: bundles a fixed SQLite but is not a DB-API driver SQLAlchemy can use. So fle-db detects it,
+#: warns once per process and reports it in health_check(); the remedy is a Python whose
+#: sqlite3 links a fixed SQLite, or PostgreSQL for many concurrent writer processes.
+WAL_RESET_FIXED = ((3, 51, 3), (3, 50, 7), (3, 44, 6))
+
+
+def wal_reset_bug_affects(version: tuple[int, ...]) -> bool:
+    """Whether this SQLite version has the WAL-reset bug."""
+    if version < (3, 7, 0) or version >= WAL_RESET_FIXED[0]:
+        return False
+    return not any(version[:2] == fixed[:2] and version >= fixed for fixed in WAL_RESET_FIXED[1:])
+
+
+_warned = False
+
+
+def _warn_wal_reset_bug() -> None:
+    global _warned
+    if not _warned and wal_reset_bug_affects(sqlite3.sqlite_version_info):
+        _warned = True
+        log.warning(
+            "SQLite %s has the WAL-reset bug (fixed in 3.51.3): several processes writing one database "
+            "file at once risk corrupting it. Use a Python linked with SQLite >= 3.51.3, or PostgreSQL, "
+            "for many concurrent writer processes.",
+            sqlite3.sqlite_version,
+        )
+
 
 #: Free space on the database's filesystem below which health is degraded / failing.
 DISK_DEGRADED_BYTES = 1024**3
@@ -51,6 +86,7 @@ class SQLiteBackend(SQLBackend):
             engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
             _create_owner_only(Path(path))
+            _warn_wal_reset_bug()
             engine = create_engine(
                 settings.url,
                 poolclass=QueuePool,
@@ -131,7 +167,13 @@ class SQLiteBackend(SQLBackend):
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
         disk = "failing" if free < DISK_FAILING_BYTES else "degraded" if free < DISK_DEGRADED_BYTES else "ok"
         wal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+        affected = wal_reset_bug_affects(sqlite3.sqlite_version_info)
         return {
+            "sqlite_version": {
+                "status": "degraded" if affected else "ok",
+                "detail": f"SQLite {sqlite3.sqlite_version}"
+                + (": has the WAL-reset bug (fixed in 3.51.3); avoid many writer processes" if affected else ""),
+            },
             "disk": {"status": disk, "detail": f"{free / 2**20:,.0f} MiB free", "free_bytes": free},
             "wal": {
                 "status": "degraded" if wal > WAL_DEGRADED_BYTES else "ok",
