@@ -1,0 +1,1 @@
+"""Helper programs the fault tests run in child processes (and kill)."""
