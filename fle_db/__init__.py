@@ -13,6 +13,7 @@ from .errors import (
     NotFoundError,
     PayloadTooLargeError,
     SchemaVersionError,
+    StorageFullError,
     ValidationError,
 )
 from .models import AgentOutput, EnvironmentFeedback, MetadataEntry, Step, Trajectory
@@ -36,6 +37,7 @@ __all__ = [
     "SchemaVersionError",
     "Settings",
     "Step",
+    "StorageFullError",
     "Trajectory",
     "ValidationError",
 ]

@@ -47,6 +47,11 @@ class ConnectionTimeoutError(BackendUnavailableError, TimeoutError):
     """No pooled connection became free within ``connection_timeout`` seconds."""
 
 
+class StorageFullError(BackendUnavailableError):
+    """The disk holding the database is full: nothing of the failed write was stored. Writing
+    works again once space is freed."""
+
+
 class DataIntegrityError(FleDBError):
     """Stored data failed a checksum or could not be decoded: the store never returns wrong data."""
 
@@ -62,5 +67,6 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "SchemaVersionError",
+    "StorageFullError",
     "ValidationError",
 ]

@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from fle_db import DatabaseClient
+import pytest
+
+from fle_db import BackendUnavailableError, DatabaseClient, StorageFullError
 from fle_db.workload import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,3 +64,42 @@ def test_sigkilled_writers_lose_no_acknowledged_checkpoint_and_resume(db_url: st
     with DatabaseClient(db_url) as db:
         report = db.validate()
         assert report["ok"], report["problems"][:5]
+
+
+def test_a_full_disk_gives_a_typed_error_no_corruption_and_recovers(tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("CI=true but a 3 MB tmpfs could not be mounted for the disk-full test")
+        pytest.skip("SKIPPING DISK-FULL TEST: mounting a tmpfs needs root")
+    try:
+        filler = mount / "filler"
+        filler.write_bytes(os.urandom(1024 * 1024))
+        work = Workload(5)
+        saved = []
+        with DatabaseClient(f"sqlite:///{mount / 'db.sqlite'}") as db:
+            with pytest.raises(StorageFullError, match="full"):
+                for n in range(10_000):
+                    cp = work.checkpoint(n % 7, n, f"t{n % 7}")
+                    db.save_step(cp["step"], agent_output=cp["agent_output"], game_state=cp["game_state"])
+                    saved.append((f"t{n % 7}", n))
+            assert saved, "the disk filled before the first checkpoint"
+            filler.unlink()
+            cp = work.checkpoint(0, 10_001, "after")
+            db.save_step(cp["step"], game_state=cp["game_state"])  # writes again once space is free
+            for tid, n in saved:
+                assert n in {s["step_number"] for s in db.load_steps(tid)}
+            assert db.validate()["ok"]
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_file_that_is_not_sqlite_is_refused_at_open_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    content = b"these are my notes, not a database\n" * 200
+    path.write_bytes(content)
+    with pytest.raises(BackendUnavailableError, match="not a database"):
+        DatabaseClient(f"sqlite:///{path}")
+    assert path.read_bytes() == content
+    assert not (tmp_path / "notes.db-wal").exists()

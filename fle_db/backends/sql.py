@@ -43,6 +43,7 @@ from ..errors import (
     DependencyError,
     FleDBError,
     NotFoundError,
+    StorageFullError,
 )
 from ..schema import (
     TRAJECTORY_CHILD_TABLES,
@@ -334,6 +335,11 @@ class SQLBackend(Backend):
             return ConnectionTimeoutError(
                 "the database is locked by another connection (fle-db waits for it up to "
                 f"connection_timeout={self.settings.connection_timeout:g} s)"
+            )
+        if "disk is full" in detail or "No space left on device" in detail:
+            return StorageFullError(
+                f"the disk holding {self.settings.safe_url()} is full: nothing of this write was stored; "
+                "free space (or run cleanup and optimize(vacuum=True)) and retry"
             )
         if isinstance(exc, self.engine.dialect.loaded_dbapi.IntegrityError):
             return ConflictError(f"the write conflicts with stored data: {detail}")
