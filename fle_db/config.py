@@ -12,6 +12,8 @@ variable               meaning                                      default
 ``SKILLS_DB_NAME``     PostgreSQL database                          required
 ``SKILLS_DB_USER``     PostgreSQL user                              required
 ``SKILLS_DB_PASSWORD`` PostgreSQL password                          empty (trust/peer)
+``SKILLS_DB_SSLMODE``  libpq ``sslmode`` (``require``, ``verify-full``) libpq default
+``SKILLS_DB_SSLROOTCERT`` CA certificate file for ``verify-ca/-full``  none
 =====================  ===========================================  ==================
 
 This is the only module that reads ``os.environ``. Passwords never appear in ``repr``, logs or
@@ -100,6 +102,8 @@ class Settings:
         database: str | None = None,
         user: str | None = None,
         password: str | None = None,
+        sslmode: str | None = None,
+        sslrootcert: str | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
         auto_migrate: bool = True,
@@ -124,7 +128,7 @@ class Settings:
                 path = sqlite_db_file if sqlite_db_file is not None else env.get("SQLITE_DB_FILE")
                 sa_url = _sqlite_url(str(path) if path else DEFAULT_SQLITE_FILE, "SQLITE_DB_FILE")
             else:
-                sa_url = _postgres_url(env, host, port, database, user, password)
+                sa_url = _postgres_url(env, host, port, database, user, password, sslmode, sslrootcert)
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ConfigurationError(f"max_connections must be an integer >= 1, got {max_connections!r}")
         if (
@@ -189,6 +193,8 @@ def _postgres_url(
     database: str | None,
     user: str | None,
     password: str | None,
+    sslmode: str | None,
+    sslrootcert: str | None,
 ) -> URL:
     def pick(arg: Any, var: str, required: bool) -> Any:
         value = arg if arg is not None else env.get(var)
@@ -213,6 +219,14 @@ def _postgres_url(
         host=pick(host, "SKILLS_DB_HOST", True),
         port=port_no,
         database=pick(database, "SKILLS_DB_NAME", True),
+        query={
+            key: str(value)
+            for key, value in (
+                ("sslmode", pick(sslmode, "SKILLS_DB_SSLMODE", False)),
+                ("sslrootcert", pick(sslrootcert, "SKILLS_DB_SSLROOTCERT", False)),
+            )
+            if value
+        },
     )
 
 
