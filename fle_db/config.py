@@ -42,6 +42,7 @@ DEFAULT_CONNECTION_TIMEOUT = 30.0
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SLOW_OPERATION_MS = 100.0
+DEFAULT_RETRY_DEADLINE = 30.0
 
 _BACKEND_ALIASES: dict[str, BackendName] = {
     "sqlite": "sqlite",
@@ -70,6 +71,8 @@ class Settings:
     durability: str = "full"
     #: Bytes of decoded, immutable game-state parts kept in memory (per client).
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    #: How long idempotent calls retry, with backoff, while the connection is lost (0: never).
+    retry_deadline: float = DEFAULT_RETRY_DEADLINE
     #: Operations at least this slow are listed by ``get_performance_metrics()``.
     slow_operation_ms: float = DEFAULT_SLOW_OPERATION_MS
 
@@ -111,6 +114,7 @@ class Settings:
         durability: str = "full",
         cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
         slow_operation_ms: float = DEFAULT_SLOW_OPERATION_MS,
+        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then defaults.
@@ -149,6 +153,8 @@ class Settings:
             or slow_operation_ms < 0
         ):
             raise ConfigurationError(f"slow_operation_ms must be a number >= 0, got {slow_operation_ms!r}")
+        if isinstance(retry_deadline, bool) or not isinstance(retry_deadline, (int, float)) or retry_deadline < 0:
+            raise ConfigurationError(f"retry_deadline must be a number of seconds >= 0, got {retry_deadline!r}")
         if durability not in DURABILITY:
             raise ConfigurationError(f"durability must be one of {sorted(DURABILITY)}, got {durability!r}")
         return cls(
@@ -161,6 +167,7 @@ class Settings:
             durability=durability,
             cache_max_bytes=cache_max_bytes,
             slow_operation_ms=float(slow_operation_ms),
+            retry_deadline=float(retry_deadline),
         )
 
     def with_url(self, url: str) -> Settings:

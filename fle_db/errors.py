@@ -40,7 +40,10 @@ class SchemaVersionError(FleDBError):
 
 
 class BackendUnavailableError(FleDBError, ConnectionError):
-    """The database cannot be reached or opened."""
+    """The database cannot be reached or opened. ``retryable`` is True for a lost connection
+    (fle-db has already retried idempotent calls until ``retry_deadline`` when you see it)."""
+
+    retryable: bool = False
 
 
 class ConnectionTimeoutError(BackendUnavailableError, TimeoutError):

@@ -8,7 +8,9 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,84 @@ def test_a_file_that_is_not_sqlite_is_refused_at_open_and_left_untouched(tmp_pat
         DatabaseClient(f"sqlite:///{path}")
     assert path.read_bytes() == content
     assert not (tmp_path / "notes.db-wal").exists()
+
+
+def _pg_cluster(action: str, *extra: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *extra], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+
+
+def _pg_ready() -> bool:
+    return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"], check=False).returncode == 0
+
+
+@pytest.fixture
+def restartable_postgres() -> Iterator[None]:
+    if os.geteuid() != 0 or not os.path.isdir("/etc/postgresql"):
+        if os.environ.get("CI") == "true":
+            raise AssertionError("CI=true but this machine's PostgreSQL cannot be stopped and restarted by the test")
+        pytest.skip("SKIPPING RESTART TEST: needs root and a local pg_ctlcluster-managed server")
+    try:
+        yield
+    finally:
+        if not _pg_ready():
+            _pg_cluster("start")
+        for _ in range(60):
+            if _pg_ready():
+                break
+            time.sleep(0.5)
+
+
+def test_postgres_stopped_immediately_under_load_loses_and_duplicates_nothing(make_url, restartable_postgres) -> None:  # type: ignore[no-untyped-def]
+    url = make_url("postgres")
+    work = Workload(3)
+    acked: dict[str, list[int]] = {f"w{i}": [] for i in range(4)}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(tid: str) -> None:
+        try:
+            with DatabaseClient(url, retry_deadline=60) as db:
+                n = 0
+                while not stop.is_set():
+                    cp = work.checkpoint(0, n, tid)
+                    db.save_step(cp["step"], agent_output=cp["agent_output"], game_state=cp["game_state"])
+                    acked[tid].append(n)
+                    n += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    DatabaseClient(url).close()
+    threads = [threading.Thread(target=writer, args=(tid,)) for tid in acked]
+    for thread in threads:
+        thread.start()
+    restarts = 2
+    for _ in range(restarts):
+        time.sleep(1.0)
+        _pg_cluster("stop", "-m", "immediate")
+        time.sleep(1.0)
+        _pg_cluster("start")
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [], errors
+    with DatabaseClient(url) as db:
+        for tid, numbers in acked.items():
+            stored = [s["step_number"] for s in db.load_steps(tid)]
+            assert numbers and stored[: len(numbers)] == numbers == list(range(len(numbers))), tid
+            assert len(db.load_agent_outputs(tid)) == len(stored)
+        assert db.validate()["ok"]
+
+
+def test_a_server_that_stays_down_gives_a_clear_error_after_the_deadline(make_url, restartable_postgres) -> None:  # type: ignore[no-untyped-def]
+    url = make_url("postgres")
+    with DatabaseClient(url, retry_deadline=2, connection_timeout=2) as db:
+        db.save_step({"trajectory_id": "t", "step_number": 0})
+        _pg_cluster("stop", "-m", "immediate")
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError, match="retry_deadline=2") as info:
+            db.save_step({"trajectory_id": "t", "step_number": 1})
+        assert 2.0 <= time.monotonic() - started < 15
+        assert info.value.retryable

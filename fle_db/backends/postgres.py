@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, Table, create_engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
@@ -59,6 +60,10 @@ class PostgresBackend(SQLBackend):
         """psycopg pipeline mode: the checkpoint's INSERTs travel in one round trip."""
         with conn.connection.dbapi_connection.pipeline():  # type: ignore[union-attr]
             yield
+
+    def _is_disconnect(self, exc: BaseException | None) -> bool:
+        """Connection refused, closed or terminated, server shutting down or starting up."""
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
     def _count(self, conn: Connection, table: Table) -> tuple[int, bool]:
         """Exact below :data:`EXACT_COUNT_LIMIT` rows; above, the planner's estimate

@@ -8,14 +8,16 @@ only binds parameters: no per-call SQL compilation, no RETURNING, one transactio
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 import time
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -72,6 +74,7 @@ from .base import (
 )
 
 log = logging.getLogger("fle_db")
+T = TypeVar("T")
 
 _EMPTY_BODY = b"{}"
 _VERIFY_CHUNK = 500
@@ -161,6 +164,19 @@ def _rowcount(cursor: Any) -> int:
         return int(cursor.rowcount)
     finally:
         cursor.close()
+
+
+def _idempotent(method: Callable[..., T]) -> Callable[..., T]:
+    """Mark a backend method safe to re-run after a lost connection: it is retried with backoff
+    until ``retry_deadline`` (see :meth:`SQLBackend._retrying`). Writes qualify because each is
+    one transaction that is a no-op when already applied; deletions do not (a retry after a lost
+    acknowledgement would report the trajectory missing), so they are not marked."""
+
+    @functools.wraps(method)
+    def retried(self: SQLBackend, *args: Any, **kwargs: Any) -> T:
+        return self._retrying(lambda: method(self, *args, **kwargs))
+
+    return retried
 
 
 def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, Any]:
@@ -255,6 +271,7 @@ class SQLBackend(Backend):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.engine: Engine = self._create_engine()
+        self._reached = False  # set by the first call that got an answer (see _retrying)
         dialect = self.engine.dialect
         ins = type(self).dialect_insert
 
@@ -343,7 +360,41 @@ class SQLBackend(Backend):
             )
         if isinstance(exc, self.engine.dialect.loaded_dbapi.IntegrityError):
             return ConflictError(f"the write conflicts with stored data: {detail}")
-        return BackendUnavailableError(f"database error on {self.settings.safe_url()}: {detail}")
+        error = BackendUnavailableError(f"database error on {self.settings.safe_url()}: {detail}")
+        error.retryable = self._is_disconnect(exc)
+        return error
+
+    def _is_disconnect(self, exc: BaseException | None) -> bool:
+        """Whether ``exc`` means the connection or server went away (worth a retry)."""
+        return False
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Run an idempotent ``operation``, retrying with exponential backoff (50 ms doubling to
+        2 s, with jitter) while the connection is lost, until ``retry_deadline`` seconds.
+
+        Only once the backend has reached its database: a wrong URL fails at once instead of
+        being retried."""
+        deadline = time.monotonic() + self.settings.retry_deadline
+        delay = 0.05
+        while True:
+            try:
+                result = operation()
+                self._reached = True
+                return result
+            except BackendUnavailableError as exc:
+                if not (exc.retryable and self._reached):
+                    raise
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    final = BackendUnavailableError(
+                        f"{exc} (still failing after retrying for retry_deadline={self.settings.retry_deadline:g} s)"
+                    )
+                    final.retryable = True
+                    raise final from exc
+                pause = min(delay * random.uniform(0.8, 1.2), remaining)
+                log.warning("connection to %s lost (%s); retrying in %.2f s", self.settings.safe_url(), exc, pause)
+                time.sleep(pause)
+                delay = min(delay * 2, 2.0)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -367,11 +418,13 @@ class SQLBackend(Backend):
         self.engine.dispose()
 
     # -- migrations -----------------------------------------------------------------------
+    @_idempotent
     def migration_status(self) -> MigrationStatus:
         with self._read() as conn:
             current = migrations.current_revision(conn)
         return MigrationStatus(current, migrations.latest_revision(), migrations.pending_revisions(current))
 
+    @_idempotent
     def migrate(self) -> list[str]:
         if self.migration_status().up_to_date:
             return []
@@ -394,6 +447,7 @@ class SQLBackend(Backend):
             ],
         )
 
+    @_idempotent
     def save_trajectory(self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]) -> None:
         now = now_us()
         with self._write() as conn:
@@ -445,6 +499,7 @@ class SQLBackend(Backend):
                 select(trajectories.c.parent_trajectory_id).where(trajectories.c.id == cursor)
             ).scalar()
 
+    @_idempotent
     def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[SaveResult]:
         if not checkpoints:
             return []
@@ -575,10 +630,12 @@ class SQLBackend(Backend):
                 existed.add(key)
         return existed
 
+    @_idempotent
     def save_game_state(self, state: EncodedState) -> None:
         with self._write() as conn:
             self._insert_states(conn, [state], now_us())
 
+    @_idempotent
     def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
         now = now_us()
         with self._write() as conn:
@@ -749,6 +806,7 @@ class SQLBackend(Backend):
                 blob_ids = {row[1] for row in unused if row[1] is not None}
 
     # -- operations -----------------------------------------------------------------------
+    @_idempotent
     def statistics(self) -> dict[str, Any]:
         with self._read() as conn:
             counted = {table.name: self._count(conn, table) for table in _COUNTED}
@@ -999,10 +1057,12 @@ class SQLBackend(Backend):
     def _exists(conn: Connection, trajectory_id: str) -> bool:
         return conn.execute(select(trajectories.c.id).where(trajectories.c.id == trajectory_id)).first() is not None
 
+    @_idempotent
     def trajectory_exists(self, trajectory_id: str) -> bool:
         with self._read() as conn:
             return self._exists(conn, trajectory_id)
 
+    @_idempotent
     def load_trajectory(self, trajectory_id: str) -> StoredRecord | None:
         with self._read() as conn:
             rec = conn.execute(
@@ -1010,11 +1070,13 @@ class SQLBackend(Backend):
             ).first()
         return StoredRecord(trajectory_id, trajectory_id, rec.codec, rec.body) if rec is not None else None
 
+    @_idempotent
     def load_steps(self, trajectory_id: str) -> list[StoredStep]:
         with self._read() as conn:
             rows = conn.execute(self._select_steps, {"tid": trajectory_id}).all()
         return [_stored_step(row) for row in rows]
 
+    @_idempotent
     def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
         with self._read() as conn:
             rows = self._select_latest.fetch(conn, {"tid": trajectory_id})
@@ -1051,11 +1113,13 @@ class SQLBackend(Backend):
             )
         return replace(step, base=self._with_bases(conn, _stored_step(row)))
 
+    @_idempotent
     def load_game_state(self, state_id: str) -> StoredState | None:
         with self._read() as conn:
             rows = self._select_state.fetch(conn, {"sid": state_id})
         return _stored_state(state_id, [r[1:] for r in rows]) if rows else None
 
+    @_idempotent
     def load_game_states(self, state_ids: Sequence[str]) -> dict[str, StoredState]:
         rows_by_id: dict[str, list[Any]] = {}
         with self._read() as conn:
@@ -1065,6 +1129,7 @@ class SQLBackend(Backend):
         found = {sid: _stored_state(sid, rows) for sid, rows in rows_by_id.items()}
         return {sid: state for sid, state in found.items() if state is not None}
 
+    @_idempotent
     def load_step_records(self, kind: str, trajectory_id: str) -> list[StoredStep]:
         table = _RECORD_KINDS[kind]
         with self._read() as conn:
@@ -1075,6 +1140,7 @@ class SQLBackend(Backend):
             ).all()
         return [_stored_step(row) for row in rows]
 
+    @_idempotent
     def load_metadata(self, trajectory_id: str) -> list[StoredRecord]:
         table = trajectory_metadata
         with self._read() as conn:
