@@ -3,6 +3,7 @@ checkpoint, expose no partial one, leave a database that validates, and resume."
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -61,6 +62,10 @@ def test_sigkilled_writers_lose_no_acknowledged_checkpoint_and_resume(db_url: st
                 expected = work.checkpoint(0, step["step_number"], "crash")
                 assert {k: v for k, v in step.items() if k != "game_state_id"} == expected["step"]
                 assert states[step["game_state_id"]] == expected["game_state"]
+    logging.getLogger("fle_db.tests").info(
+        "%s: %d kills (%d mid-batch mode), %d checkpoints acknowledged, %d resumes",
+        db_url.split(":")[0], KILLS_PER_BACKEND, KILLS_PER_BACKEND // 2, len(acked), resumed,
+    )  # fmt: skip
     assert len(acked) > 50, "the writers barely wrote: kills came too early to test anything"
     assert resumed >= KILLS_PER_BACKEND - 2
     with DatabaseClient(db_url) as db:
@@ -168,6 +173,9 @@ def test_postgres_stopped_immediately_under_load_loses_and_duplicates_nothing(ma
     for thread in threads:
         thread.join(timeout=120)
     assert errors == [], errors
+    logging.getLogger("fle_db.tests").info(
+        "%d immediate stops under 4 writers: %d checkpoints acknowledged", restarts, sum(map(len, acked.values()))
+    )
     with DatabaseClient(url) as db:
         for tid, numbers in acked.items():
             stored = [s["step_number"] for s in db.load_steps(tid)]
