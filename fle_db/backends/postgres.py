@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, Table, create_engine, text
+from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, extract, func, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
@@ -39,6 +39,8 @@ class PostgresBackend(SQLBackend):
     dialect_insert = staticmethod(pg_insert)
     # Reads in autocommit: no BEGIN/ROLLBACK round trips around a one-statement read.
     read_isolation = "AUTOCOMMIT"
+    # A backup or copy reads every table in one snapshot.
+    snapshot_isolation = "REPEATABLE READ"
 
     def _create_engine(self) -> Engine:
         settings = self.settings
@@ -54,6 +56,10 @@ class PostgresBackend(SQLBackend):
                 "options": f"-c synchronous_commit={DURABILITY[settings.durability][1]}",
             },
         )
+
+    def _clock(self) -> ColumnElement[int]:
+        """The server's clock: writers on many hosts share one time line for the commit log."""
+        return cast(func.floor(extract("epoch", func.clock_timestamp()) * 1_000_000), BigInteger)
 
     @contextmanager
     def _pipeline(self, conn: Connection) -> Iterator[None]:
