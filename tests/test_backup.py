@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from fle_db import (
+    ConfigurationError,
     ConflictError,
     DatabaseClient,
     DataIntegrityError,
@@ -193,7 +194,7 @@ def test_times_outside_the_recovery_window_raise_clear_errors(db: DatabaseClient
     with pytest.raises(ValidationError, match="in the future"):
         db.restore_to(datetime.now(UTC) + timedelta(hours=1))
     with pytest.raises(ValidationError, match="no time zone"):
-        db.restore_to(datetime.now())  # noqa: DTZ005 - naive on purpose
+        db.restore_to(datetime.now())  # naive on purpose
     with pytest.raises(ValidationError, match="ISO 8601"):
         db.restore_to("yesterday")
 
@@ -492,6 +493,6 @@ def test_settings_for_backups_come_from_arguments_then_environment() -> None:
         None,
         604800.0,
     )
-    with pytest.raises(Exception, match="FLE_DB_BACKUP_INTERVAL"):
+    with pytest.raises(ConfigurationError, match="FLE_DB_BACKUP_INTERVAL"):
         Settings.resolve("sqlite://", environ={"FLE_DB_BACKUP_INTERVAL": "soon"})
     assert os.environ.get("FLE_DB_BACKUP_INTERVAL") is None
