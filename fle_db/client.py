@@ -95,8 +95,8 @@ class DatabaseClient:
             if self._settings.auto_migrate:
                 self._backend.migrate()
             if self._settings.backup_interval:
-                self._scheduler = backup.BackupScheduler(
-                    self._backups, self._backend, self._settings.backup_interval, self._settings.backup_keep
+                self._scheduler = self.backup_scheduler(
+                    self._settings.backup_interval, self._settings.backup_keep
                 ).start()
         except BaseException:
             self._backend.close()
@@ -582,6 +582,13 @@ class DatabaseClient:
         """
         return backup.restore_to(self._backend, self._settings, timestamp, target, self._backups)
 
+    def backup_scheduler(self, interval: float, keep: int) -> backup.BackupScheduler:
+        """A scheduler of automated backups of this database (not started): ``run_once()`` backs
+        up if the newest backup is ``interval`` seconds old, keeps the ``keep`` newest and prunes
+        point-in-time history; ``start()`` runs that in a daemon thread until ``stop()``. Opening
+        a client with ``backup_interval`` does this for you."""
+        return backup.BackupScheduler(self._backups, self._backend, interval, keep)
+
     def recovery_window(self) -> dict[str, Any]:
         """``{"from", "to"}`` (ISO 8601 UTC): the instants :meth:`restore_to` can reach, with
         ``from_seq``/``to_seq``, the commit numbers. Read-only."""
@@ -593,10 +600,10 @@ class DatabaseClient:
             "to_seq": latest.seq,
         }
 
-    def copy_to(self, target: str, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    def copy_to(self, target: str, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
         """Copy the whole database (history included) into ``target``: a new SQLite path or the
         URL of an empty database of any backend, in one consistent snapshot and one target
-        transaction. ``progress(table, rows)`` is called per chunk.
+        transaction. ``progress(table, rows_written, table_total)`` is called per chunk.
 
         Raises:
             ConflictError: ``target`` is not empty.

@@ -460,10 +460,11 @@ def test_copy_moves_a_whole_database_across_backends_and_back_identically(
         db.delete_trajectory("b")  # history crosses over too
         original = dump(db, ids)
         other = make_url("postgres" if db_url.startswith("sqlite") else "sqlite")
-        progress: list[tuple[str, int]] = []
-        report = db.copy_to(other, progress=lambda table, rows: progress.append((table, rows)))
+        progress: list[tuple[str, int, int]] = []
+        report = db.copy_to(other, progress=lambda table, rows, total: progress.append((table, rows, total)))
         assert report["rows"]["steps"] == 5 and report["rows"]["trajectories_history"] == 1
-        assert sum(rows for table, rows in progress if table == "steps") == 5
+        assert sum(rows for table, rows, _ in progress if table == "steps") == 5
+        assert {total for table, _, total in progress if table == "steps"} == {5}
         back = _new_sqlite(tmp_path, "back")
         with DatabaseClient(other, backup_interval=0) as middle:
             assert dump(middle, ids) == original

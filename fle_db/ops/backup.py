@@ -48,7 +48,8 @@ from ..migrations import latest_revision
 log = logging.getLogger("fle_db")
 
 MANIFEST_FORMAT = "fle-db-backup/1"
-Progress = Callable[[str, int], None]
+#: ``progress(table, rows_just_written, rows_of_that_table)``
+Progress = Callable[[str, int, int], None]
 
 
 def parse_instant(value: Any) -> int:
@@ -111,7 +112,15 @@ def copy_database(
                 f"the source database is at schema revision {snap.revision!r}, "
                 f"not {latest_revision()!r}: migrate it first"
             )
-        rows = target.load_snapshot(snap, replace=False, progress=progress)
+        totals: dict[str, int] = {}
+
+        def tell(table: str, rows: int) -> None:
+            assert progress is not None
+            if table not in totals:
+                totals[table] = snap.count(table)
+            progress(table, rows, totals[table])
+
+        rows = target.load_snapshot(snap, replace=False, progress=tell if progress is not None else None)
         commit = {"seq": snap.head.seq, "committed_at": _iso(snap.head.committed_at)}
     return {"rows": rows, "commit": commit}
 
