@@ -183,7 +183,8 @@ class DatabaseClient:
     @_timed
     def delete_trajectory(self, trajectory_id: str, *, cascade: bool = False) -> list[str]:
         """Delete a trajectory with its steps, outputs, feedbacks, metadata and the game states
-        no other step uses, in one transaction. Returns the ids deleted.
+        no other step uses, in one transaction. Returns the ids deleted. The rows stay
+        restorable (:meth:`restore_to`) for ``pitr_retention``, then :meth:`optimize` prunes them.
 
         Raises:
             NotFoundError: no such trajectory.
@@ -402,8 +403,9 @@ class DatabaseClient:
         kept (``kept_for_lineage``), so no fork ever points at a deleted step. States and blobs
         nothing else uses go too. ``dry_run=True`` does the same work and rolls it back: the
         report (``trajectories`` deleted, ``kept_for_lineage``, ``rows`` deleted per table,
-        payload ``bytes_freed``) is exact. Space returns to the
-        filesystem only after :meth:`optimize` with ``vacuum=True`` (SQLite) or VACUUM FULL.
+        payload ``bytes_freed``) is exact. The deleted rows stay restorable (:meth:`restore_to`)
+        until ``pitr_retention`` has passed and :meth:`optimize` prunes them; space returns to the
+        filesystem only after that, with ``optimize(vacuum=True)`` (SQLite) or VACUUM FULL.
 
         Raises:
             ValidationError: no criterion, or a bad one (both ``older_than`` and ``before``...).
