@@ -51,10 +51,13 @@ def test_sigkilled_writers_lose_no_acknowledged_checkpoint_and_resume(db_url: st
         resumed += out.count("RESUMED")
         acked |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("ACK ")}
         with DatabaseClient(db_url) as db:
-            steps = db.load_steps("crash")
+            # Under heavy load a kill can land before the writer's first checkpoint.
+            steps = db.load_steps("crash") if acked or db.get_statistics()["trajectories"] else []
             numbers = [s["step_number"] for s in steps]
             assert acked <= set(numbers), f"kill {kill}: acknowledged steps lost: {sorted(acked - set(numbers))[:5]}"
             assert numbers == list(range(len(numbers))), "a checkpoint is missing in the middle"
+            if not steps:
+                continue
             # Whole checkpoints only: every step has its output, feedback and state.
             assert len(db.load_agent_outputs("crash")) == len(db.load_environment_feedbacks("crash")) == len(steps)
             states = db.load_game_states(s["game_state_id"] for s in steps)
