@@ -43,7 +43,6 @@ import orjson
 from ..backends import Backend, open_backend
 from ..config import Settings
 from ..errors import ConfigurationError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
-from ..migrations import latest_revision
 
 log = logging.getLogger("fle_db")
 
@@ -107,10 +106,10 @@ def copy_database(
         SchemaVersionError: ``source`` is not at this library's schema revision (migrate it).
     """
     with source.snapshot(seq) as snap:
-        if snap.revision != latest_revision():
+        expected = target.migration_status().current_version
+        if snap.revision != expected:
             raise SchemaVersionError(
-                f"the source database is at schema revision {snap.revision!r}, "
-                f"not {latest_revision()!r}: migrate it first"
+                f"the source database is at schema revision {snap.revision!r}, not {expected!r}: migrate it first"
             )
         totals: dict[str, int] = {}
 
@@ -122,7 +121,7 @@ def copy_database(
 
         rows = target.load_snapshot(snap, replace=False, progress=tell if progress is not None else None)
         commit = {"seq": snap.head.seq, "committed_at": _iso(snap.head.committed_at)}
-    return {"rows": rows, "commit": commit}
+    return {"rows": rows, "commit": commit, "schema_version": snap.revision}
 
 
 def restore_to(
@@ -223,7 +222,7 @@ class BackupStore:
             "timestamp": _iso(now),
             "backend": backend.name,
             "source": self.settings.safe_url(),
-            "schema_version": latest_revision(),
+            "schema_version": copied["schema_version"],
             "fle_db_version": version("fle-db"),
             "size": final.stat().st_size,
             "sha256": digest,
