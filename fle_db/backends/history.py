@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..schema import HISTORY, VERSIONED_TABLES, trajectories
+from ..schema import HISTORY, VERSIONED_TABLES, log_head, trajectories
 
 #: Tables whose rows reference rows of the same table through a "base" (delta) column: loading in
 #: chunks puts the rows without a base first, so every base exists before what needs it.
@@ -45,24 +45,28 @@ _BASE_COLUMN = {"blobs": "base_id", "steps": "base_step_number", "agent_outputs"
 LINEAGE_COLUMNS = ("parent_trajectory_id", "parent_step_number")
 
 
-def archive(conn: Connection, table: Table, condition: ColumnElement[bool], seq: int) -> None:
-    """Copy the rows of ``table`` matching ``condition`` into its history, ending at ``seq``.
+#: This transaction's commit number, once it took one (in SQL: rows are stamped on the server, so
+#: the number never has to travel to the client before the rows go out).
+CURRENT_SEQ = select(log_head.c.seq).where(log_head.c.id == 1).scalar_subquery()
 
-    Rows written by this same commit (``valid_from_seq == seq``) were never visible to anybody
-    else and are skipped."""
+
+def archive(conn: Connection, table: Table, condition: ColumnElement[bool]) -> None:
+    """Copy the rows of ``table`` matching ``condition`` into its history, ending at this commit.
+
+    Rows written by this same commit were never visible to anybody else and are skipped."""
     history = HISTORY[table.name]
     names = [c.name for c in table.columns]
     conn.execute(
         insert(history).from_select(
             [*names, "valid_to_seq"],
-            select(*table.columns, literal(seq, BigInteger)).where(condition, table.c.valid_from_seq < seq),
+            select(*table.columns, CURRENT_SEQ).where(condition, table.c.valid_from_seq < CURRENT_SEQ),
         )
     )
 
 
-def retire(conn: Connection, table: Table, condition: ColumnElement[bool], seq: int) -> int:
+def retire(conn: Connection, table: Table, condition: ColumnElement[bool]) -> int:
     """Archive, then delete, the rows matching ``condition``; returns how many were deleted."""
-    archive(conn, table, condition, seq)
+    archive(conn, table, condition)
     return int(conn.execute(delete(table).where(condition)).rowcount)
 
 
@@ -107,7 +111,7 @@ def rewind(conn: Connection, seq: int, new_seq: int) -> dict[str, int]:
     changed: dict[str, int] = {}
     after = {t.name: and_(t.c.valid_from_seq > seq, t.c.valid_from_seq < new_seq) for t in VERSIONED_TABLES}
     for table in VERSIONED_TABLES:
-        archive(conn, table, after[table.name], new_seq)
+        archive(conn, table, after[table.name])
     for table in VERSIONED_TABLES:
         key = list(table.primary_key.columns)
         past = _versions_at(table, seq).subquery()
@@ -129,10 +133,10 @@ def rewind(conn: Connection, seq: int, new_seq: int) -> dict[str, int]:
     return changed
 
 
-def delete_all(conn: Connection, seq: int) -> None:
+def delete_all(conn: Connection) -> None:
     """Archive and delete every live row, children first (one statement per table)."""
     for table in reversed(VERSIONED_TABLES):
-        retire(conn, table, true(), seq)
+        retire(conn, table, true())
 
 
 def load_rows(

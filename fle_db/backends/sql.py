@@ -123,13 +123,14 @@ class _Raw:
     by SQLAlchemy for the dialect, so there is no hand-written dialect SQL.
     """
 
-    def __init__(self, stmt: Any, dialect: Any) -> None:
-        compiled = stmt.compile(dialect=dialect)
+    def __init__(self, stmt: Any, dialect: Any, column_keys: list[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
         self.sql = str(compiled)
         self.names: list[str] = list(compiled.positiontup if compiled.positional else compiled.params)
         self.positional = bool(compiled.positional)
         # Values SQLAlchemy bound itself (LIMIT 1...); the caller's row supplies the rest.
-        self.defaults = {name: value for name, value in compiled.params.items() if value is not None}
+        given = set(column_keys or ())
+        self.defaults = {k: v for k, v in compiled.params.items() if v is not None and k not in given}
 
     def params(self, row: dict[str, Any]) -> Any:
         """The driver's parameters for one row: a tuple (qmark) or a dict (pyformat)."""
@@ -289,8 +290,15 @@ class SQLBackend(Backend):
         dialect = self.engine.dialect
         ins = type(self).dialect_insert
 
+        def stamped(table: Table) -> tuple[Any, list[str]]:
+            """INSERT of ``table`` whose rows carry the current commit (see :mod:`.history`);
+            the caller's rows give every other column."""
+            keys = [c.name for c in table.columns if c.name != "valid_from_seq"]
+            return ins(table).values(valid_from_seq=history.CURRENT_SEQ), keys
+
         def insert_ignore(table: Table) -> _Raw:
-            return _Raw(ins(table).on_conflict_do_nothing(), dialect)
+            stmt, keys = stamped(table)
+            return _Raw(stmt.on_conflict_do_nothing(), dialect, keys)
 
         self._raw_trajectory = insert_ignore(trajectories)
         self._raw_state = insert_ignore(game_states)
@@ -298,8 +306,9 @@ class SQLBackend(Backend):
         self._raw_delta = insert_ignore(blobs)
         self._raw_step = insert_ignore(steps)
         self._raw_record = {part: insert_ignore(table) for part, table in _STEP_RECORDS.items()}
-        keyframe = ins(blobs)
-        # A keyframe replaces a delta of the same content, so every base stays a full blob.
+        keyframe, keyframe_keys = stamped(blobs)
+        # A keyframe replaces a delta of the same content, so every base stays a full blob (the
+        # row's content is the same: it keeps its version).
         self._raw_keyframe = _Raw(
             keyframe.on_conflict_do_update(
                 index_elements=[blobs.c.id],
@@ -312,8 +321,9 @@ class SQLBackend(Backend):
                 where=blobs.c.base_id.is_not(None),
             ),
             dialect,
+            keyframe_keys,
         )
-        metadata_row = ins(trajectory_metadata)
+        metadata_row, _ = stamped(trajectory_metadata)
         self._upsert_metadata = metadata_row.on_conflict_do_update(
             index_elements=[trajectory_metadata.c.trajectory_id, trajectory_metadata.c.key],
             set_={
@@ -327,8 +337,8 @@ class SQLBackend(Backend):
             select(*_step_columns(steps)).where(steps.c.trajectory_id == bindparam("tid")).order_by(steps.c.step_number)
         )
         self._select_latest, self._select_state, self._select_states = _read_statements(dialect)
-        # The commit sequence: bump the one-row head (its row lock orders writers), log the commit,
-        # read the number back (UPDATE ... RETURNING is not portable). Commit instants strictly
+        # The commit sequence: bump the one-row head (its row lock orders writers) and log the
+        # commit; rows read the number with history.CURRENT_SEQ. Commit instants strictly
         # increase even when the clock steps back.
         clock = self._clock()
         self._raw_bump = _Raw(
@@ -456,19 +466,24 @@ class SQLBackend(Backend):
             yield conn
 
     @contextmanager
-    def _commit(self) -> Iterator[tuple[Connection, int]]:
-        """A write transaction that changes stored data: yields the connection and the commit's
-        sequence number, which every row it writes carries (see :mod:`.history`)."""
+    def _commit(self) -> Iterator[Connection]:
+        """A write transaction that changes stored data: it first takes the next commit number
+        (and with it the lock that orders commits), which the rows it writes carry."""
         with self._write() as conn:
-            yield conn, self._next_seq(conn)
+            with self._pipeline(conn):
+                sent = self._log_commit(conn)
+            for cursor in sent:
+                _rowcount(cursor)
+            yield conn
 
-    def _next_seq(self, conn: Connection) -> int:
-        with self._pipeline(conn):
-            sent = [self._raw_bump.start(conn, [{"now": now_us()}]), self._raw_log.start(conn, [{}])]
-            seq = self._raw_head.fetch(conn, {})[0][0]
-        for cursor in sent:
-            _rowcount(cursor)
-        return int(seq)
+    def _log_commit(self, conn: Connection) -> list[Any]:
+        """Send the bump of ``log_head`` and the ``commit_log`` row (inside a pipeline, they
+        travel with what follows); returns the cursors to close once synced."""
+        return [self._raw_bump.start(conn, [{"now": now_us()}]), self._raw_log.start(conn, [{}])]
+
+    def _seq(self, conn: Connection) -> int:
+        """This transaction's commit number (after :meth:`_commit` took it)."""
+        return int(self._raw_head.fetch(conn, {})[0][0])
 
     def close(self) -> None:
         self.engine.dispose()
@@ -494,7 +509,7 @@ class SQLBackend(Backend):
         return pending
 
     # -- writes ---------------------------------------------------------------------------
-    def _ensure_trajectories(self, conn: Connection, ids: Sequence[str], now: int, seq: int) -> None:
+    def _ensure_trajectories(self, conn: Connection, ids: Sequence[str], now: int) -> None:
         self._raw_trajectory.run(
             conn,
             [
@@ -504,7 +519,6 @@ class SQLBackend(Backend):
                     "body": _EMPTY_BODY,
                     "created_at": now,
                     "updated_at": now,
-                    "valid_from_seq": seq,
                 }
                 for tid in ids
             ],
@@ -513,10 +527,10 @@ class SQLBackend(Backend):
     @_idempotent
     def save_trajectory(self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]) -> None:
         now = now_us()
-        with self._commit() as (conn, seq):
+        with self._commit() as conn:
             # Create-if-missing, then lock the row: concurrent savers of one id serialise here and
             # each merges into what the previous one committed.
-            self._ensure_trajectories(conn, [trajectory_id], now, seq)
+            self._ensure_trajectories(conn, [trajectory_id], now)
             old = conn.execute(
                 select(trajectories.c.codec, trajectories.c.body)
                 .where(trajectories.c.id == trajectory_id)
@@ -526,7 +540,7 @@ class SQLBackend(Backend):
             if row.parent_trajectory_id is not None:
                 self._check_fork_point(conn, row)
             this = trajectories.c.id == trajectory_id
-            history.archive(conn, trajectories, this, seq)
+            history.archive(conn, trajectories, this)
             conn.execute(
                 update(trajectories)
                 .where(this)
@@ -540,7 +554,7 @@ class SQLBackend(Backend):
                     codec=row.body.codec,
                     body=row.body.body,
                     updated_at=now,
-                    valid_from_seq=seq,
+                    valid_from_seq=history.CURRENT_SEQ,
                 )
             )
 
@@ -571,8 +585,8 @@ class SQLBackend(Backend):
             return []
         now = now_us()
         existed: set[tuple[str, int]] = set()
-        with self._commit() as (conn, seq):
-            self._save_checkpoints(conn, checkpoints, now, seq, existed)
+        with self._write() as conn:
+            self._save_checkpoints(conn, checkpoints, now, existed)
         return [
             SaveResult(
                 cp.trajectory_id,
@@ -584,10 +598,11 @@ class SQLBackend(Backend):
         ]
 
     def _save_checkpoints(
-        self, conn: Connection, checkpoints: Sequence[Checkpoint], now: int, seq: int, existed: set[tuple[str, int]]
+        self, conn: Connection, checkpoints: Sequence[Checkpoint], now: int, existed: set[tuple[str, int]]
     ) -> None:
-        """Insert the checkpoints' rows as commit ``seq``; adds the keys stored before to ``existed``."""
-        step_rows = [self._step_values(cp, now, seq) for cp in checkpoints if cp.step is not None]
+        """Take the commit number and insert the checkpoints' rows in one pipeline; adds the keys
+        stored before to ``existed``."""
+        step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
         record_rows = {
             part: [
                 {
@@ -598,7 +613,6 @@ class SQLBackend(Backend):
                     "body": blob.body,
                     "base_step_number": blob.base,
                     "created_at": now,
-                    "valid_from_seq": seq,
                 }
                 for cp in checkpoints
                 if (blob := getattr(cp, part)) is not None
@@ -608,20 +622,23 @@ class SQLBackend(Backend):
         # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
         # of the immutable records are read after it, and only a shortfall costs a query.
         with self._pipeline(conn):
-            self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now, seq)
+            logged = self._log_commit(conn)
+            self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now)
             states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
             if states:
-                self._insert_states(conn, list(states.values()), now, seq)
+                self._insert_states(conn, list(states.values()), now)
             counted = [(self._raw_step.start(conn, step_rows), steps, step_rows, "step")]
             for part, table in _STEP_RECORDS.items():
                 rows = record_rows[part]
                 counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
+        for cursor in logged:
+            _rowcount(cursor)
         for cursor, table, rows, what in counted:
             inserted = _rowcount(cursor)
             if inserted != len(rows):
                 existed |= self._verify_stored(conn, table, rows, now, what)
 
-    def _insert_states(self, conn: Connection, states: Sequence[EncodedState], now: int, seq: int) -> None:
+    def _insert_states(self, conn: Connection, states: Sequence[EncodedState], now: int) -> None:
         """Insert states, their part links and blobs: keyframes (upserted full) before deltas."""
         keyframes: dict[str, dict[str, Any]] = {}
         deltas: dict[str, dict[str, Any]] = {}
@@ -635,7 +652,6 @@ class SQLBackend(Backend):
                     "raw_size": b.raw_size,
                     "checksum": b.checksum,
                     "created_at": now,
-                    "valid_from_seq": seq,
                 }
                 (deltas if b.base_id is not None else keyframes)[b.id] = row
         for blob_id in keyframes.keys() & deltas.keys():
@@ -651,22 +667,17 @@ class SQLBackend(Backend):
                     "body": b"",
                     "raw_size": s.raw_size,
                     "created_at": now,
-                    "valid_from_seq": seq,
                 }
                 for s in states
             ],
         )
         self._raw_part.run(
             conn,
-            [
-                {"state_id": s.id, "key": key, "blob_id": blob_id, "valid_from_seq": seq}
-                for s in states
-                for key, blob_id in s.parts
-            ],
+            [{"state_id": s.id, "key": key, "blob_id": blob_id} for s in states for key, blob_id in s.parts],
         )
 
     @staticmethod
-    def _step_values(cp: Checkpoint, now: int, seq: int) -> dict[str, Any]:
+    def _step_values(cp: Checkpoint, now: int) -> dict[str, Any]:
         step = cp.step
         assert step is not None
         return {
@@ -681,7 +692,6 @@ class SQLBackend(Backend):
             "body": step.body.body,
             "base_step_number": step.body.base,
             "created_at": now,
-            "valid_from_seq": seq,
         }
 
     def _verify_stored(
@@ -718,19 +728,18 @@ class SQLBackend(Backend):
 
     @_idempotent
     def save_game_state(self, state: EncodedState) -> None:
-        with self._commit() as (conn, seq):
-            self._insert_states(conn, [state], now_us(), seq)
+        with self._commit() as conn:
+            self._insert_states(conn, [state], now_us())
 
     @_idempotent
     def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
         now = now_us()
-        with self._commit() as (conn, seq):
-            self._ensure_trajectories(conn, [trajectory_id], now, seq)
+        with self._commit() as conn:
+            self._ensure_trajectories(conn, [trajectory_id], now)
             history.archive(
                 conn,
                 trajectory_metadata,
                 and_(trajectory_metadata.c.trajectory_id == trajectory_id, trajectory_metadata.c.key == key),
-                seq,
             )
             conn.execute(
                 self._upsert_metadata,
@@ -740,12 +749,11 @@ class SQLBackend(Backend):
                     "codec": value.codec,
                     "body": value.body,
                     "updated_at": now,
-                    "valid_from_seq": seq,
                 },
             )
 
     def delete_trajectory(self, trajectory_id: str, cascade: bool) -> list[str]:
-        with self._commit() as (conn, seq):
+        with self._commit() as conn:
             if not self._exists(conn, trajectory_id):
                 raise NotFoundError(f"trajectory {trajectory_id!r} does not exist")
             order, frontier = [trajectory_id], [trajectory_id]
@@ -762,16 +770,16 @@ class SQLBackend(Backend):
                 frontier = forks
             tally: Counter[str] = Counter()
             for tid in reversed(order):  # forks before their parents (foreign keys)
-                self._delete_one(conn, tid, seq, tally)
+                self._delete_one(conn, tid, tally)
         return order
 
     def cleanup(self, criteria: CleanupCriteria, dry_run: bool) -> dict[str, Any]:
-        with self._commit() as (conn, seq):
+        with self._commit() as conn:
             selected = self._select_for_cleanup(conn, criteria)
             doomed, kept = self._lineage_safe(conn, selected)
             tally: Counter[str] = Counter()
             for tid in doomed:
-                self._delete_one(conn, tid, seq, tally, measure=True)
+                self._delete_one(conn, tid, tally, measure=True)
             if dry_run:
                 conn.rollback()
         return {
@@ -841,7 +849,7 @@ class SQLBackend(Backend):
         )
         return list(dict.fromkeys([*forks.scalars(), *children.scalars()]))
 
-    def _delete_one(self, conn: Connection, tid: str, seq: int, tally: Counter[str], measure: bool = False) -> None:
+    def _delete_one(self, conn: Connection, tid: str, tally: Counter[str], measure: bool = False) -> None:
         """Delete one trajectory's rows and the states and blobs nothing else uses, adding the
         rows removed to ``tally`` (and, with ``measure``, their payload bytes: one more query per
         table, which only cleanup's report needs)."""
@@ -858,10 +866,10 @@ class SQLBackend(Backend):
                 tally["bytes"] += conn.execute(
                     select(func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
                 ).scalar_one()
-            tally[table.name] += history.retire(conn, table, key == tid, seq)
-        self._collect_garbage(conn, state_ids, seq, tally)
+            tally[table.name] += history.retire(conn, table, key == tid)
+        self._collect_garbage(conn, state_ids, tally)
 
-    def _collect_garbage(self, conn: Connection, state_ids: list[str], seq: int, tally: Counter[str]) -> None:
+    def _collect_garbage(self, conn: Connection, state_ids: list[str], tally: Counter[str]) -> None:
         """Delete the given states that no step uses any more, then their blobs that no state
         uses and no delta needs as base (deltas first, then the keyframes they freed)."""
         for i in range(0, len(state_ids), _VERIFY_CHUNK):
@@ -880,8 +888,8 @@ class SQLBackend(Backend):
                     select(game_state_parts.c.blob_id).where(game_state_parts.c.state_id.in_(orphans))
                 ).scalars()
             )
-            history.retire(conn, game_state_parts, game_state_parts.c.state_id.in_(orphans), seq)
-            history.retire(conn, game_states, game_states.c.id.in_(orphans), seq)
+            history.retire(conn, game_state_parts, game_state_parts.c.state_id.in_(orphans))
+            history.retire(conn, game_states, game_states.c.id.in_(orphans))
             tally["game_states"] += len(orphans)
             dependent = blobs.alias("dependent")
             while blob_ids:
@@ -893,7 +901,7 @@ class SQLBackend(Backend):
                     )
                 ).all()
                 if unused:
-                    history.retire(conn, blobs, blobs.c.id.in_([row[0] for row in unused]), seq)
+                    history.retire(conn, blobs, blobs.c.id.in_([row[0] for row in unused]))
                 tally["blobs"] += len(unused)
                 tally["bytes"] += sum(row[2] for row in unused)
                 blob_ids = {row[1] for row in unused if row[1] is not None}
@@ -981,7 +989,6 @@ class SQLBackend(Backend):
                                 "body": _EMPTY_BODY,
                                 "created_at": 0,
                                 "updated_at": 0,
-                                "valid_from_seq": 0,
                             }
                         ],
                     )
@@ -1338,13 +1345,15 @@ class SQLBackend(Backend):
         written: Counter[str] = Counter()
         lineage: list[dict[str, Any]] = []
         with self._write() as conn:
+            seq: int | None = None
             if replace:
-                seq = self._next_seq(conn)
-                history.delete_all(conn, seq)
+                for cursor in self._log_commit(conn):
+                    _rowcount(cursor)
+                seq = self._seq(conn)
+                history.delete_all(conn)
                 names = [table.name for table in VERSIONED_TABLES]
             else:
                 self._require_empty(conn)
-                seq = None
                 conn.execute(delete(commit_log))
                 names = [table.name for table in VERSIONED_TABLES] + [HISTORY[t.name].name for t in VERSIONED_TABLES]
                 names.append(commit_log.name)
@@ -1382,11 +1391,9 @@ class SQLBackend(Backend):
             )
 
     def rewind(self, seq: int) -> dict[str, int]:
-        with self._write() as conn:
-            # Take the next commit first: its lock on log_head keeps every other writer out.
-            new_seq = self._next_seq(conn)
+        with self._commit() as conn:  # the commit's lock on log_head keeps every other writer out
             self._check_seq(conn, seq)
-            return history.rewind(conn, seq, new_seq)
+            return history.rewind(conn, seq, self._seq(conn))
 
     def prune_history(self, before_us: int) -> dict[str, int]:
         deleted: dict[str, int] = {}
