@@ -14,20 +14,27 @@ import random
 import time
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
+    Integer,
+    String,
     Table,
     and_,
     bindparam,
+    case,
+    cast,
     delete,
     exists,
     func,
+    insert,
+    literal,
     null,
     select,
     tuple_,
@@ -52,8 +59,10 @@ from ..schema import (
     agent_outputs,
     blobs,
     environment_feedbacks,
+    fle_versions,
     game_state_parts,
     game_states,
+    search_nodes,
     steps,
     trajectories,
     trajectory_metadata,
@@ -66,7 +75,9 @@ from .base import (
     Checkpoint,
     CleanupCriteria,
     MigrationStatus,
+    NodeQuery,
     SaveResult,
+    StoredNode,
     StoredRecord,
     StoredState,
     StoredStep,
@@ -254,6 +265,60 @@ def _manifest_problem(state_id: str | None, parts: list[tuple[str, str]]) -> lis
     return []
 
 
+def _save_result(cp: Checkpoint, existed: set[tuple[str, int]]) -> SaveResult:
+    return SaveResult(
+        cp.trajectory_id,
+        cp.step_number,
+        cp.game_state.id if cp.game_state is not None else None,
+        (cp.trajectory_id, cp.step_number) not in existed,
+    )
+
+
+def _node_values(cp: Checkpoint, now: int) -> dict[str, Any]:
+    node = cp.node
+    assert node is not None
+    return {
+        "trajectory_id": cp.trajectory_id,
+        "step_number": cp.step_number,
+        "tree": node.tree,
+        "depth": node.depth,
+        "visits": node.visits,
+        "value": node.value,
+        "advantage": node.advantage,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+#: Lineage walks stop after this many hops (a guard: stored parents always precede children).
+_MAX_LINEAGE = 1_000_000
+
+
+def _node_select() -> Any:
+    """Nodes with their step's state id, explicit parent step and that parent's node id."""
+    parent = search_nodes.alias("parent_node")
+    return select(
+        search_nodes.c.id, search_nodes.c.trajectory_id, search_nodes.c.step_number, search_nodes.c.tree,
+        search_nodes.c.depth, search_nodes.c.visits, search_nodes.c.value, search_nodes.c.advantage,
+        search_nodes.c.created_at, search_nodes.c.updated_at, steps.c.game_state_id,
+        steps.c.parent_trajectory_id, steps.c.parent_step_number, parent.c.id.label("parent_id"),
+    ).select_from(
+        search_nodes.join(
+            steps,
+            and_(steps.c.trajectory_id == search_nodes.c.trajectory_id,
+                 steps.c.step_number == search_nodes.c.step_number),
+        ).outerjoin(
+            parent,
+            and_(parent.c.trajectory_id == steps.c.parent_trajectory_id,
+                 parent.c.step_number == steps.c.parent_step_number),
+        )
+    )  # fmt: skip
+
+
+def _stored_node(row: Sequence[Any]) -> StoredNode:
+    return StoredNode(*row)
+
+
 def now_us() -> int:
     """Wall-clock time in integer microseconds since the epoch (UTC)."""
     return time.time_ns() // 1000
@@ -284,6 +349,13 @@ class SQLBackend(Backend):
         self._raw_delta = insert_ignore(blobs)
         self._raw_step = insert_ignore(steps)
         self._raw_record = {part: insert_ignore(table) for part, table in _STEP_RECORDS.items()}
+        # Explicit columns: the id is left to the database (identity / AUTOINCREMENT).
+        self._raw_node = _Raw(
+            ins(search_nodes)
+            .values({c.name: bindparam(c.name) for c in search_nodes.c if c.name != "id"})
+            .on_conflict_do_nothing(),
+            dialect,
+        )
         keyframe = ins(blobs)
         # A keyframe replaces a delta of the same content, so every base stays a full blob.
         self._raw_keyframe = _Raw(
@@ -504,6 +576,13 @@ class SQLBackend(Backend):
         if not checkpoints:
             return []
         now = now_us()
+        with self._write() as conn:
+            existed = self._write_checkpoints(conn, checkpoints, now)
+        return [_save_result(cp, existed) for cp in checkpoints]
+
+    def _write_checkpoints(self, conn: Connection, checkpoints: Sequence[Checkpoint], now: int) -> set[tuple[str, int]]:
+        """Insert the checkpoints' rows inside the caller's write transaction; returns the keys
+        of the steps that were stored before (identical). ConflictError if any part differs."""
         step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
         record_rows = {
             part: [
@@ -521,32 +600,51 @@ class SQLBackend(Backend):
             ]
             for part in _STEP_RECORDS
         }
+        node_rows = [_node_values(cp, now) for cp in checkpoints if cp.node is not None]
         existed: set[tuple[str, int]] = set()
+        # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
+        # of the immutable records are read after it, and only a shortfall costs a query.
+        with self._pipeline(conn):
+            self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now)
+            states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
+            if states:
+                self._insert_states(conn, list(states.values()), now)
+            counted = [(self._raw_step.start(conn, step_rows), steps, step_rows, "step")]
+            for part, table in _STEP_RECORDS.items():
+                rows = record_rows[part]
+                counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
+            # A node already stored for its step keeps its (mutable) statistics.
+            self._raw_node.run(conn, node_rows)
+        for cursor, table, rows, what in counted:
+            inserted = _rowcount(cursor)
+            if inserted != len(rows):
+                existed |= self._verify_stored(conn, table, rows, now, what)
+        return existed
+
+    def append_checkpoint(
+        self, trajectory_id: str, build: Callable[[int], Checkpoint]
+    ) -> tuple[SaveResult, int | None]:
+        now = now_us()
         with self._write() as conn:
-            # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
-            # of the immutable records are read after it, and only a shortfall costs a query.
-            with self._pipeline(conn):
-                self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now)
-                states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
-                if states:
-                    self._insert_states(conn, list(states.values()), now)
-                counted = [(self._raw_step.start(conn, step_rows), steps, step_rows, "step")]
-                for part, table in _STEP_RECORDS.items():
-                    rows = record_rows[part]
-                    counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
-            for cursor, table, rows, what in counted:
-                inserted = _rowcount(cursor)
-                if inserted != len(rows):
-                    existed |= self._verify_stored(conn, table, rows, now, what)
-        return [
-            SaveResult(
-                cp.trajectory_id,
-                cp.step_number,
-                cp.game_state.id if cp.game_state is not None else None,
-                (cp.trajectory_id, cp.step_number) not in existed,
-            )
-            for cp in checkpoints
-        ]
+            # Create-if-missing, then lock the trajectory row (PostgreSQL; SQLite's write
+            # transaction already excludes every other writer): appenders to one trajectory
+            # serialise here, so each reads the step number the previous one committed.
+            self._ensure_trajectories(conn, [trajectory_id], now)
+            conn.execute(select(trajectories.c.id).where(trajectories.c.id == trajectory_id).with_for_update()).one()
+            last = conn.execute(
+                select(func.max(steps.c.step_number)).where(steps.c.trajectory_id == trajectory_id)
+            ).scalar()
+            checkpoint = build(0 if last is None else int(last) + 1)
+            existed = self._write_checkpoints(conn, [checkpoint], now)
+            node_id = None
+            if checkpoint.node is not None:
+                node_id = conn.execute(
+                    select(search_nodes.c.id).where(
+                        search_nodes.c.trajectory_id == trajectory_id,
+                        search_nodes.c.step_number == checkpoint.step_number,
+                    )
+                ).scalar_one()
+        return _save_result(checkpoint, existed), node_id
 
     def _insert_states(self, conn: Connection, states: Sequence[EncodedState], now: int) -> None:
         """Insert states, their part links and blobs: keyframes (upserted full) before deltas."""
@@ -761,7 +859,7 @@ class SQLBackend(Backend):
         )
         for table in (*TRAJECTORY_CHILD_TABLES, trajectories):
             key = table.c.id if table is trajectories else table.c.trajectory_id
-            if measure:
+            if measure and "body" in table.c:
                 tally["bytes"] += conn.execute(
                     select(func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
                 ).scalar_one()
@@ -804,6 +902,258 @@ class SQLBackend(Backend):
                 tally["blobs"] += len(unused)
                 tally["bytes"] += sum(row[2] for row in unused)
                 blob_ids = {row[1] for row in unused if row[1] is not None}
+
+    # -- search trees ---------------------------------------------------------------------
+    def _bump_search_stats(
+        self,
+        conn: Connection,
+        node_id: int,
+        add_visits: int = 0,
+        add_value: float = 0.0,
+        set_value: float | None = None,
+        set_advantage: float | None = None,
+    ) -> int:
+        """THE one statement that changes a ``search_nodes`` row: add to visits and value, or set
+        value / advantage, in a single UPDATE (atomic under concurrent writers: the increment is
+        computed by the database, not read-modify-written). Returns the rows changed (0 or 1)."""
+        values: dict[str, Any] = {"updated_at": now_us()}
+        if add_visits:
+            values["visits"] = search_nodes.c.visits + add_visits
+        if set_value is not None:
+            values["value"] = set_value
+        elif add_value:
+            values["value"] = func.coalesce(search_nodes.c.value, 0.0) + add_value
+        if set_advantage is not None:
+            values["advantage"] = set_advantage
+        return int(conn.execute(update(search_nodes).where(search_nodes.c.id == node_id).values(**values)).rowcount)
+
+    def bump_search_stats(
+        self,
+        node_id: int,
+        add_visits: int,
+        add_value: float,
+        set_value: float | None,
+        set_advantage: float | None,
+    ) -> StoredNode:
+        with self._write() as conn:
+            if not self._bump_search_stats(conn, node_id, add_visits, add_value, set_value, set_advantage):
+                raise NotFoundError(f"search node {node_id} does not exist")
+            return _stored_node(conn.execute(_node_select().where(search_nodes.c.id == node_id)).one())
+
+    def visit(self, node_id: int, children: int) -> StoredNode:
+        with self._write() as conn:
+            node = conn.execute(_node_select().where(search_nodes.c.id == node_id)).first()
+            if node is None:
+                raise NotFoundError(f"search node {node_id} does not exist")
+            self._bump_search_stats(conn, node_id, add_visits=children)
+            kids = conn.execute(
+                select(search_nodes.c.id, search_nodes.c.value)
+                .select_from(
+                    search_nodes.join(
+                        steps,
+                        and_(steps.c.trajectory_id == search_nodes.c.trajectory_id,
+                             steps.c.step_number == search_nodes.c.step_number),
+                    )
+                )
+                .where(
+                    steps.c.parent_trajectory_id == node.trajectory_id,
+                    steps.c.parent_step_number == node.step_number,
+                    search_nodes.c.value.is_not(None),
+                )
+            ).all()  # fmt: skip
+            if kids:
+                mean = sum(kid.value for kid in kids) / len(kids)
+                for kid in kids:
+                    self._bump_search_stats(conn, kid.id, set_advantage=kid.value - mean)
+            return _stored_node(conn.execute(_node_select().where(search_nodes.c.id == node_id)).one())
+
+    @_idempotent
+    def load_node(self, node_id: int | None = None, step: tuple[str, int] | None = None) -> StoredNode | None:
+        query = _node_select()
+        if node_id is not None:
+            query = query.where(search_nodes.c.id == node_id)
+        elif step is not None:
+            query = query.where(search_nodes.c.trajectory_id == step[0], search_nodes.c.step_number == step[1])
+        else:
+            raise ValueError("load_node needs a node id or a step")
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return _stored_node(row) if row is not None else None
+
+    @_idempotent
+    def find_nodes(self, query: NodeQuery) -> list[StoredNode]:
+        n = search_nodes.c
+        conditions = []
+        if query.tree is not None:
+            conditions.append(n.tree == query.tree)
+        if query.trajectory_id is not None:
+            conditions.append(n.trajectory_id == query.trajectory_id)
+        if query.with_value or query.per_depth is not None:
+            conditions.append(n.value.is_not(None))
+        if query.with_advantage:
+            conditions.append(n.advantage.is_not(None))
+        if query.with_state:
+            conditions.append(steps.c.game_state_id.is_not(None))
+        select_nodes = _node_select().where(*conditions)
+        if query.per_depth is not None:
+            rank = func.row_number().over(partition_by=n.depth, order_by=(n.value.desc(), n.id)).label("rank")
+            ranked = select_nodes.add_columns(rank).subquery("ranked")
+            select_nodes = (
+                select(*[c for c in ranked.c if c.name != "rank"])
+                .where(ranked.c.rank <= query.per_depth)
+                .order_by(ranked.c.depth, ranked.c.value.desc(), ranked.c.id)
+            )
+        elif query.order == "recent":
+            select_nodes = select_nodes.order_by(n.id.desc())
+        else:
+            select_nodes = select_nodes.order_by(n.value.desc().nulls_last(), n.id)
+        if query.limit is not None:
+            select_nodes = select_nodes.limit(query.limit)
+        with self._read() as conn:
+            return [_stored_node(row) for row in conn.execute(select_nodes)]
+
+    @_idempotent
+    def tree_summary(self, tree: str) -> tuple[int, int | None]:
+        with self._read() as conn:
+            count, deepest = conn.execute(
+                select(func.count(), func.max(search_nodes.c.depth)).where(search_nodes.c.tree == tree)
+            ).one()
+        return int(count), None if deepest is None else int(deepest)
+
+    @_idempotent
+    def tree_values(self, tree_prefix: str, tree: str | None) -> list[float]:
+        n = search_nodes.c
+        where = n.tree == tree if tree is not None else n.tree.startswith(tree_prefix, autoescape=True)
+        with self._read() as conn:
+            return [
+                float(v)
+                for v in conn.execute(select(n.value).where(where, n.value.is_not(None)).order_by(n.id)).scalars()
+            ]
+
+    @_idempotent
+    def lineage(self, trajectory_id: str, step_number: int) -> list[tuple[str, int]]:
+        s, prev, t = steps.alias("s"), steps.alias("prev"), trajectories.alias("t")
+        # Plain VARCHAR / BIGINT on both sides of the recursion: PostgreSQL wants equal types.
+        seed = select(
+            cast(literal(trajectory_id), String()).label("tid"),
+            cast(literal(step_number), BigInteger()).label("n"),
+            cast(literal(0), Integer()).label("hops"),
+        )
+        path = seed.cte("path", recursive=True)
+        explicit = s.c.parent_trajectory_id.is_not(None)
+        has_prev = prev.c.step_number.is_not(None)
+        next_tid = case((explicit, s.c.parent_trajectory_id), (has_prev, s.c.trajectory_id),
+                        else_=t.c.parent_trajectory_id)  # fmt: skip
+        next_n = case((explicit, s.c.parent_step_number), (has_prev, s.c.step_number - 1),
+                      else_=t.c.parent_step_number)  # fmt: skip
+        hop = (
+            select(cast(next_tid, String()), cast(next_n, BigInteger()), cast(path.c.hops + 1, Integer()))
+            .select_from(
+                path.join(s, and_(s.c.trajectory_id == path.c.tid, s.c.step_number == path.c.n))
+                .join(t, t.c.id == s.c.trajectory_id)
+                .outerjoin(prev, and_(prev.c.trajectory_id == s.c.trajectory_id,
+                                      prev.c.step_number == s.c.step_number - 1))
+            )
+            .where(next_tid.is_not(None), path.c.hops < _MAX_LINEAGE)
+        )  # fmt: skip
+        path = path.union_all(hop)
+        query = (
+            select(path.c.tid, path.c.n)
+            .select_from(path.join(steps, and_(steps.c.trajectory_id == path.c.tid, steps.c.step_number == path.c.n)))
+            .order_by(path.c.hops.desc())
+        )
+        with self._read() as conn:
+            rows = [(str(r[0]), int(r[1])) for r in conn.execute(query)]
+        if not rows or rows[-1] != (trajectory_id, step_number):
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
+        return rows
+
+    @_idempotent
+    def children(self, trajectory_id: str, step_number: int) -> list[tuple[str, int]]:
+        found: set[tuple[str, int]] = set()
+        with self._read() as conn:
+            explicit = conn.execute(
+                select(steps.c.trajectory_id, steps.c.step_number).where(
+                    steps.c.parent_trajectory_id == trajectory_id, steps.c.parent_step_number == step_number
+                )
+            )
+            found.update((str(r[0]), int(r[1])) for r in explicit)
+            following = conn.execute(
+                select(steps.c.step_number).where(
+                    steps.c.trajectory_id == trajectory_id,
+                    steps.c.step_number == step_number + 1,
+                    steps.c.parent_trajectory_id.is_(None),
+                )
+            ).first()
+            if following is not None:
+                found.add((trajectory_id, step_number + 1))
+            # A fork's first step (no explicit parent) descends from the fork point.
+            first = (
+                select(steps.c.trajectory_id, func.min(steps.c.step_number).label("first"))
+                .select_from(trajectories.join(steps, steps.c.trajectory_id == trajectories.c.id))
+                .where(
+                    trajectories.c.parent_trajectory_id == trajectory_id,
+                    trajectories.c.parent_step_number == step_number,
+                )
+                .group_by(steps.c.trajectory_id)
+                .subquery("first")
+            )
+            forks = conn.execute(
+                select(first.c.trajectory_id, first.c.first).select_from(
+                    first.join(steps, and_(steps.c.trajectory_id == first.c.trajectory_id,
+                                           steps.c.step_number == first.c.first))
+                ).where(steps.c.parent_trajectory_id.is_(None))
+            )  # fmt: skip
+            found.update((str(r[0]), int(r[1])) for r in forks)
+        return sorted(found)
+
+    # -- FLE versions ---------------------------------------------------------------------
+    def allocate_version(self, description: str | None, model: str | None) -> int:
+        while True:
+            try:
+                with self._write() as conn:
+                    version = int(
+                        conn.execute(select(func.coalesce(func.max(fle_versions.c.version), 0) + 1)).scalar_one()
+                    )
+                    conn.execute(
+                        insert(fle_versions).values(
+                            version=version, version_description=description, model=model, created_at=now_us()
+                        )
+                    )
+                return version
+            except ConflictError:
+                # PostgreSQL: a concurrent allocator committed the same number first; read again.
+                continue
+
+    @_idempotent
+    def register_version(self, version: int, description: str | None, model: str | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                type(self)
+                .dialect_insert(fle_versions)
+                .values(version=version, version_description=description, model=model, created_at=now_us())
+                .on_conflict_do_nothing()
+            )
+
+    @_idempotent
+    def load_version(self, version: int | None) -> tuple[int, str | None, str | None] | None:
+        v = fle_versions.c
+        query = select(v.version, v.version_description, v.model)
+        query = query.where(v.version == version) if version is not None else query.order_by(v.version.desc())
+        with self._read() as conn:
+            row = conn.execute(query.limit(1)).first()
+        return (int(row[0]), row[1], row[2]) if row is not None else None
+
+    @_idempotent
+    def read_only_query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
+        with self._translate(), self.engine.connect() as conn:
+            return self._read_only_rows(conn, sql, params)
+
+    @abstractmethod
+    def _read_only_rows(
+        self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Run one statement so that it cannot write (the dialect's means); rows as dicts."""
 
     # -- operations -----------------------------------------------------------------------
     @_idempotent
