@@ -274,6 +274,24 @@ class DatabaseClient:
             ]
 
     @_timed
+    def load_step(self, trajectory_id: str, step_number: int) -> dict[str, Any]:
+        """One step as saved, plus ``game_state_id`` (None without a state).
+
+        Raises:
+            NotFoundError: no such step.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        row = self._backend.load_step(trajectory_id, _check_step_number(step_number))
+        if row is None:
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
+        return {
+            "trajectory_id": row.trajectory_id,
+            "step_number": row.step_number,
+            **self._record_values([row])[0],
+            "game_state_id": row.game_state_id,
+        }
+
+    @_timed
     def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
         """The newest checkpoint (highest ``step_number``) as ``{"step": ..., "game_state": ...}``
         (``game_state`` None if that step has none), read in one index lookup; None when the
@@ -410,15 +428,20 @@ class DatabaseClient:
         with_state: bool = False,
         with_value: bool = False,
         with_advantage: bool = False,
+        trajectory_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Nodes of a tree, ``order="value"`` (highest first; nodes without a value last) or
-        ``"recent"`` (newest first, by the monotonic node id), at most ``limit``, optionally only
-        those whose step has a game state / a value / an advantage. One indexed query."""
+        """Nodes of a tree (and of one trajectory, if given), ``order="value"`` (highest first;
+        nodes without a value last), ``"recent"`` (newest first, by the monotonic node id) or
+        ``"step"`` (highest step number first), at most ``limit``, optionally only those whose
+        step has a game state / a value / an advantage. One indexed query."""
         _check_id(tree, "tree")
-        if order not in ("value", "recent"):
-            raise ValidationError(f"order must be 'value' or 'recent', got {order!r}")
+        if trajectory_id is not None:
+            _check_id(trajectory_id, "trajectory_id")
+        if order not in ("value", "recent", "step"):
+            raise ValidationError(f"order must be 'value', 'recent' or 'step', got {order!r}")
         query = NodeQuery(tree, order=order, limit=_check_count(limit, "limit"), with_state=with_state,
-                          with_value=with_value, with_advantage=with_advantage)  # fmt: skip
+                          with_value=with_value, with_advantage=with_advantage,
+                          trajectory_id=trajectory_id)  # fmt: skip
         return [_node_dict(node) for node in self._backend.find_nodes(query)]
 
     @_timed
@@ -468,10 +491,11 @@ class DatabaseClient:
         add_value: float = 0.0,
         value: float | None = None,
         advantage: float | None = None,
+        visits: int | None = None,
     ) -> dict[str, Any]:
         """Atomically change a node's statistics in one UPDATE — add ``add_visits`` and
         ``add_value`` (increments computed by the database: concurrent updates never lose one),
-        or set ``value`` / ``advantage`` — and return the node after it. Not idempotent for
+        or set ``visits`` / ``value`` / ``advantage`` — and return the node after it. Not idempotent for
         increments (a retry adds twice), so it is never retried automatically.
 
         Raises:
@@ -479,6 +503,8 @@ class DatabaseClient:
         """
         if value is not None and add_value:
             raise ValidationError("update_search_stats: give add_value or value, not both")
+        if visits is not None and add_visits:
+            raise ValidationError("update_search_stats: give add_visits or visits, not both")
         if isinstance(add_visits, bool) or not isinstance(add_visits, int):
             raise ValidationError(f"add_visits must be an integer, got {add_visits!r}")
         node = self._backend.bump_search_stats(
@@ -487,6 +513,7 @@ class DatabaseClient:
             _check_float(add_value, "add_value") or 0.0,
             _check_float(value, "value"),
             _check_float(advantage, "advantage"),
+            _check_count(visits, "visits"),
         )
         return _node_dict(node)
 

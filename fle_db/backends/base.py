@@ -274,9 +274,10 @@ class Backend(ABC):
         add_value: float,
         set_value: float | None,
         set_advantage: float | None,
+        set_visits: int | None = None,
     ) -> StoredNode:
-        """Atomically add to a node's visits and value (or set value / advantage) in one UPDATE;
-        returns the node after it. NotFoundError if there is no such node."""
+        """Atomically add to a node's visits and value (or set visits / value / advantage) in one
+        UPDATE; returns the node after it. NotFoundError if there is no such node."""
 
     @abstractmethod
     def visit(self, node_id: int, children: int) -> StoredNode:
@@ -410,6 +411,10 @@ class Backend(ABC):
     @abstractmethod
     def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
         """The highest-numbered step with its game state, read in one snapshot; None if no step."""
+
+    @abstractmethod
+    def load_step(self, trajectory_id: str, step_number: int) -> StoredStep | None:
+        """One step, with the keyframe record its body is a delta of attached, or None."""
 
     @abstractmethod
     def load_game_state(self, state_id: str) -> StoredState | None:

@@ -912,12 +912,15 @@ class SQLBackend(Backend):
         add_value: float = 0.0,
         set_value: float | None = None,
         set_advantage: float | None = None,
+        set_visits: int | None = None,
     ) -> int:
         """THE one statement that changes a ``search_nodes`` row: add to visits and value, or set
         value / advantage, in a single UPDATE (atomic under concurrent writers: the increment is
         computed by the database, not read-modify-written). Returns the rows changed (0 or 1)."""
         values: dict[str, Any] = {"updated_at": now_us()}
-        if add_visits:
+        if set_visits is not None:
+            values["visits"] = set_visits
+        elif add_visits:
             values["visits"] = search_nodes.c.visits + add_visits
         if set_value is not None:
             values["value"] = set_value
@@ -934,9 +937,10 @@ class SQLBackend(Backend):
         add_value: float,
         set_value: float | None,
         set_advantage: float | None,
+        set_visits: int | None = None,
     ) -> StoredNode:
         with self._write() as conn:
-            if not self._bump_search_stats(conn, node_id, add_visits, add_value, set_value, set_advantage):
+            if not self._bump_search_stats(conn, node_id, add_visits, add_value, set_value, set_advantage, set_visits):
                 raise NotFoundError(f"search node {node_id} does not exist")
             return _stored_node(conn.execute(_node_select().where(search_nodes.c.id == node_id)).one())
 
@@ -1005,6 +1009,8 @@ class SQLBackend(Backend):
             )
         elif query.order == "recent":
             select_nodes = select_nodes.order_by(n.id.desc())
+        elif query.order == "step":
+            select_nodes = select_nodes.order_by(n.step_number.desc())
         else:
             select_nodes = select_nodes.order_by(n.value.desc().nulls_last(), n.id)
         if query.limit is not None:
@@ -1462,6 +1468,16 @@ class SQLBackend(Backend):
                 f"step {step.step_number} of {step.trajectory_id!r} is a delta of missing step {step.base_step_number}"
             )
         return replace(step, base=self._with_bases(conn, _stored_step(row)))
+
+    @_idempotent
+    def load_step(self, trajectory_id: str, step_number: int) -> StoredStep | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(*_step_columns(steps)).where(
+                    steps.c.trajectory_id == trajectory_id, steps.c.step_number == step_number
+                )
+            ).first()
+            return self._with_bases(conn, _stored_step(row)) if row is not None else None
 
     @_idempotent
     def load_game_state(self, state_id: str) -> StoredState | None:
