@@ -173,9 +173,7 @@ def test_node_ids_are_monotonic_and_never_reused(db: DatabaseClient) -> None:
 
 
 def test_best_per_depth_and_recent_nodes_read_the_tree_index(db: DatabaseClient) -> None:
-    db.batch_save_steps(
-        {"trajectory_id": f"t{i % 50}", "step_number": i // 50, "action": "x"} for i in range(2000)
-    )
+    db.batch_save_steps({"trajectory_id": f"t{i % 50}", "step_number": i // 50, "action": "x"} for i in range(2000))
     for i in range(200):
         db.save_step(
             {"trajectory_id": f"n{i}", "step_number": 0, "action": "x"}, node=_node(f"tree{i % 10}", i % 7, float(i))
