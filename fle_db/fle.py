@@ -318,10 +318,12 @@ class FLEDBClient:
 
         Parameters are always bound, never interpolated: write ``%s`` placeholders (FLE's style)
         with a tuple, on both backends (on SQLite they are translated to ``?``; ``%%`` is a
-        literal ``%``, as in psycopg). fle-db's tables are queryable; ``search_nodes`` holds one
-        row per program (``id`` = program id, ``tree`` = ``'fle-v' || version``, ``depth``,
-        ``visits``, ``value``, ``advantage``), ``fle_versions`` the versions. Payloads (code,
-        conversations, states) are compressed: load programs through the methods.
+        literal ``%``, as in psycopg). Query the view ``fle_programs``: one row per program, shaped
+        like FLE's ``programs`` table without its payloads — ``id``, ``version``, ``instance``,
+        ``parent_id``, ``depth``, ``value``, ``visits``, ``advantage``, ``reward`` (the value at
+        creation), ``has_state`` (0/1), ``model``, ``version_description``, ``created_at`` (epoch
+        microseconds), ``trajectory_id``, ``step_number``; fle-db's tables are readable too. Code,
+        conversations and states are stored compressed: load programs through the methods.
 
         Raises:
             ValidationError: the statement writes, is not exactly one statement, or returns no

@@ -19,6 +19,9 @@ Access paths and the index each uses:
 * search trees: a node by step ``ix_search_nodes_step``; best-N per depth, largest depth,
   rewards of a tree ``ix_search_nodes_tree`` (tree, depth, value); newest nodes of a tree:
   ``ix_search_nodes_recent`` (tree, id).
+
+Besides these tables, migration 0005 creates the read-only view ``fle_programs`` (FLE's programs,
+one row per FLE search node; see ``fle_db.fle``), which is not part of this metadata.
 """
 
 from __future__ import annotations

@@ -188,6 +188,26 @@ def test_execute_query_is_parameterised_and_refuses_writes(fle: FLEDBClient) -> 
     assert run(fle.execute_query("SELECT count(*) AS n FROM search_nodes")) == [{"n": 2}]
 
 
+def test_the_fle_programs_view_answers_analytics_the_same_on_both_backends(fle: FLEDBClient) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        root = await fle.create_program(program(value=2.0, instance=-1, depth=1))
+        await fle.create_program(program(value=3.0, instance=12, depth=2, parent_id=root["id"], state=None))
+        await fle.create_program(program(version=9, value=7.0))
+        return await fle.execute_query(
+            "SELECT id, version, instance, parent_id, depth, value, visits, has_state, model, version_description"
+            " FROM fle_programs WHERE version = %s ORDER BY id",
+            (3,),
+        )
+
+    rows = run(scenario())
+    assert [{k: v for k, v in row.items() if k != "id"} for row in rows] == [
+        {"version": 3, "instance": -1, "parent_id": None, "depth": 1, "value": 2.0, "visits": 0, "has_state": 1,
+         "model": "gpt-4o", "version_description": "beam test"},
+        {"version": 3, "instance": 12, "parent_id": rows[0]["id"], "depth": 2, "value": 3.0, "visits": 0,
+         "has_state": 0, "model": "gpt-4o", "version_description": "beam test"},
+    ]  # fmt: skip
+
+
 def _allocate(env: dict[str, str], count: int, queue: Any) -> None:
     os.environ.update(env)
 

@@ -1,6 +1,8 @@
 """Search trees: ``search_nodes`` (the mutable visit/value statistics of a step, with a monotonic
-integer id, its tree and depth) and ``fle_versions`` (FLE versions, allocated atomically).
-Additive: two new tables and their indexes; nothing existing changes.
+integer id, its tree and depth), ``fle_versions`` (FLE versions, allocated atomically) and the
+read-only view ``fle_programs`` (one row per FLE program, shaped like FLE's ``programs`` table
+minus its payload columns, for ``fle_db.fle``'s ``execute_query``).
+Additive: two new tables, their indexes and a view; nothing existing changes.
 
 Revision ID: 0005_search_tree
 Revises: 0004_step_time_index
@@ -17,6 +19,32 @@ branch_labels = None
 depends_on = None
 
 ID_LENGTH = 200
+
+# Portable SQL (SQLite and PostgreSQL): FLE trees are 'fle-v{version}', their trajectories
+# 'fle-v{version}-i{instance}'; times are epoch microseconds.
+FLE_PROGRAMS_VIEW = """
+CREATE VIEW fle_programs AS
+SELECT n.id AS id,
+       CAST(substr(n.tree, 6) AS BIGINT) AS version,
+       CAST(substr(n.trajectory_id, length(n.tree) + 3) AS BIGINT) AS instance,
+       p.id AS parent_id,
+       n.depth AS depth,
+       n.value AS value,
+       n.visits AS visits,
+       n.advantage AS advantage,
+       s.reward AS reward,
+       CAST((s.game_state_id IS NOT NULL) AS INTEGER) AS has_state,
+       v.model AS model,
+       v.version_description AS version_description,
+       n.created_at AS created_at,
+       n.trajectory_id AS trajectory_id,
+       n.step_number AS step_number
+FROM search_nodes n
+JOIN steps s ON s.trajectory_id = n.trajectory_id AND s.step_number = n.step_number
+LEFT JOIN search_nodes p ON p.trajectory_id = s.parent_trajectory_id AND p.step_number = s.parent_step_number
+LEFT JOIN fle_versions v ON v.version = CAST(substr(n.tree, 6) AS BIGINT)
+WHERE n.tree LIKE 'fle-v%' AND n.trajectory_id LIKE n.tree || '-i%'
+"""
 
 
 def upgrade() -> None:
@@ -51,9 +79,11 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("version", name="pk_fle_versions"),
     )
+    op.execute(FLE_PROGRAMS_VIEW)
 
 
 def downgrade() -> None:
+    op.execute("DROP VIEW fle_programs")
     op.drop_table("fle_versions")
     op.drop_index("ix_search_nodes_recent", table_name="search_nodes")
     op.drop_index("ix_search_nodes_tree", table_name="search_nodes")
