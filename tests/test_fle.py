@@ -165,6 +165,9 @@ def test_execute_query_is_parameterised_and_refuses_writes(fle: FLEDBClient) -> 
     rows = run(fle.execute_query("SELECT id, value FROM search_nodes WHERE tree = %s AND value > %s", ("fle-v3", 1)))
     assert rows == [{"id": created["id"], "value": 4.0}]
     assert run(fle.execute_query("SELECT 'a%%b' AS s WHERE 1 = %s", (1,))) == [{"s": "a%b"}]
+    assert run(fle.execute_query("SELECT 'a%b' AS s")) == [{"s": "a%b"}]  # no parameters: % is literal
+    with pytest.raises(ValidationError):
+        run(fle.execute_query("SELECT * FROM no_such_table"))
     for attack in (
         "DELETE FROM search_nodes",
         "UPDATE search_nodes SET visits = 99",

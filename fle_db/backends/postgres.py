@@ -160,17 +160,14 @@ class PostgresBackend(SQLBackend):
             with raw.cursor() as cursor:
                 cursor.execute("SET TRANSACTION READ ONLY")
                 try:
-                    cursor.execute(sql, params, prepare=False, binary=True)
+                    # No parameters: None, so that a literal % needs no escaping (as in psycopg).
+                    cursor.execute(sql, params or None, prepare=False, binary=True)
                     columns = [d.name for d in cursor.description or ()]
                     rows = cursor.fetchall()
                 except psycopg.errors.ReadOnlySqlTransaction as exc:
                     raise ValidationError(f"execute_query is read-only: {exc}".strip()) from exc
-                except psycopg.errors.SyntaxError as exc:
-                    raise ValidationError(f"execute_query runs exactly one statement: {exc}".strip()) from exc
-                except psycopg.ProgrammingError as exc:
-                    if "produce records" not in str(exc):
-                        raise
-                    raise ValidationError(f"execute_query runs queries that return rows: {exc}") from exc
+                except psycopg.ProgrammingError as exc:  # syntax, unknown names, several statements, no rows
+                    raise ValidationError(f"execute_query runs one SELECT: {exc}".strip()) from exc
                 return [dict(zip(columns, row, strict=True)) for row in rows]
         finally:
             raw.rollback()

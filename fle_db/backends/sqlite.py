@@ -205,11 +205,17 @@ class SQLiteBackend(SQLBackend):
             cursor.execute(sql, params)
             columns = [d[0] for d in cursor.description or ()]
             return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-        except (sqlite3.DatabaseError, sqlite3.Warning) as exc:
+        except sqlite3.ProgrammingError as exc:  # several statements, wrong parameter count
+            raise ValidationError(f"execute_query runs one SELECT: {exc}") from exc
+        except sqlite3.OperationalError as exc:
             detail = str(exc)
-            if "not authorized" in detail or "readonly" in detail or "one statement" in detail:
-                raise ValidationError(f"execute_query runs one read-only statement: {detail}") from exc
-            raise
+            if any(word in detail for word in ("locked", "disk", "unable to open")):
+                raise  # the database's trouble, not the query's
+            raise ValidationError(f"execute_query runs one read-only SELECT: {detail}") from exc
+        except sqlite3.DatabaseError as exc:
+            if "not authorized" not in str(exc):
+                raise
+            raise ValidationError(f"execute_query is read-only: {exc}") from exc
         finally:
             cursor.close()
             raw.set_authorizer(None)
