@@ -478,8 +478,8 @@ class DatabaseClient:
         _check_id(trajectory_id, "trajectory_id")
         number = _check_step_number(step_number)
         found = self._backend.children(trajectory_id, number)
-        if not found and self._backend.load_node(step=(trajectory_id, number)) is None:
-            self._backend.lineage(trajectory_id, number)  # raises NotFoundError for a missing step
+        if not found and self._backend.load_step(trajectory_id, number) is None:
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
         return [{"trajectory_id": tid, "step_number": n} for tid, n in found]
 
     @_timed

@@ -110,8 +110,10 @@ class FLEDBClient:
     ) -> None:
         self.db = db
         self.max_conversation_length = max_conversation_length
-        self._models = _fle_models() if return_programs is not False else None
-        if return_programs and self._models is None:
+        # FLE (with numpy, openai...) is imported on the first conversion, in a worker thread:
+        # opening a client never blocks the event loop on it.
+        self._return_programs = return_programs
+        if return_programs and _fle_models() is None:
             raise ConfigurationError("return_programs=True needs FLE: pip install factorio-learning-environment")
         self._executor = ThreadPoolExecutor(max_workers=db.settings.max_connections, thread_name_prefix="fle-db")
         self._closed = False
@@ -135,10 +137,9 @@ class FLEDBClient:
             NotFoundError: ``parent_id`` names no program. ValidationError: a field is not JSON
             (the message names it). Not idempotent: each call stores a new program.
         """
-        return await self._run(self.create_program_sync, program)
+        return await self._run(self._create_program, program)
 
-    def create_program_sync(self, program: Any) -> Any:
-        """:meth:`create_program`, blocking."""
+    def _create_program(self, program: Any) -> Any:
         fields = _read_program(program)
         version, instance = _int(fields["version"], "version"), _int(fields["instance"], "instance")
         step: dict[str, Any] = {"fle_program": fields["body"], "reward": fields["value"]}
@@ -383,9 +384,10 @@ class FLEDBClient:
             "created_at": _time(node["created_at"]),
             "state": state_json,
         }
-        if self._models is None:
+        models = _fle_models() if self._return_programs is not False else None
+        if models is None:
             return row
-        return _to_fle_program(self._models, row)
+        return _to_fle_program(models, row)
 
 
 async def create_db_client(
