@@ -57,6 +57,7 @@ def test_lineage_is_the_path_to_the_root_across_forks_and_explicit_parents(db: D
     path = [(p["trajectory_id"], p["step_number"]) for p in db.get_lineage("other", 0)]
 
     assert path == [("root", 0), ("root", 1), ("fork", 0), ("fork", 1), ("other", 0)]
+    assert db.validate()["ok"]
     assert [(p["trajectory_id"], p["step_number"]) for p in db.get_lineage("root", 0)] == [("root", 0)]
     with pytest.raises(NotFoundError):
         db.get_lineage("root", 9)
@@ -158,6 +159,9 @@ def test_search_statistics_of_unknown_nodes_and_bad_values_are_refused(db: Datab
 
 def test_deleting_a_trajectory_removes_its_search_nodes(db: DatabaseClient) -> None:
     node_id = db.append_step("t", {"action": "a"}, node=_node("tree", 0, 1.0))["node_id"]
+    db.append_step("u", {"action": "a"}, node=_node("tree", 0, 1.0))
+    assert db.get_statistics()["search_nodes"] == 2
+    assert db.cleanup(trajectory_ids=["u"])["rows"]["search_nodes"] == 1
     db.delete_trajectory("t")
     with pytest.raises(NotFoundError):
         db.get_search_node(node_id)

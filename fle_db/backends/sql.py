@@ -94,10 +94,10 @@ _STEP_RECORDS = {"agent_output": agent_outputs, "environment_feedback": environm
 #: ``load_step_records`` kinds -> table.
 _RECORD_KINDS = {"agent_outputs": agent_outputs, "environment_feedbacks": environment_feedbacks}
 #: What a cleanup report counts, besides bytes.
-_TALLIED = ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "trajectory_metadata", "game_states",
-            "blobs")  # fmt: skip
+_TALLIED = ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "trajectory_metadata", "search_nodes",
+            "game_states", "blobs")  # fmt: skip
 #: Tables whose rows :meth:`SQLBackend.statistics` counts.
-_COUNTED = (trajectories, steps, game_states, agent_outputs, environment_feedbacks, blobs)
+_COUNTED = (trajectories, steps, game_states, agent_outputs, environment_feedbacks, blobs, search_nodes)
 
 
 def _step_columns(table: Table) -> list[Any]:
