@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 from fle_support import use_fle_environment
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fle_db import DatabaseClient
 from fle_db.errors import NotFoundError, ValidationError
-from fle_db.fle import FLEDBClient, ResumePoint, create_db_client, get_next_version
+from fle_db.fle import FLEDBClient, ResumePoint, _key_order, _reordered, create_db_client, get_next_version
 
 #: A to_raw()-shaped state, keys deliberately not sorted (FLE's own order).
 STATE = {
@@ -309,3 +311,20 @@ def test_importing_the_fle_module_does_not_import_fle() -> None:
     code = "import sys, fle_db, fle_db.fle; print(any(m == 'fle' or m.startswith('fle.') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**53), 2**53)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=8),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=5),
+        max_leaves=30,
+    ).filter(lambda v: isinstance(v, dict))
+)
+def test_key_order_restores_any_objects_json_text_exactly(value: dict[str, Any]) -> None:
+    stored = json.loads(json.dumps(value, sort_keys=True))  # what a store that keeps values, not order, returns
+    assert json.dumps(_reordered(stored, _key_order(value))) == json.dumps(value)
