@@ -26,9 +26,16 @@ A game state comes back exactly: ``state.to_raw()`` of a returned program is byt
 one created (the key order of every object is kept beside the state). Pickled namespaces stay the
 hex text ``to_raw()`` makes of them: fle-db never unpickles anything.
 
+**Depth, as FLE reads it.** FLE 0.4.3 stores ``depth / 2`` and reads that back, and its callers
+count on it (beam search creates ``depth = current_depth * 2`` and resumes at the heads' depth;
+the trajectory runner resumes its step counter at the depth read). So the search node's depth
+is ``depth // 2`` — what ``get_largest_depth_in_version``, ``fle_programs.depth`` and returned
+programs show — and the depth as created is kept with the program (``fle_depth=False`` returns
+that instead).
+
 **Differences from FLE 0.4.3, on purpose.** Errors raise (``fle_db.errors``) instead of turning
 into ``[]``, ``0``, ``False`` or ``None``; only "there is nothing" gives an empty result.
-``depth`` is stored as given (FLE stored ``depth / 2`` and read that back). ``get_resume_state``
+``get_resume_state``
 picks the highest step number of the trajectory, never a 1-second timestamp; ``process_id`` is
 not a filter (the trajectory is ``(version, instance)``). ``update_program`` changes ``visits``,
 ``value`` and ``advantage`` (atomically); the rest of a program is an immutable checkpoint.
@@ -103,12 +110,19 @@ class FLEDBClient:
         max_conversation_length: kept for FLE's signature; fle-db stores whole conversations.
         return_programs: True to return FLE ``Program`` objects (FLE must be installed), False
             for dicts; None (default) picks ``Program`` when FLE is importable.
+        fle_depth: True (default) returns a program's depth as FLE 0.4.3 reads it, the created
+            depth // 2 (FLE's callers rely on it); False returns the depth as created.
     """
 
     def __init__(
-        self, db: DatabaseClient, max_conversation_length: int = 40, return_programs: bool | None = None
+        self,
+        db: DatabaseClient,
+        max_conversation_length: int = 40,
+        return_programs: bool | None = None,
+        fle_depth: bool = True,
     ) -> None:
         self.db = db
+        self.fle_depth = fle_depth
         self.max_conversation_length = max_conversation_length
         # FLE (with numpy, openai...) is imported on the first conversion, in a worker thread:
         # opening a client never blocks the event loop on it.
@@ -158,7 +172,7 @@ class FLEDBClient:
             game_state=state,
             node={
                 "tree": tree_id(version),
-                "depth": _int(fields["depth"], "depth"),
+                "depth": fields["body"]["depth"] // 2,  # FLE's stored depth
                 "value": fields["value"],
                 "advantage": fields["advantage"],
             },
@@ -233,7 +247,7 @@ class FLEDBClient:
             return ResumePoint(False, None, None, None, None, None, reason)
         program = self._program(latest[0])
         state, conversation = _get(program, "state"), _get(program, "conversation")
-        return ResumePoint(True, state, conversation, latest[0]["node_id"], latest[0]["depth"],
+        return ResumePoint(True, state, conversation, latest[0]["node_id"], _get(program, "depth"),
                            latest[0]["step_number"], None)  # fmt: skip
 
     async def get_beam_heads(self, version: int, beam_width: int) -> list[Any]:
@@ -285,7 +299,8 @@ class FLEDBClient:
         return found[0] if found is not None else 0
 
     async def get_largest_depth_in_version(self, version: int) -> int:
-        """The largest program depth of a version, 0 if it has no program."""
+        """The largest program depth of a version as FLE stores it (created depth // 2), 0 if it
+        has no program."""
         return await self._run(self._largest_depth, version)
 
     def _largest_depth(self, version: int) -> int:
@@ -380,7 +395,7 @@ class FLEDBClient:
             "parent_id": node["parent_node_id"],
             "version": version,
             "instance": instance,
-            "depth": node["depth"],
+            "depth": node["depth"] if self.fle_depth else body["depth"],
             "created_at": _time(node["created_at"]),
             "state": state_json,
         }
@@ -469,6 +484,9 @@ def _read_program(program: Any) -> dict[str, Any]:
     body["meta"] = body["meta"] or {}
     body["achievements"] = body["achievements"] or {}
     body["ticks"] = body["ticks"] or 0
+    body["depth"] = _int(_get(program, "depth", 0), "depth")
+    if body["depth"] < 0:
+        raise ValidationError(f"program depth must be >= 0, got {body['depth']}")
     body["conversation"] = _plain(_get(program, "conversation"), "conversation") or {"messages": []}
     body["timing_metrics"] = [_plain(m, "timing_metrics") for m in _get(program, "timing_metrics") or []]
     body["flows"] = _plain(_get(program, "flows"), "flows")
@@ -481,7 +499,6 @@ def _read_program(program: Any) -> dict[str, Any]:
         "parent_id": _get(program, "parent_id"),
         "version": _get(program, "version", 1),
         "instance": _get(program, "instance", -1),
-        "depth": _get(program, "depth", 0),
     }
 
 

@@ -80,7 +80,7 @@ def test_create_resume_beam_sample_update_round_trip(fle: FLEDBClient) -> None:
         other = await fle.create_program(program(value=2.0, depth=2, instance=1, parent_id=root["id"]))
 
         state, conversation, program_id, depth = await fle.get_resume_state(3, 7, 0)
-        assert (program_id, depth) == (child["id"], 2)
+        assert (program_id, depth) == (child["id"], 1)  # FLE reads back depth / 2
         assert state == json.dumps(STATE)  # exactly the to_raw() text, key order included
         assert conversation == program()["conversation"]
 
@@ -99,7 +99,7 @@ def test_create_resume_beam_sample_update_round_trip(fle: FLEDBClient) -> None:
         assert (await fle.get_beam_heads(3, 1))[0]["id"] == child["id"]
 
         assert await fle.get_largest_version() == 3
-        assert await fle.get_largest_depth_in_version(3) == 2
+        assert await fle.get_largest_depth_in_version(3) == 1
         assert (await fle.version_exists(3), await fle.version_exists(4)) == (True, False)
         assert await fle.get_version_metadata(3) == {"version_description": "beam test", "model": "gpt-4o"}
         assert await fle.get_version_metadata(4) == {}
@@ -118,7 +118,7 @@ def test_resume_picks_the_highest_step_not_a_timestamp(fle: FLEDBClient) -> None
 
     ids = run(scenario())
     point = run(fle.resume(3, 0))
-    assert point.found and (point.program_id, point.depth, point.step_number) == (ids[-1], 14, 7)
+    assert point.found and (point.program_id, point.depth, point.step_number) == (ids[-1], 7, 7)
 
 
 def test_resume_without_a_checkpoint_says_so(fle: FLEDBClient) -> None:
@@ -129,6 +129,21 @@ def test_resume_without_a_checkpoint_says_so(fle: FLEDBClient) -> None:
     point = run(fle.resume(5, 0))
     assert not point.found and "none with a game state and a value" in str(point.reason)
     assert run(fle.get_resume_state(5, 1, 0)) == (None, None, None, None)  # FLE's shape for "start afresh"
+
+
+def test_depth_reads_back_as_fle_stores_it_or_as_created(db_url: str) -> None:
+    async def scenario() -> tuple[Any, Any, int]:
+        with DatabaseClient(db_url) as db:
+            fle_way = FLEDBClient(db, return_programs=False)
+            exact = FLEDBClient(db, return_programs=False, fle_depth=False)
+            current_depth = 3  # FLE's beam search creates depth = current_depth * 2...
+            await fle_way.create_program(program(depth=current_depth * 2))
+            heads = await fle_way.get_beam_heads(3, 1)
+            exact_heads = await exact.get_beam_heads(3, 1)
+            return heads[0]["depth"], exact_heads[0]["depth"], await fle_way.get_largest_depth_in_version(3)
+
+    fle_depth, created_depth, largest = run(scenario())
+    assert (fle_depth, created_depth, largest) == (3, 6, 3)  # ...and resumes at the heads' depth
 
 
 def test_update_program_changes_only_search_statistics(fle: FLEDBClient) -> None:
@@ -206,9 +221,9 @@ def test_the_fle_programs_view_answers_analytics_the_same_on_both_backends(fle: 
 
     rows = run(scenario())
     assert [{k: v for k, v in row.items() if k != "id"} for row in rows] == [
-        {"version": 3, "instance": -1, "parent_id": None, "depth": 1, "value": 2.0, "visits": 0, "has_state": 1,
+        {"version": 3, "instance": -1, "parent_id": None, "depth": 0, "value": 2.0, "visits": 0, "has_state": 1,
          "model": "gpt-4o", "version_description": "beam test"},
-        {"version": 3, "instance": 12, "parent_id": rows[0]["id"], "depth": 2, "value": 3.0, "visits": 0,
+        {"version": 3, "instance": 12, "parent_id": rows[0]["id"], "depth": 1, "value": 3.0, "visits": 0,
          "has_state": 0, "model": "gpt-4o", "version_description": "beam test"},
     ]  # fmt: skip
 
