@@ -7,8 +7,10 @@ Every method is safe to call from several threads at once (the backend pools con
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -22,8 +24,11 @@ from .backends.base import (
     Blob,
     Checkpoint,
     CleanupCriteria,
+    NodeQuery,
+    NodeRow,
     SaveResult,
     StepRow,
+    StoredNode,
     StoredState,
     StoredStep,
     TrajectoryRow,
@@ -203,6 +208,7 @@ class DatabaseClient:
         agent_output: Mapping[str, Any] | None = None,
         environment_feedback: Mapping[str, Any] | None = None,
         game_state: Mapping[str, Any] | None = None,
+        node: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Save one checkpoint (step, and optionally its agent output, environment feedback and
         game state) in one transaction.
@@ -210,7 +216,9 @@ class DatabaseClient:
         The optional parts may be passed as keyword arguments or as entries of ``step`` under
         the same names. A trajectory not saved yet is created empty. Saving an identical
         checkpoint again is a no-op (``created`` is then False), so a retry after a lost reply is
-        safe.
+        safe. ``node`` (``{"tree", "depth", "value", "advantage"}``) makes the step a search-tree
+        node in the same transaction (see :meth:`append_step`); a node already stored keeps its
+        statistics.
 
         Returns:
             ``{"trajectory_id", "step_number", "game_state_id", "created"}``; ``game_state_id``
@@ -220,8 +228,9 @@ class DatabaseClient:
             ValidationError: bad input (nothing written). ConflictError: a different record is
             stored under this ``(trajectory_id, step_number)`` (nothing written).
         """
+        node_row = _node_row(node) if node is not None else None
         return self._save(
-            lambda pending: [self._checkpoint(step, agent_output, environment_feedback, game_state, pending)]
+            lambda pending: [self._checkpoint(step, agent_output, environment_feedback, game_state, pending, node_row)]
         )[0]
 
     @_timed
@@ -276,6 +285,24 @@ class DatabaseClient:
             ]
 
     @_timed
+    def load_step(self, trajectory_id: str, step_number: int) -> dict[str, Any]:
+        """One step as saved, plus ``game_state_id`` (None without a state).
+
+        Raises:
+            NotFoundError: no such step.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        row = self._backend.load_step(trajectory_id, _check_step_number(step_number))
+        if row is None:
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
+        return {
+            "trajectory_id": row.trajectory_id,
+            "step_number": row.step_number,
+            **self._record_values([row])[0],
+            "game_state_id": row.game_state_id,
+        }
+
+    @_timed
     def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
         """The newest checkpoint (highest ``step_number``) as ``{"step": ..., "game_state": ...}``
         (``game_state`` None if that step has none), read in one index lookup; None when the
@@ -293,6 +320,224 @@ class DatabaseClient:
             "game_state_id": row.game_state_id,
         }
         return {"step": step, "game_state": self._decode_state(state) if state else None}
+
+    # -- search trees ---------------------------------------------------------------------
+    @_timed
+    def fork_trajectory(
+        self,
+        parent_trajectory_id: str,
+        parent_step_number: int,
+        trajectory_id: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """Fork a trajectory from any of its steps: a new trajectory (``trajectory_id``, or a
+        fresh uuid) whose lineage is that step, with ``fields`` as its other keys. Nothing is
+        copied: the fork's steps continue from the fork point (its first step's parent is that
+        step; see :meth:`get_lineage`), and a step saved with the parent's game state shares the
+        stored state by its content address. Idempotent for the same id and fork point.
+
+        Raises:
+            NotFoundError: the fork point does not exist. DependencyError: ``trajectory_id``
+            already exists with another lineage. ValidationError: bad id or field.
+        """
+        _check_id(parent_trajectory_id, "parent_trajectory_id")
+        tid = trajectory_id if trajectory_id is not None else f"fork-{uuid.uuid4().hex}"
+        self.save_trajectory(
+            {
+                **fields,
+                "id": tid,
+                "parent_trajectory_id": parent_trajectory_id,
+                "parent_step_number": parent_step_number,
+            }
+        )
+        return tid
+
+    @_timed
+    def append_step(
+        self,
+        trajectory_id: str,
+        step: Mapping[str, Any] | None = None,
+        *,
+        agent_output: Mapping[str, Any] | None = None,
+        environment_feedback: Mapping[str, Any] | None = None,
+        game_state: Mapping[str, Any] | None = None,
+        node: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Append a checkpoint as the next step of a trajectory, numbered by the database: under
+        the trajectory's lock, ``step_number`` = highest stored + 1 (0 for the first), so
+        concurrent appenders in any process get distinct, gap-free numbers — the monotonic order
+        resume reads. ``step`` is a step without ``trajectory_id``/``step_number`` (it may name
+        an explicit parent with ``parent_trajectory_id``/``parent_step_number``). ``node``
+        (``{"tree": str, "depth": int, "value": float | None, "advantage": float | None}``)
+        makes the step a search-tree node in the same transaction, with 0 visits.
+
+        Not idempotent: every call appends a new step (retrying after a lost reply may append
+        twice). Returns the ids of :meth:`save_step` plus ``node_id`` (None without a node).
+
+        Raises:
+            ValidationError: bad input (nothing written). NotFoundError: never (a missing
+            trajectory is created empty). ConflictError: a concurrent delete removed a base.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        record = dict(_as_dict(step if step is not None else {}, "step"))
+        for key in _STEP_KEYS:
+            if key in record and not (key == "trajectory_id" and record[key] == trajectory_id):
+                raise ValidationError(f"append_step numbers the step itself: do not give {key!r}")
+        node_row = _node_row(node) if node is not None else None
+
+        def attempt(pending: PendingBases) -> tuple[SaveResult, int | None]:
+            def build(number: int) -> Checkpoint:
+                with codec.gc_paused():
+                    return self._checkpoint(
+                        {**record, "trajectory_id": trajectory_id, "step_number": number},
+                        agent_output, environment_feedback, game_state, pending, node_row,
+                    )  # fmt: skip
+
+            return self._backend.append_checkpoint(trajectory_id, build)
+
+        pending = PendingBases()
+        try:
+            result, node_id = attempt(pending)
+        except ConflictError:
+            # A delta's keyframe was deleted by another process meanwhile: write whole, once.
+            self._encoder.forget()
+            pending = PendingBases()
+            result, node_id = attempt(pending)
+        self._encoder.committed(pending)
+        return {**_ids(result), "node_id": node_id}
+
+    @_timed
+    def get_search_node(self, node_id: int | None = None, *, trajectory_id: str | None = None,
+                        step_number: int | None = None) -> dict[str, Any]:  # fmt: skip
+        """A search-tree node by ``node_id``, or by its step (``trajectory_id`` + ``step_number``):
+        ``{"node_id", "trajectory_id", "step_number", "tree", "depth", "visits", "value",
+        "advantage", "game_state_id", "parent_node_id", "parent_trajectory_id",
+        "parent_step_number", "created_at", "updated_at"}`` (times: epoch microseconds).
+
+        Raises:
+            NotFoundError: no such node. ValidationError: neither or both ways given.
+        """
+        if (node_id is None) == (trajectory_id is None):
+            raise ValidationError("get_search_node: give node_id, or trajectory_id and step_number")
+        if node_id is not None:
+            found = self._backend.load_node(node_id=_check_node_id(node_id))
+        else:
+            _check_id(trajectory_id, "trajectory_id")
+            found = self._backend.load_node(step=(str(trajectory_id), _check_step_number(step_number)))
+        if found is None:
+            where = f"{node_id}" if node_id is not None else f"at step {step_number} of {trajectory_id!r}"
+            raise NotFoundError(f"search node {where} does not exist")
+        return _node_dict(found)
+
+    @_timed
+    def get_search_nodes(
+        self,
+        tree: str,
+        *,
+        order: str = "value",
+        limit: int | None = None,
+        with_state: bool = False,
+        with_value: bool = False,
+        with_advantage: bool = False,
+        trajectory_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Nodes of a tree (and of one trajectory, if given), ``order="value"`` (highest first;
+        nodes without a value last), ``"recent"`` (newest first, by the monotonic node id) or
+        ``"step"`` (highest step number first), at most ``limit``, optionally only those whose
+        step has a game state / a value / an advantage. One indexed query."""
+        _check_id(tree, "tree")
+        if trajectory_id is not None:
+            _check_id(trajectory_id, "trajectory_id")
+        if order not in ("value", "recent", "step"):
+            raise ValidationError(f"order must be 'value', 'recent' or 'step', got {order!r}")
+        query = NodeQuery(tree, order=order, limit=_check_count(limit, "limit"), with_state=with_state,
+                          with_value=with_value, with_advantage=with_advantage,
+                          trajectory_id=trajectory_id)  # fmt: skip
+        return [_node_dict(node) for node in self._backend.find_nodes(query)]
+
+    @_timed
+    def get_best_per_depth(self, tree: str, n: int = 1, *, with_state: bool = False) -> list[dict[str, Any]]:
+        """The ``n`` highest-value nodes of each depth of a tree (nodes without a value are not
+        ranked), by depth then value (ties: the older node first). One query over
+        ``ix_search_nodes_tree``."""
+        _check_id(tree, "tree")
+        query = NodeQuery(tree, per_depth=_check_count(n, "n"), with_state=with_state)
+        return [_node_dict(node) for node in self._backend.find_nodes(query)]
+
+    @_timed
+    def get_lineage(self, trajectory_id: str, step_number: int) -> list[dict[str, Any]]:
+        """The path from the root to this step, root first, as ``[{"trajectory_id",
+        "step_number"}]``, across forks: a step's parent is its explicit parent step, else the
+        previous step of its trajectory, else (a fork's first step) the fork point. One
+        recursive query.
+
+        Raises:
+            NotFoundError: the step does not exist.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        path = self._backend.lineage(trajectory_id, _check_step_number(step_number))
+        return [{"trajectory_id": tid, "step_number": number} for tid, number in path]
+
+    @_timed
+    def get_children(self, trajectory_id: str, step_number: int) -> list[dict[str, Any]]:
+        """The steps whose parent (as in :meth:`get_lineage`) is this step, as
+        ``[{"trajectory_id", "step_number"}]`` sorted; ``[]`` for a leaf.
+
+        Raises:
+            NotFoundError: the step does not exist.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        number = _check_step_number(step_number)
+        found = self._backend.children(trajectory_id, number)
+        if not found and self._backend.load_step(trajectory_id, number) is None:
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
+        return [{"trajectory_id": tid, "step_number": n} for tid, n in found]
+
+    @_timed
+    def update_search_stats(
+        self,
+        node_id: int,
+        *,
+        add_visits: int = 0,
+        add_value: float = 0.0,
+        value: float | None = None,
+        advantage: float | None = None,
+        visits: int | None = None,
+    ) -> dict[str, Any]:
+        """Atomically change a node's statistics in one UPDATE — add ``add_visits`` and
+        ``add_value`` (increments computed by the database: concurrent updates never lose one),
+        or set ``visits`` / ``value`` / ``advantage`` — and return the node after it. Not idempotent for
+        increments (a retry adds twice), so it is never retried automatically.
+
+        Raises:
+            NotFoundError: no such node. ValidationError: bad number, or both value forms.
+        """
+        if value is not None and add_value:
+            raise ValidationError("update_search_stats: give add_value or value, not both")
+        if visits is not None and add_visits:
+            raise ValidationError("update_search_stats: give add_visits or visits, not both")
+        if isinstance(add_visits, bool) or not isinstance(add_visits, int):
+            raise ValidationError(f"add_visits must be an integer, got {add_visits!r}")
+        node = self._backend.bump_search_stats(
+            _check_node_id(node_id),
+            add_visits,
+            _check_float(add_value, "add_value") or 0.0,
+            _check_float(value, "value"),
+            _check_float(advantage, "advantage"),
+            _check_count(visits, "visits"),
+        )
+        return _node_dict(node)
+
+    @_timed
+    def visit_search_node(self, node_id: int, children: int = 1) -> dict[str, Any]:
+        """FLE's sampler ``visit``, in one transaction: add ``children`` visits to the node, and
+        set each child node's advantage to its value minus the mean of its siblings' values.
+        Returns the node after it.
+
+        Raises:
+            NotFoundError: no such node.
+        """
+        return _node_dict(self._backend.visit(_check_node_id(node_id), _check_count(children, "children") or 0))
 
     # -- game states ----------------------------------------------------------------------
     @_timed
@@ -697,6 +942,7 @@ class DatabaseClient:
         environment_feedback: Mapping[str, Any] | None,
         game_state: Mapping[str, Any] | None,
         pending: PendingBases,
+        node: NodeRow | None = None,
     ) -> Checkpoint:
         given = {"agent_output": agent_output, "environment_feedback": environment_feedback, "game_state": game_state}
         record = dict(_as_dict(step, "step"))
@@ -742,6 +988,7 @@ class DatabaseClient:
             game_state=self._encoder.encode(state, f"game_state of {what}", tid, pending)
             if state is not None
             else None,
+            node=node,
         )
 
     def _load_step_records(self, kind: str, trajectory_id: str) -> list[dict[str, Any]]:
@@ -782,6 +1029,70 @@ def _cutoff_us(older_than: timedelta | float | None, before: datetime | str | No
     if not isinstance(before, datetime) or before.tzinfo is None:
         raise ValidationError("before must be a timezone-aware datetime or an ISO 8601 string with an offset")
     return int(before.timestamp() * 1_000_000)
+
+
+def _node_row(node: Mapping[str, Any]) -> NodeRow:
+    """Validate a node description: ``tree`` (an id), ``depth`` (int >= 0), optional ``value``
+    and ``advantage`` (finite numbers)."""
+    if not isinstance(node, Mapping):
+        raise ValidationError(f"node must be a dict, got {type(node).__name__}")
+    unknown = set(node) - {"tree", "depth", "value", "advantage"}
+    if unknown:
+        raise ValidationError(f"node: unknown keys {sorted(unknown)}")
+    _check_id(node.get("tree"), "node['tree']")
+    return NodeRow(
+        tree=node["tree"],
+        depth=_check_step_number(node.get("depth"), "node['depth']"),
+        value=_check_float(node.get("value"), "node['value']"),
+        advantage=_check_float(node.get("advantage"), "node['advantage']"),
+    )
+
+
+def _check_step_number(value: Any, what: str = "step_number") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValidationError(f"{what} must be an integer in 0 .. 2**63-1, got {value!r:.80}")
+    return value
+
+
+def _check_node_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise ValidationError(f"node_id must be a positive integer, got {value!r:.80}")
+    return value
+
+
+def _check_count(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"{what} must be an integer >= 0, got {value!r:.80}")
+    return value
+
+
+def _check_float(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValidationError(f"{what} must be a finite number, got {value!r:.80}")
+    return float(value)
+
+
+def _node_dict(node: StoredNode) -> dict[str, Any]:
+    return {
+        "node_id": node.id,
+        "trajectory_id": node.trajectory_id,
+        "step_number": node.step_number,
+        "tree": node.tree,
+        "depth": node.depth,
+        "visits": node.visits,
+        "value": node.value,
+        "advantage": node.advantage,
+        "game_state_id": node.game_state_id,
+        "parent_node_id": node.parent_id,
+        "parent_trajectory_id": node.parent_trajectory_id,
+        "parent_step_number": node.parent_step_number,
+        "created_at": node.created_at,
+        "updated_at": node.updated_at,
+    }
 
 
 def _check_id(value: Any, what: str) -> None:

@@ -16,6 +16,12 @@ Access paths and the index each uses:
   states use a blob, which blobs use it as base: ``ix_game_state_parts_blob``, ``ix_blobs_base``.
 * trajectories per task or agent (analysis, best-N): ``ix_trajectories_task``, ``ix_trajectories_agent``.
 * oldest/newest step, age-based cleanup, time-range export: ``ix_steps_created``.
+* search trees: a node by step ``ix_search_nodes_step``; best-N per depth, largest depth,
+  rewards of a tree ``ix_search_nodes_tree`` (tree, depth, value); newest nodes of a tree:
+  ``ix_search_nodes_recent`` (tree, id).
+
+Besides these tables, migration 0006 creates the read-only view ``fle_programs`` (FLE's programs,
+one row per FLE search node; see ``fle_db.fle``), which is not part of this metadata.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     text,
 )
 
@@ -191,8 +198,46 @@ trajectory_metadata = Table(
     PrimaryKeyConstraint("trajectory_id", "key"),
 )
 
+# Search-tree statistics of a step: the only mutable per-step row (steps themselves are
+# immutable). ``id`` is a monotonic integer handle (never reused: AUTOINCREMENT on SQLite, an
+# identity sequence on PostgreSQL) that search code can pass around (FLE's program id); ``tree``
+# groups the nodes one search compares (FLE: one per version); ``depth`` is fixed at creation.
+# Every UPDATE of this table goes through ``SQLBackend._bump_search_stats``.
+search_nodes = Table(
+    "search_nodes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("trajectory_id", String(ID_LENGTH), nullable=False),
+    Column("step_number", BigInteger, nullable=False),
+    Column("tree", String(ID_LENGTH), nullable=False),
+    Column("depth", BigInteger, nullable=False),
+    Column("visits", BigInteger, nullable=False),
+    Column("value", Float),
+    Column("advantage", Float),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    _valid_from(),
+    ForeignKeyConstraint(["trajectory_id", "step_number"], ["steps.trajectory_id", "steps.step_number"]),
+    Index("ix_search_nodes_step", "trajectory_id", "step_number", unique=True),
+    Index("ix_search_nodes_tree", "tree", "depth", "value"),
+    Index("ix_search_nodes_recent", "tree", "id"),
+    sqlite_autoincrement=True,
+)
+
+# FLE versions (``fle_db.fle``): allocated atomically (``INSERT ... MAX + 1`` in one write
+# transaction, retried on a concurrent duplicate), never updated.
+fle_versions = Table(
+    "fle_versions",
+    metadata,
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("version_description", Text),
+    Column("model", String(ID_LENGTH)),
+    Column("created_at", BigInteger, nullable=False),
+    _valid_from(),
+)
+
 #: Tables that hold one trajectory's own rows, children first (delete order).
-TRAJECTORY_CHILD_TABLES = (agent_outputs, environment_feedbacks, trajectory_metadata, steps)
+TRAJECTORY_CHILD_TABLES = (agent_outputs, environment_feedbacks, trajectory_metadata, search_nodes, steps)
 
 # -- Point-in-time recovery (migration 0005) -------------------------------------------------
 # Every write transaction takes the next commit sequence number from the one-row ``log_head``
@@ -231,6 +276,8 @@ VERSIONED_TABLES = (
     agent_outputs,
     environment_feedbacks,
     trajectory_metadata,
+    search_nodes,
+    fle_versions,
 )
 
 
@@ -257,10 +304,12 @@ __all__ = [
     "blobs",
     "commit_log",
     "environment_feedbacks",
+    "fle_versions",
     "game_state_parts",
     "game_states",
     "log_head",
     "metadata",
+    "search_nodes",
     "steps",
     "trajectories",
     "trajectory_metadata",

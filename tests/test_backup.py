@@ -34,9 +34,13 @@ from fle_db import migrations as fle_migrations
 Dump = dict[str, Any]
 
 
+TREES = ("w0", "w1", "w2")
+
+
 def dump(db: DatabaseClient, ids: set[str]) -> Dump:
-    """Everything the public API returns for the trajectories ``ids`` (absent ones included)."""
-    out: Dump = {}
+    """Everything the public API returns for the trajectories ``ids`` (absent ones included) and
+    the search trees of the writers."""
+    out: Dump = {f"tree {tree}": db.get_search_nodes(tree, order="recent") for tree in TREES}
     for tid in sorted(ids):
         try:
             trajectory = db.load_trajectory(tid)
@@ -94,6 +98,7 @@ def _writer(url: str, name: str, gate: _Gate, stop: threading.Event, ids: set[st
     """Random saves, merges, metadata updates, deletes and cleanups of this writer's trajectories."""
     rng = random.Random(seed)
     mine: dict[str, int] = {}
+    nodes: list[int] = []
     with DatabaseClient(url, backup_interval=0) as db:
         while not stop.is_set():
             roll = rng.random()
@@ -114,6 +119,14 @@ def _writer(url: str, name: str, gate: _Gate, stop: threading.Event, ids: set[st
                         game_state={"tick": n, "inventory": {"iron": n}, "map": ["x" * 200] * (n % 5)},
                     )
                     mine[tid] = n + 1
+                elif roll < 0.66:
+                    appended = db.append_step(
+                        f"{name}-tree", {"action": "search"}, node={"tree": name, "depth": 1, "value": rng.random()}
+                    )
+                    ids.add(f"{name}-tree")
+                    nodes.append(appended["node_id"])
+                elif roll < 0.7 and nodes:
+                    db.update_search_stats(rng.choice(nodes), add_visits=1, add_value=rng.random())
                 elif roll < 0.75:
                     db.save_metadata(tid, "note", {"value": rng.random()})
                 elif roll < 0.85:
@@ -458,18 +471,23 @@ def test_copy_moves_a_whole_database_across_backends_and_back_identically(
         db.save_trajectory({"id": "b", "parent_trajectory_id": "a", "parent_step_number": 2})
         db.save_metadata("a", "model", "m1")
         db.delete_trajectory("b")  # history crosses over too
+        first = db.append_step("a", {"action": "node"}, node={"tree": "w0", "depth": 1, "value": 0.5})["node_id"]
+        db.update_search_stats(first, add_visits=2)
         original = dump(db, ids)
         other = make_url("postgres" if db_url.startswith("sqlite") else "sqlite")
         progress: list[tuple[str, int, int]] = []
         report = db.copy_to(other, progress=lambda table, rows, total: progress.append((table, rows, total)))
-        assert report["rows"]["steps"] == 5 and report["rows"]["trajectories_history"] == 1
-        assert sum(rows for table, rows, _ in progress if table == "steps") == 5
-        assert {total for table, _, total in progress if table == "steps"} == {5}
+        assert report["rows"]["steps"] == 6 and report["rows"]["trajectories_history"] == 1
+        assert sum(rows for table, rows, _ in progress if table == "steps") == 6
+        assert {total for table, _, total in progress if table == "steps"} == {6}
         back = _new_sqlite(tmp_path, "back")
         with DatabaseClient(other, backup_interval=0) as middle:
             assert dump(middle, ids) == original
             middle.copy_to(back)
             assert middle.recovery_window() == db.recovery_window()
+            # Ids the database generates continue after the copied ones.
+            later = middle.append_step("a", {"action": "next"}, node={"tree": "w0", "depth": 2, "value": None})
+            assert later["node_id"] > first
         with DatabaseClient(f"sqlite:///{back}", backup_interval=0) as final:
             assert dump(final, ids) == original
             assert final.validate()["ok"]

@@ -15,7 +15,7 @@ a backend only moves rows of scalars and tagged bytes. Its promises:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -44,6 +44,19 @@ class StepRow:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeRow:
+    """The search-tree node of a step, created with it: ``tree`` groups the nodes one search
+    compares, ``depth`` is fixed; ``visits``, ``value`` and ``advantage`` are the mutable
+    statistics' starting values."""
+
+    tree: str
+    depth: int
+    value: float | None = None
+    advantage: float | None = None
+    visits: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Everything saved at one step, written in one transaction. Any part may be absent."""
 
@@ -53,6 +66,46 @@ class Checkpoint:
     agent_output: EncodedRecord | None = None
     environment_feedback: EncodedRecord | None = None
     game_state: EncodedState | None = None
+    node: NodeRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNode:
+    """A search-tree node as read back, with its step's game state id and explicit parent step,
+    and ``parent_id``: the node of that parent step, if it has one."""
+
+    id: int
+    trajectory_id: str
+    step_number: int
+    tree: str
+    depth: int
+    visits: int
+    value: float | None
+    advantage: float | None
+    created_at: int
+    updated_at: int
+    game_state_id: str | None
+    parent_trajectory_id: str | None
+    parent_step_number: int | None
+    parent_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeQuery:
+    """Which nodes of one ``tree`` to read (every condition given must hold).
+
+    ``order``: ``"value"`` (highest first, ties: older first) or ``"recent"`` (newest first, by
+    the monotonic node id). ``per_depth``: keep only the best ``per_depth`` of each depth (by
+    value), returned by depth then value."""
+
+    tree: str | None
+    order: str = "value"
+    limit: int | None = None
+    per_depth: int | None = None
+    with_state: bool = False
+    with_value: bool = False
+    with_advantage: bool = False
+    trajectory_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +279,84 @@ class Backend(ABC):
         the ids deleted. Raises NotFoundError, or DependencyError if forks exist and not ``cascade``
         (with ``cascade`` the forks are deleted too, recursively)."""
 
+    @abstractmethod
+    def append_checkpoint(
+        self, trajectory_id: str, build: Callable[[int], Checkpoint]
+    ) -> tuple[SaveResult, int | None]:
+        """Append a step to a trajectory in one transaction: under the trajectory's lock (created
+        if missing), ``build(n)`` receives the next step number (highest stored + 1, or 0) and
+        returns the checkpoint to write. Returns the result and the id of the node created with
+        it (None without a node). Not idempotent: each call appends a new step.
+
+        ConflictError if the checkpoint conflicts with stored data (nothing written)."""
+
+    # -- search trees ---------------------------------------------------------------------
+    @abstractmethod
+    def bump_search_stats(
+        self,
+        node_id: int,
+        add_visits: int,
+        add_value: float,
+        set_value: float | None,
+        set_advantage: float | None,
+        set_visits: int | None = None,
+    ) -> StoredNode:
+        """Atomically add to a node's visits and value (or set visits / value / advantage) in one
+        UPDATE; returns the node after it. NotFoundError if there is no such node."""
+
+    @abstractmethod
+    def visit(self, node_id: int, children: int) -> StoredNode:
+        """FLE's sampler ``visit``, atomically: add ``children`` visits to the node and set each
+        child node's advantage to its value minus the mean value of the node's children (those
+        with a value). NotFoundError if there is no such node."""
+
+    @abstractmethod
+    def load_node(self, node_id: int | None = None, step: tuple[str, int] | None = None) -> StoredNode | None:
+        """A node by id or by its step, or None."""
+
+    @abstractmethod
+    def find_nodes(self, query: NodeQuery) -> list[StoredNode]:
+        """The nodes :class:`NodeQuery` selects, in its order (one indexed query)."""
+
+    @abstractmethod
+    def tree_summary(self, tree: str) -> tuple[int, int | None]:
+        """``(node count, largest depth or None)`` of a tree."""
+
+    @abstractmethod
+    def tree_values(self, tree_prefix: str, tree: str | None) -> list[float]:
+        """Every non-null node value of ``tree``, or of every tree starting with ``tree_prefix``."""
+
+    @abstractmethod
+    def lineage(self, trajectory_id: str, step_number: int) -> list[tuple[str, int]]:
+        """The path from the root to this step (inclusive), root first, in one recursive query:
+        a step's parent is its explicit parent step, else the previous step of its trajectory,
+        else (for a fork's first step) the step the trajectory was forked from. NotFoundError
+        if the step does not exist."""
+
+    @abstractmethod
+    def children(self, trajectory_id: str, step_number: int) -> list[tuple[str, int]]:
+        """The steps whose parent (in the sense of :meth:`lineage`) is this step."""
+
+    # -- FLE versions ---------------------------------------------------------------------
+    @abstractmethod
+    def allocate_version(self, description: str | None, model: str | None) -> int:
+        """Reserve the next FLE version (largest + 1) atomically: concurrent callers in any
+        process get distinct numbers."""
+
+    @abstractmethod
+    def register_version(self, version: int, description: str | None, model: str | None) -> None:
+        """Record a version given by the caller; a no-op if it is recorded already."""
+
+    @abstractmethod
+    def load_version(self, version: int | None) -> tuple[int, str | None, str | None] | None:
+        """``(version, description, model)`` of a version (None: the largest), or None."""
+
+    @abstractmethod
+    def read_only_query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run one parameterised SELECT in a read-only context (SQLite: ``query_only`` and an
+        authorizer allowing reads only; PostgreSQL: a READ ONLY transaction, rolled back).
+        ValidationError if it tries to write or is not one statement."""
+
     # -- operations -----------------------------------------------------------------------
     @abstractmethod
     def statistics(self) -> dict[str, Any]:
@@ -305,6 +436,10 @@ class Backend(ABC):
     @abstractmethod
     def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
         """The highest-numbered step with its game state, read in one snapshot; None if no step."""
+
+    @abstractmethod
+    def load_step(self, trajectory_id: str, step_number: int) -> StoredStep | None:
+        """One step, with the keyframe record its body is a delta of attached, or None."""
 
     @abstractmethod
     def load_game_state(self, state_id: str) -> StoredState | None:

@@ -10,7 +10,7 @@ lock; PostgreSQL DDL is transactional, so a failed migration leaves nothing behi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
 from ..config import DURABILITY
+from ..errors import ValidationError
 from ..schema import metadata
 from .sql import SQLBackend
 
@@ -55,6 +56,15 @@ class PostgresBackend(SQLBackend):
                 "application_name": "fle-db",
                 "options": f"-c synchronous_commit={DURABILITY[settings.durability][1]}",
             },
+        )
+
+    def _after_load(self, conn: Connection) -> None:
+        """The search-node id sequence continues after the highest id loaded."""
+        conn.execute(
+            text(
+                "SELECT setval(pg_get_serial_sequence('search_nodes', 'id'), "
+                "GREATEST((SELECT max(id) FROM search_nodes), 1), (SELECT max(id) FROM search_nodes) IS NOT NULL)"
+            )
         )
 
     def _clock(self) -> ColumnElement[int]:
@@ -150,3 +160,29 @@ class PostgresBackend(SQLBackend):
 
     def _lock_for_migration(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+    def _read_only_rows(
+        self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """A READ ONLY transaction, always rolled back. The statement always goes through the
+        extended protocol (``binary=True``; psycopg would send a query without parameters as a
+        simple query, which runs ``SELECT 1; COMMIT; DELETE ...`` as three statements), so it is
+        exactly one statement, and it must return rows."""
+        raw = conn.connection.dbapi_connection
+        assert isinstance(raw, psycopg.Connection)
+        raw.autocommit = False
+        try:
+            with raw.cursor() as cursor:
+                cursor.execute("SET TRANSACTION READ ONLY")
+                try:
+                    # No parameters: None, so that a literal % needs no escaping (as in psycopg).
+                    cursor.execute(sql, params or None, prepare=False, binary=True)
+                    columns = [d.name for d in cursor.description or ()]
+                    rows = cursor.fetchall()
+                except psycopg.errors.ReadOnlySqlTransaction as exc:
+                    raise ValidationError(f"execute_query is read-only: {exc}".strip()) from exc
+                except psycopg.ProgrammingError as exc:  # syntax, unknown names, several statements, no rows
+                    raise ValidationError(f"execute_query runs one SELECT: {exc}".strip()) from exc
+                return [dict(zip(columns, row, strict=True)) for row in rows]
+        finally:
+            raw.rollback()

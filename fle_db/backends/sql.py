@@ -14,7 +14,7 @@ import random
 import time
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -25,14 +25,18 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
+    String,
     Table,
     and_,
     bindparam,
     case,
+    cast,
     delete,
     exists,
     func,
     insert,
+    literal,
     null,
     select,
     tuple_,
@@ -61,10 +65,12 @@ from ..schema import (
     blobs,
     commit_log,
     environment_feedbacks,
+    fle_versions,
     game_state_parts,
     game_states,
     log_head,
     metadata,
+    search_nodes,
     steps,
     trajectories,
     trajectory_metadata,
@@ -79,8 +85,10 @@ from .base import (
     CleanupCriteria,
     CommitPoint,
     MigrationStatus,
+    NodeQuery,
     SaveResult,
     Snapshot,
+    StoredNode,
     StoredRecord,
     StoredState,
     StoredStep,
@@ -97,10 +105,10 @@ _STEP_RECORDS = {"agent_output": agent_outputs, "environment_feedback": environm
 #: ``load_step_records`` kinds -> table.
 _RECORD_KINDS = {"agent_outputs": agent_outputs, "environment_feedbacks": environment_feedbacks}
 #: What a cleanup report counts, besides bytes.
-_TALLIED = ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "trajectory_metadata", "game_states",
-            "blobs")  # fmt: skip
+_TALLIED = ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "trajectory_metadata", "search_nodes",
+            "game_states", "blobs")  # fmt: skip
 #: Tables whose rows :meth:`SQLBackend.statistics` counts.
-_COUNTED = (trajectories, steps, game_states, agent_outputs, environment_feedbacks, blobs)
+_COUNTED = (trajectories, steps, game_states, agent_outputs, environment_feedbacks, blobs, search_nodes)
 
 
 def _step_columns(table: Table) -> list[Any]:
@@ -269,6 +277,60 @@ def _manifest_problem(state_id: str | None, parts: list[tuple[str, str]]) -> lis
     return []
 
 
+def _save_result(cp: Checkpoint, existed: set[tuple[str, int]]) -> SaveResult:
+    return SaveResult(
+        cp.trajectory_id,
+        cp.step_number,
+        cp.game_state.id if cp.game_state is not None else None,
+        (cp.trajectory_id, cp.step_number) not in existed,
+    )
+
+
+def _node_values(cp: Checkpoint, now: int) -> dict[str, Any]:
+    node = cp.node
+    assert node is not None
+    return {
+        "trajectory_id": cp.trajectory_id,
+        "step_number": cp.step_number,
+        "tree": node.tree,
+        "depth": node.depth,
+        "visits": node.visits,
+        "value": node.value,
+        "advantage": node.advantage,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+#: Lineage walks stop after this many hops (a guard: stored parents always precede children).
+_MAX_LINEAGE = 1_000_000
+
+
+def _node_select() -> Any:
+    """Nodes with their step's state id, explicit parent step and that parent's node id."""
+    parent = search_nodes.alias("parent_node")
+    return select(
+        search_nodes.c.id, search_nodes.c.trajectory_id, search_nodes.c.step_number, search_nodes.c.tree,
+        search_nodes.c.depth, search_nodes.c.visits, search_nodes.c.value, search_nodes.c.advantage,
+        search_nodes.c.created_at, search_nodes.c.updated_at, steps.c.game_state_id,
+        steps.c.parent_trajectory_id, steps.c.parent_step_number, parent.c.id.label("parent_id"),
+    ).select_from(
+        search_nodes.join(
+            steps,
+            and_(steps.c.trajectory_id == search_nodes.c.trajectory_id,
+                 steps.c.step_number == search_nodes.c.step_number),
+        ).outerjoin(
+            parent,
+            and_(parent.c.trajectory_id == steps.c.parent_trajectory_id,
+                 parent.c.step_number == steps.c.parent_step_number),
+        )
+    )  # fmt: skip
+
+
+def _stored_node(row: Sequence[Any]) -> StoredNode:
+    return StoredNode(*row)
+
+
 def now_us() -> int:
     """Wall-clock time in integer microseconds since the epoch (UTC)."""
     return time.time_ns() // 1000
@@ -306,6 +368,14 @@ class SQLBackend(Backend):
         self._raw_delta = insert_ignore(blobs)
         self._raw_step = insert_ignore(steps)
         self._raw_record = {part: insert_ignore(table) for part, table in _STEP_RECORDS.items()}
+        # Explicit columns: the id is left to the database (identity / AUTOINCREMENT).
+        node_keys = [c.name for c in search_nodes.c if c.name not in ("id", "valid_from_seq")]
+        self._raw_node = _Raw(
+            ins(search_nodes)
+            .values({**{name: bindparam(name) for name in node_keys}, "valid_from_seq": history.CURRENT_SEQ})
+            .on_conflict_do_nothing(),
+            dialect,
+        )
         keyframe, keyframe_keys = stamped(blobs)
         # A keyframe replaces a delta of the same content, so every base stays a full blob (the
         # row's content is the same: it keeps its version).
@@ -584,24 +654,16 @@ class SQLBackend(Backend):
         if not checkpoints:
             return []
         now = now_us()
-        existed: set[tuple[str, int]] = set()
         with self._write() as conn:
-            self._save_checkpoints(conn, checkpoints, now, existed)
-        return [
-            SaveResult(
-                cp.trajectory_id,
-                cp.step_number,
-                cp.game_state.id if cp.game_state is not None else None,
-                (cp.trajectory_id, cp.step_number) not in existed,
-            )
-            for cp in checkpoints
-        ]
+            existed = self._write_checkpoints(conn, checkpoints, now, log=True)
+        return [_save_result(cp, existed) for cp in checkpoints]
 
-    def _save_checkpoints(
-        self, conn: Connection, checkpoints: Sequence[Checkpoint], now: int, existed: set[tuple[str, int]]
-    ) -> None:
-        """Take the commit number and insert the checkpoints' rows in one pipeline; adds the keys
-        stored before to ``existed``."""
+    def _write_checkpoints(
+        self, conn: Connection, checkpoints: Sequence[Checkpoint], now: int, log: bool
+    ) -> set[tuple[str, int]]:
+        """Insert the checkpoints' rows inside the caller's write transaction, taking the commit
+        number first in the same pipeline when ``log`` (else the caller took it); returns the keys
+        of the steps that were stored before (identical). ConflictError if any part differs."""
         step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
         record_rows = {
             part: [
@@ -619,10 +681,12 @@ class SQLBackend(Backend):
             ]
             for part in _STEP_RECORDS
         }
+        node_rows = [_node_values(cp, now) for cp in checkpoints if cp.node is not None]
+        existed: set[tuple[str, int]] = set()
         # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
         # of the immutable records are read after it, and only a shortfall costs a query.
         with self._pipeline(conn):
-            logged = self._log_commit(conn)
+            logged = self._log_commit(conn) if log else []
             self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now)
             states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
             if states:
@@ -631,12 +695,40 @@ class SQLBackend(Backend):
             for part, table in _STEP_RECORDS.items():
                 rows = record_rows[part]
                 counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
+            # A node already stored for its step keeps its (mutable) statistics.
+            self._raw_node.run(conn, node_rows)
         for cursor in logged:
             _rowcount(cursor)
         for cursor, table, rows, what in counted:
             inserted = _rowcount(cursor)
             if inserted != len(rows):
                 existed |= self._verify_stored(conn, table, rows, now, what)
+        return existed
+
+    def append_checkpoint(
+        self, trajectory_id: str, build: Callable[[int], Checkpoint]
+    ) -> tuple[SaveResult, int | None]:
+        now = now_us()
+        with self._commit() as conn:
+            # Create-if-missing, then lock the trajectory row (PostgreSQL; SQLite's write
+            # transaction already excludes every other writer): appenders to one trajectory
+            # serialise here, so each reads the step number the previous one committed.
+            self._ensure_trajectories(conn, [trajectory_id], now)
+            conn.execute(select(trajectories.c.id).where(trajectories.c.id == trajectory_id).with_for_update()).one()
+            last = conn.execute(
+                select(func.max(steps.c.step_number)).where(steps.c.trajectory_id == trajectory_id)
+            ).scalar()
+            checkpoint = build(0 if last is None else int(last) + 1)
+            existed = self._write_checkpoints(conn, [checkpoint], now, log=False)
+            node_id = None
+            if checkpoint.node is not None:
+                node_id = conn.execute(
+                    select(search_nodes.c.id).where(
+                        search_nodes.c.trajectory_id == trajectory_id,
+                        search_nodes.c.step_number == checkpoint.step_number,
+                    )
+                ).scalar_one()
+        return _save_result(checkpoint, existed), node_id
 
     def _insert_states(self, conn: Connection, states: Sequence[EncodedState], now: int) -> None:
         """Insert states, their part links and blobs: keyframes (upserted full) before deltas."""
@@ -862,7 +954,7 @@ class SQLBackend(Backend):
         )
         for table in (*TRAJECTORY_CHILD_TABLES, trajectories):
             key = table.c.id if table is trajectories else table.c.trajectory_id
-            if measure:
+            if measure and "body" in table.c:
                 tally["bytes"] += conn.execute(
                     select(func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
                 ).scalar_one()
@@ -905,6 +997,277 @@ class SQLBackend(Backend):
                 tally["blobs"] += len(unused)
                 tally["bytes"] += sum(row[2] for row in unused)
                 blob_ids = {row[1] for row in unused if row[1] is not None}
+
+    # -- search trees ---------------------------------------------------------------------
+    def _bump_search_stats(
+        self,
+        conn: Connection,
+        node_id: int,
+        add_visits: int = 0,
+        add_value: float = 0.0,
+        set_value: float | None = None,
+        set_advantage: float | None = None,
+        set_visits: int | None = None,
+    ) -> int:
+        """THE one statement that changes a ``search_nodes`` row: add to visits and value, or set
+        value / advantage, in a single UPDATE (atomic under concurrent writers: the increment is
+        computed by the database, not read-modify-written). Returns the rows changed (0 or 1)."""
+        values: dict[str, Any] = {"updated_at": now_us()}
+        if set_visits is not None:
+            values["visits"] = set_visits
+        elif add_visits:
+            values["visits"] = search_nodes.c.visits + add_visits
+        if set_value is not None:
+            values["value"] = set_value
+        elif add_value:
+            values["value"] = func.coalesce(search_nodes.c.value, 0.0) + add_value
+        if set_advantage is not None:
+            values["advantage"] = set_advantage
+        this = search_nodes.c.id == node_id
+        history.archive(conn, search_nodes, this)
+        values["valid_from_seq"] = history.CURRENT_SEQ
+        return int(conn.execute(update(search_nodes).where(this).values(**values)).rowcount)
+
+    def bump_search_stats(
+        self,
+        node_id: int,
+        add_visits: int,
+        add_value: float,
+        set_value: float | None,
+        set_advantage: float | None,
+        set_visits: int | None = None,
+    ) -> StoredNode:
+        with self._commit() as conn:
+            if not self._bump_search_stats(conn, node_id, add_visits, add_value, set_value, set_advantage, set_visits):
+                raise NotFoundError(f"search node {node_id} does not exist")
+            return _stored_node(conn.execute(_node_select().where(search_nodes.c.id == node_id)).one())
+
+    def visit(self, node_id: int, children: int) -> StoredNode:
+        with self._commit() as conn:
+            node = conn.execute(_node_select().where(search_nodes.c.id == node_id)).first()
+            if node is None:
+                raise NotFoundError(f"search node {node_id} does not exist")
+            self._bump_search_stats(conn, node_id, add_visits=children)
+            kids = conn.execute(
+                select(search_nodes.c.id, search_nodes.c.value)
+                .select_from(
+                    search_nodes.join(
+                        steps,
+                        and_(steps.c.trajectory_id == search_nodes.c.trajectory_id,
+                             steps.c.step_number == search_nodes.c.step_number),
+                    )
+                )
+                .where(
+                    steps.c.parent_trajectory_id == node.trajectory_id,
+                    steps.c.parent_step_number == node.step_number,
+                    search_nodes.c.value.is_not(None),
+                )
+            ).all()  # fmt: skip
+            if kids:
+                mean = sum(kid.value for kid in kids) / len(kids)
+                for kid in kids:
+                    self._bump_search_stats(conn, kid.id, set_advantage=kid.value - mean)
+            return _stored_node(conn.execute(_node_select().where(search_nodes.c.id == node_id)).one())
+
+    @_idempotent
+    def load_node(self, node_id: int | None = None, step: tuple[str, int] | None = None) -> StoredNode | None:
+        query = _node_select()
+        if node_id is not None:
+            query = query.where(search_nodes.c.id == node_id)
+        elif step is not None:
+            query = query.where(search_nodes.c.trajectory_id == step[0], search_nodes.c.step_number == step[1])
+        else:
+            raise ValueError("load_node needs a node id or a step")
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return _stored_node(row) if row is not None else None
+
+    @_idempotent
+    def find_nodes(self, query: NodeQuery) -> list[StoredNode]:
+        n = search_nodes.c
+        conditions = []
+        if query.tree is not None:
+            conditions.append(n.tree == query.tree)
+        if query.trajectory_id is not None:
+            conditions.append(n.trajectory_id == query.trajectory_id)
+        if query.with_value or query.per_depth is not None:
+            conditions.append(n.value.is_not(None))
+        if query.with_advantage:
+            conditions.append(n.advantage.is_not(None))
+        if query.with_state:
+            conditions.append(steps.c.game_state_id.is_not(None))
+        select_nodes = _node_select().where(*conditions)
+        if query.per_depth is not None:
+            rank = func.row_number().over(partition_by=n.depth, order_by=(n.value.desc(), n.id)).label("rank")
+            ranked = select_nodes.add_columns(rank).subquery("ranked")
+            select_nodes = (
+                select(*[c for c in ranked.c if c.name != "rank"])
+                .where(ranked.c.rank <= query.per_depth)
+                .order_by(ranked.c.depth, ranked.c.value.desc(), ranked.c.id)
+            )
+        elif query.order == "recent":
+            select_nodes = select_nodes.order_by(n.id.desc())
+        elif query.order == "step":
+            select_nodes = select_nodes.order_by(n.step_number.desc())
+        else:
+            select_nodes = select_nodes.order_by(n.value.desc().nulls_last(), n.id)
+        if query.limit is not None:
+            select_nodes = select_nodes.limit(query.limit)
+        with self._read() as conn:
+            return [_stored_node(row) for row in conn.execute(select_nodes)]
+
+    @_idempotent
+    def tree_summary(self, tree: str) -> tuple[int, int | None]:
+        with self._read() as conn:
+            count, deepest = conn.execute(
+                select(func.count(), func.max(search_nodes.c.depth)).where(search_nodes.c.tree == tree)
+            ).one()
+        return int(count), None if deepest is None else int(deepest)
+
+    @_idempotent
+    def tree_values(self, tree_prefix: str, tree: str | None) -> list[float]:
+        n = search_nodes.c
+        where = n.tree == tree if tree is not None else n.tree.startswith(tree_prefix, autoescape=True)
+        with self._read() as conn:
+            return [
+                float(v)
+                for v in conn.execute(select(n.value).where(where, n.value.is_not(None)).order_by(n.id)).scalars()
+            ]
+
+    @_idempotent
+    def lineage(self, trajectory_id: str, step_number: int) -> list[tuple[str, int]]:
+        s, prev, t = steps.alias("s"), steps.alias("prev"), trajectories.alias("t")
+        # Plain VARCHAR / BIGINT on both sides of the recursion: PostgreSQL wants equal types.
+        seed = select(
+            cast(literal(trajectory_id), String()).label("tid"),
+            cast(literal(step_number), BigInteger()).label("n"),
+            cast(literal(0), Integer()).label("hops"),
+        )
+        path = seed.cte("path", recursive=True)
+        explicit = s.c.parent_trajectory_id.is_not(None)
+        has_prev = prev.c.step_number.is_not(None)
+        next_tid = case((explicit, s.c.parent_trajectory_id), (has_prev, s.c.trajectory_id),
+                        else_=t.c.parent_trajectory_id)  # fmt: skip
+        next_n = case((explicit, s.c.parent_step_number), (has_prev, s.c.step_number - 1),
+                      else_=t.c.parent_step_number)  # fmt: skip
+        hop = (
+            select(cast(next_tid, String()), cast(next_n, BigInteger()), cast(path.c.hops + 1, Integer()))
+            .select_from(
+                path.join(s, and_(s.c.trajectory_id == path.c.tid, s.c.step_number == path.c.n))
+                .join(t, t.c.id == s.c.trajectory_id)
+                .outerjoin(prev, and_(prev.c.trajectory_id == s.c.trajectory_id,
+                                      prev.c.step_number == s.c.step_number - 1))
+            )
+            .where(next_tid.is_not(None), path.c.hops < _MAX_LINEAGE)
+        )  # fmt: skip
+        path = path.union_all(hop)
+        query = (
+            select(path.c.tid, path.c.n)
+            .select_from(path.join(steps, and_(steps.c.trajectory_id == path.c.tid, steps.c.step_number == path.c.n)))
+            .order_by(path.c.hops.desc())
+        )
+        with self._read() as conn:
+            rows = [(str(r[0]), int(r[1])) for r in conn.execute(query)]
+        if not rows or rows[-1] != (trajectory_id, step_number):
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
+        return rows
+
+    @_idempotent
+    def children(self, trajectory_id: str, step_number: int) -> list[tuple[str, int]]:
+        found: set[tuple[str, int]] = set()
+        with self._read() as conn:
+            explicit = conn.execute(
+                select(steps.c.trajectory_id, steps.c.step_number).where(
+                    steps.c.parent_trajectory_id == trajectory_id, steps.c.parent_step_number == step_number
+                )
+            )
+            found.update((str(r[0]), int(r[1])) for r in explicit)
+            following = conn.execute(
+                select(steps.c.step_number).where(
+                    steps.c.trajectory_id == trajectory_id,
+                    steps.c.step_number == step_number + 1,
+                    steps.c.parent_trajectory_id.is_(None),
+                )
+            ).first()
+            if following is not None:
+                found.add((trajectory_id, step_number + 1))
+            # A fork's first step (no explicit parent) descends from the fork point.
+            first = (
+                select(steps.c.trajectory_id, func.min(steps.c.step_number).label("first"))
+                .select_from(trajectories.join(steps, steps.c.trajectory_id == trajectories.c.id))
+                .where(
+                    trajectories.c.parent_trajectory_id == trajectory_id,
+                    trajectories.c.parent_step_number == step_number,
+                )
+                .group_by(steps.c.trajectory_id)
+                .subquery("first")
+            )
+            forks = conn.execute(
+                select(first.c.trajectory_id, first.c.first).select_from(
+                    first.join(steps, and_(steps.c.trajectory_id == first.c.trajectory_id,
+                                           steps.c.step_number == first.c.first))
+                ).where(steps.c.parent_trajectory_id.is_(None))
+            )  # fmt: skip
+            found.update((str(r[0]), int(r[1])) for r in forks)
+        return sorted(found)
+
+    # -- FLE versions ---------------------------------------------------------------------
+    def allocate_version(self, description: str | None, model: str | None) -> int:
+        while True:
+            try:
+                with self._commit() as conn:
+                    version = int(
+                        conn.execute(select(func.coalesce(func.max(fle_versions.c.version), 0) + 1)).scalar_one()
+                    )
+                    conn.execute(
+                        insert(fle_versions).values(
+                            version=version,
+                            version_description=description,
+                            model=model,
+                            created_at=now_us(),
+                            valid_from_seq=history.CURRENT_SEQ,
+                        )
+                    )
+                return version
+            except ConflictError:
+                # PostgreSQL: a concurrent allocator committed the same number first; read again.
+                continue
+
+    @_idempotent
+    def register_version(self, version: int, description: str | None, model: str | None) -> None:
+        with self._commit() as conn:
+            conn.execute(
+                type(self)
+                .dialect_insert(fle_versions)
+                .values(
+                    version=version,
+                    version_description=description,
+                    model=model,
+                    created_at=now_us(),
+                    valid_from_seq=history.CURRENT_SEQ,
+                )
+                .on_conflict_do_nothing()
+            )
+
+    @_idempotent
+    def load_version(self, version: int | None) -> tuple[int, str | None, str | None] | None:
+        v = fle_versions.c
+        query = select(v.version, v.version_description, v.model)
+        query = query.where(v.version == version) if version is not None else query.order_by(v.version.desc())
+        with self._read() as conn:
+            row = conn.execute(query.limit(1)).first()
+        return (int(row[0]), row[1], row[2]) if row is not None else None
+
+    @_idempotent
+    def read_only_query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
+        with self._translate(), self.engine.connect() as conn:
+            return self._read_only_rows(conn, sql, params)
+
+    @abstractmethod
+    def _read_only_rows(
+        self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Run one statement so that it cannot write (the dialect's means); rows as dicts."""
 
     # -- operations -----------------------------------------------------------------------
     @_idempotent
@@ -1223,6 +1586,16 @@ class SQLBackend(Backend):
         return replace(step, base=self._with_bases(conn, _stored_step(row)))
 
     @_idempotent
+    def load_step(self, trajectory_id: str, step_number: int) -> StoredStep | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(*_step_columns(steps)).where(
+                    steps.c.trajectory_id == trajectory_id, steps.c.step_number == step_number
+                )
+            ).first()
+            return self._with_bases(conn, _stored_step(row)) if row is not None else None
+
+    @_idempotent
     def load_game_state(self, state_id: str) -> StoredState | None:
         with self._read() as conn:
             rows = self._select_state.fetch(conn, {"sid": state_id})
@@ -1364,6 +1737,7 @@ class SQLBackend(Backend):
                     if progress is not None:
                         progress(name, done)
             history.link_lineage(conn, lineage)
+            self._after_load(conn)
             if not replace:
                 conn.execute(
                     update(log_head)
@@ -1376,6 +1750,11 @@ class SQLBackend(Backend):
                     )
                 )
         return dict(written)
+
+    def _after_load(self, conn: Connection) -> None:
+        """Bring what the database generates itself (identity sequences) past the rows a load
+        wrote with explicit values. SQLite's AUTOINCREMENT and MySQL's AUTO_INCREMENT follow by
+        themselves."""
 
     def _require_empty(self, conn: Connection) -> None:
         seq = conn.execute(select(log_head.c.seq).where(log_head.c.id == 1)).scalar_one()

@@ -16,6 +16,7 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from ..config import DURABILITY
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ValidationError
 from ..schema import metadata
 from .sql import SQLBackend
 
@@ -190,6 +191,36 @@ class SQLiteBackend(SQLBackend):
             return sum(tables.values())
         return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
+    def _read_only_rows(
+        self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """``PRAGMA query_only`` plus an authorizer that allows reading and nothing else (no
+        ATTACH, no PRAGMA, no temporary objects); the stdlib driver runs one statement only."""
+        raw = conn.connection.dbapi_connection
+        assert isinstance(raw, sqlite3.Connection)
+        raw.execute("PRAGMA query_only = 1")
+        raw.set_authorizer(_authorize_read)
+        cursor = raw.cursor()
+        try:
+            cursor.execute(sql, params)
+            columns = [d[0] for d in cursor.description or ()]
+            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+        except sqlite3.ProgrammingError as exc:  # several statements, wrong parameter count
+            raise ValidationError(f"execute_query runs one SELECT: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            detail = str(exc)
+            if any(word in detail for word in ("locked", "disk", "unable to open")):
+                raise  # the database's trouble, not the query's
+            raise ValidationError(f"execute_query runs one read-only SELECT: {detail}") from exc
+        except sqlite3.DatabaseError as exc:
+            if "not authorized" not in str(exc):
+                raise
+            raise ValidationError(f"execute_query is read-only: {exc}") from exc
+        finally:
+            cursor.close()
+            raw.set_authorizer(None)
+            raw.execute("PRAGMA query_only = 0")
+
 
 def _ensure_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Put the database in WAL mode (a persistent property of the file).
@@ -225,3 +256,13 @@ def _create_owner_only(path: Path) -> None:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     except OSError as exc:
         raise BackendUnavailableError(f"cannot create the SQLite database {str(path)!r}: {exc}") from exc
+
+
+#: What a read-only query may do: read tables and columns, SELECT, call functions, recurse.
+_READ_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+)
+
+
+def _authorize_read(action: int, *_args: Any) -> int:
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
