@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 import time
 import uuid
@@ -31,11 +32,12 @@ from .backends.base import (
     StoredNode,
     StoredState,
     StoredStep,
+    TrajectoryFilter,
     TrajectoryRow,
 )
 from .config import Settings
 from .errors import ConflictError, DataIntegrityError, DependencyError, NotFoundError, ValidationError
-from .ops import backup
+from .ops import backup, export
 from .ops.metrics import Metrics
 from .ops.validate import validate as validate_database
 from .storage import codec
@@ -624,6 +626,76 @@ class DatabaseClient:
         if not rows:
             self._require_trajectory(trajectory_id)
         return {str(row.key): codec.load(row.codec, row.body) for row in rows}
+
+    # -- export and import ----------------------------------------------------------------
+    @_timed
+    def export_data(
+        self,
+        path: str | os.PathLike[str],
+        format: str = "jsonl",
+        *,
+        trajectory_ids: Iterable[str] | None = None,
+        task: str | None = None,
+        agent_type: str | None = None,
+        since: datetime | str | float | None = None,
+        until: datetime | str | float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Write the selected trajectories — with steps, agent outputs, feedbacks, game states and
+        metadata — to ``path``, streaming (memory holds one trajectory, not the export).
+
+        ``format``: ``"jsonl"`` (importable with :meth:`import_data`; zstd-compressed when
+        ``path`` ends in ``.zst``), ``"chat"`` (one OpenAI-style conversation per trajectory, for
+        fine-tuning) or ``"parquet"`` (one row per step; needs ``pip install 'fle-db[parquet]'``);
+        ``fle_db.ops.export`` documents each layout. Filters (AND): ``trajectory_ids``,
+        ``task``, ``agent_type``, and ``since`` / ``until`` on when the trajectory was first
+        saved into this database (aware datetime, ISO 8601 with offset, or epoch seconds;
+        ``since`` inclusive, ``until`` exclusive). Parents come before their forks. The file is
+        written to a temporary name (owner-only) and renamed over ``path`` when complete;
+        ``progress(trajectories_done, 0)`` is called after each trajectory. Read-only.
+
+        Returns ``{"path", "format", "trajectories", "checkpoints", "skipped", "bytes", "seconds"}``.
+
+        Raises:
+            ValidationError: unknown format, bad filter. ConfigurationError: ``parquet`` without
+            pyarrow. Database errors propagate and leave no file.
+        """
+        ids = None
+        if trajectory_ids is not None:
+            ids = (trajectory_ids,) if isinstance(trajectory_ids, str) else tuple(trajectory_ids)
+            for tid in ids:
+                _check_id(tid, "trajectory_ids")
+        criteria = TrajectoryFilter(
+            ids, task, agent_type, export.instant_us(since, "since"), export.instant_us(until, "until")
+        )
+        return export.export_data(
+            self, self._backend.iter_selected_trajectories(criteria), path, format, criteria, progress
+        )
+
+    @_timed
+    def import_data(
+        self, path: str | os.PathLike[str], *, progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, Any]:
+        """Import a ``jsonl`` export (plain or ``.zst``) through the validated save paths.
+
+        Idempotent: importing a file again writes nothing and counts everything as present.
+        The unit is a trajectory: its lines are verified (digest, count, shapes) before any of
+        it is written; anything stored under its id that differs from the file raises
+        ConflictError before any of it is written (never overwritten); a new trajectory whose
+        writes fail is removed again. Trajectories before a failing one stay imported.
+        ``progress(trajectories_done, file_bytes_read)`` is called after each trajectory.
+
+        Returns ``{"trajectories": {"created", "updated", "unchanged"}, "steps",
+        "agent_outputs", "environment_feedbacks", "metadata": {"created", "present"},
+        "seconds"}``.
+
+        Raises:
+            ValidationError: not an fle-db export or a malformed record. SchemaVersionError: an
+            unknown format version. DataIntegrityError: truncated, altered or corrupted file.
+            ConflictError: the file disagrees with stored data. NotFoundError: a fork's parent
+            step is missing.
+        """
+        return export.import_data(self, path, progress)
 
     # -- maintenance ----------------------------------------------------------------------
     @_timed

@@ -179,6 +179,17 @@ class CleanupCriteria:
     keep_best_per_task: int | None = None  # select all but the N best (total_reward) per task
 
 
+@dataclass(frozen=True, slots=True)
+class TrajectoryFilter:
+    """Which trajectories an export selects: every given criterion must hold (AND)."""
+
+    trajectory_ids: tuple[str, ...] | None = None
+    task: str | None = None
+    agent_type: str | None = None
+    since_us: int | None = None  # first saved at or after (epoch microseconds)
+    until_us: int | None = None  # first saved before (epoch microseconds)
+
+
 @dataclass(slots=True)
 class MigrationStatus:
     """Schema version of the database against the newest this library knows."""
@@ -406,6 +417,13 @@ class Backend(ABC):
     @abstractmethod
     def iter_trajectory_ids(self) -> Iterator[str]:
         """Every trajectory id, in chunks."""
+
+    @abstractmethod
+    def iter_selected_trajectories(self, criteria: TrajectoryFilter) -> Iterator[str]:
+        """Ids of the trajectories ``criteria`` selects, parents first: a selected fork comes
+        after the selected trajectory it forks from (depth-first from each selected trajectory
+        whose parent is not selected, in id order). Reads in chunks, one query per fork level;
+        memory stays bounded by the fork tree's depth and width, not by the number selected."""
 
     @abstractmethod
     def trajectory_records(self, trajectory_id: str) -> list[tuple[str, list[StoredStep]]]:

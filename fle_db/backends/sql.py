@@ -38,6 +38,7 @@ from sqlalchemy import (
     insert,
     literal,
     null,
+    or_,
     select,
     tuple_,
     update,
@@ -92,6 +93,7 @@ from .base import (
     StoredRecord,
     StoredState,
     StoredStep,
+    TrajectoryFilter,
     TrajectoryRow,
 )
 
@@ -329,6 +331,22 @@ def _node_select() -> Any:
 
 def _stored_node(row: Sequence[Any]) -> StoredNode:
     return StoredNode(*row)
+
+
+def _selected(table: Any, criteria: TrajectoryFilter) -> list[Any]:
+    """The WHERE conditions of ``criteria`` on ``table`` (``trajectories`` or an alias of it)."""
+    conditions = []
+    if criteria.trajectory_ids is not None:
+        conditions.append(table.c.id.in_(criteria.trajectory_ids))
+    if criteria.task is not None:
+        conditions.append(table.c.task == criteria.task)
+    if criteria.agent_type is not None:
+        conditions.append(table.c.agent_type == criteria.agent_type)
+    if criteria.since_us is not None:
+        conditions.append(table.c.created_at >= criteria.since_us)
+    if criteria.until_us is not None:
+        conditions.append(table.c.created_at < criteria.until_us)
+    return conditions
 
 
 def now_us() -> int:
@@ -1467,6 +1485,48 @@ class SQLBackend(Backend):
             if len(ids) < _VERIFY_CHUNK:
                 return
             last = ids[-1]
+
+    def iter_selected_trajectories(self, criteria: TrajectoryFilter) -> Iterator[str]:
+        parent = trajectories.alias("parent")
+        selected = _selected(trajectories, criteria)
+        # Roots of the walk: selected trajectories whose parent is absent or not selected.
+        roots = (
+            select(trajectories.c.id)
+            .where(
+                *selected,
+                or_(
+                    trajectories.c.parent_trajectory_id.is_(None),
+                    ~exists().where(parent.c.id == trajectories.c.parent_trajectory_id, *_selected(parent, criteria)),
+                ),
+            )
+            .order_by(trajectories.c.id)
+            .limit(_VERIFY_CHUNK)
+        )
+        forks = (
+            select(trajectories.c.id)
+            .where(*selected, trajectories.c.parent_trajectory_id == bindparam("parent"))
+            .order_by(trajectories.c.id)
+        )
+        last: str | None = None
+        while True:
+            page = self._ids(roots if last is None else roots.where(trajectories.c.id > last), {})
+            for root in page:
+                pending = [iter([root])]  # depth-first: a fork right after its parent's subtree starts
+                while pending:
+                    tid = next(pending[-1], None)
+                    if tid is None:
+                        pending.pop()
+                        continue
+                    yield tid
+                    pending.append(iter(self._ids(forks, {"parent": tid})))
+            if len(page) < _VERIFY_CHUNK:
+                return
+            last = page[-1]
+
+    @_idempotent
+    def _ids(self, query: Any, params: dict[str, Any]) -> list[str]:
+        with self._read() as conn:
+            return list(conn.execute(query, params).scalars())
 
     def trajectory_records(self, trajectory_id: str) -> list[tuple[str, list[StoredStep]]]:
         return [("steps", self.load_steps(trajectory_id))] + [
