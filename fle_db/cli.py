@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -351,6 +353,87 @@ def metrics(options: _Options, as_json: bool) -> None:
         ("pool", f"{result['pool']['in_use']} in use, {result['pool']['idle']} idle, max {result['pool']['max']}")
     )
     _print_table("fle-db metrics", rows)
+
+
+@main.command("export")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "chat", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: importable (.zst path: compressed); chat: fine-tuning conversations; parquet: analysis.",
+)
+@click.option("--trajectory", "trajectory_ids", multiple=True, help="Only these trajectory ids (repeatable).")
+@click.option("--task", help="Only trajectories of this task.")
+@click.option("--agent", "agent_type", help="Only trajectories of this agent type.")
+@click.option("--since", help="Only trajectories first saved at or after this ISO 8601 time (with offset).")
+@click.option("--until", help="Only trajectories first saved before this ISO 8601 time (with offset).")
+@_json_option
+@click.pass_obj
+def export_command(
+    options: _Options,
+    path: str,
+    fmt: str,
+    trajectory_ids: tuple[str, ...],
+    task: str | None,
+    agent_type: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
+    """Export trajectories (steps, outputs, feedbacks, states, metadata) matching every option
+    to PATH, streaming; the file appears complete or not at all."""
+    with DatabaseClient(options.url) as client, _progress("exporting", None) as advance:
+        report = client.export_data(
+            path,
+            fmt,
+            trajectory_ids=trajectory_ids or None,
+            task=task,
+            agent_type=agent_type,
+            since=since,
+            until=until,
+            progress=lambda trajectories, _bytes: advance(trajectories, f"{trajectories:,} trajectories"),
+        )
+    if as_json or options.json:
+        _echo_json(report)
+        return
+    rows = [(key, f"{value:,}" if isinstance(value, int) else str(value)) for key, value in report.items()]
+    _print_table("fle-db export", rows)
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@_json_option
+@click.pass_obj
+def import_command(options: _Options, path: str, as_json: bool) -> None:
+    """Import a jsonl export (plain or .zst). Idempotent: what is already stored is counted as
+    present; data that differs from the stored data is refused (exit code 1), never overwritten."""
+    with DatabaseClient(options.url) as client, _progress("importing", os.path.getsize(path)) as advance:
+        report = client.import_data(
+            path, progress=lambda trajectories, done: advance(done, f"{trajectories:,} trajectories")
+        )
+    if as_json or options.json:
+        _echo_json(report)
+        return
+    rows = [
+        (table, f"{n['created']:,} created, {n.get('present', n.get('unchanged', 0)):,} already present")
+        for table, n in report.items()
+        if isinstance(n, dict)
+    ]
+    rows.append(("updated trajectories", f"{report['trajectories']['updated']:,}"))
+    rows.append(("seconds", str(report["seconds"])))
+    _print_table("fle-db import", rows)
+
+
+@contextmanager
+def _progress(what: str, total: int | None) -> Iterator[Callable[[int, str], None]]:
+    """A progress bar on stderr (a spinner with a count when ``total`` is unknown)."""
+    columns = [SpinnerColumn(), TextColumn(what), BarColumn(), TextColumn("{task.description}")]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=total)
+        yield lambda done, text: bar.update(task, completed=done, description=text)
 
 
 @main.command()
