@@ -79,6 +79,7 @@ from ..errors import (
     SchemaVersionError,
     ValidationError,
 )
+from ..storage import codec
 
 if TYPE_CHECKING:
     from ..client import DatabaseClient
@@ -182,7 +183,8 @@ def export_data(
             sink = _ParquetSink(raw)
         for tid in trajectory_ids:
             trajectory, metadata, records = _read_trajectory(client, tid, sink.needs_states)
-            checkpoints += sink.add(trajectory, metadata, records)
+            with codec.gc_paused():  # decoding builds many objects, no cycles (see codec)
+                checkpoints += sink.add(trajectory, metadata, records)
             trajectories += 1
             if progress is not None:
                 progress(trajectories, 0)
@@ -510,6 +512,7 @@ class _Block:
     metadata: dict[str, Any]
     first_line: int
     lines: list[bytes] = field(default_factory=list)
+    parts: list[frozenset[str]] = field(default_factory=list)  # the records each line holds
     digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16))
     last_step: int = -1
 
@@ -560,7 +563,8 @@ def import_data(
         for number, data in lines:
             if ended:
                 raise ValidationError(f"line {number}: data after the end of the export")
-            record = _parse(data, number)
+            with codec.gc_paused():
+                record = _parse(data, number)
             kind = record.get("kind")
             if kind == "trajectory":
                 if block is not None:
@@ -580,7 +584,8 @@ def import_data(
                 if block is None:
                     raise ValidationError(f"line {number}: trajectory_end outside a trajectory")
                 _check_end(record, block, number)
-                _import_trajectory(client, block, counts)
+                with codec.gc_paused():
+                    _import_trajectory(client, block, counts)
                 block = None
                 done += 1
                 if progress is not None:
@@ -682,8 +687,10 @@ def _check_checkpoint(record: dict[str, Any], block: _Block, number: int) -> Non
             raise ValidationError(f"line {number}: {name} must be an object or null")
     if record.get("game_state") is not None and record.get("step") is None:
         raise ValidationError(f"line {number}: a game state without its step")
-    if not any(record.get(name) is not None for name in _RECORDS):
+    parts = frozenset(name for name in _RECORDS if record.get(name) is not None)
+    if not parts:
         raise ValidationError(f"line {number}: an empty checkpoint")
+    block.parts.append(parts)
 
 
 def _check_end(record: dict[str, Any], block: _Block, number: int) -> None:
@@ -719,23 +726,20 @@ def _import_trajectory(client: DatabaseClient, block: _Block, counts: dict[str, 
         stored["agent_output"] = {r["step_number"]: r for r in client.load_agent_outputs(tid)}
         stored["environment_feedback"] = {r["step_number"]: r for r in client.load_environment_feedbacks(tid)}
     # Every stored record must equal the file's before anything is written; collect what is new.
-    new: list[tuple[int, set[str]]] = []
-    totals = dict.fromkeys(_RECORDS, 0)
-    for index, data in enumerate(block.lines):
-        record = orjson.loads(data)
-        missing = set()
-        for name in _RECORDS:
-            value, held = record.get(name), stored[name].get(record["step_number"])
-            if value is None:
-                continue
-            totals[name] += 1
-            if held is None:
-                missing.add(name)
-            elif not _same(held, value):
-                raise ConflictError(
-                    f"{name.replace('_', ' ')} {record['step_number']} of trajectory {tid!r} is stored with "
-                    "different content than the file holds; nothing of this trajectory was imported"
-                )
+    new: list[tuple[int, frozenset[str]]] = []
+    for index, parts in enumerate(block.parts):
+        missing = parts
+        if stored_trajectory is not None:
+            record = orjson.loads(block.lines[index])
+            number = record["step_number"]
+            for name in parts:
+                held = stored[name].get(number)
+                if held is not None and not _same(held, record[name]):
+                    raise ConflictError(
+                        f"{name.replace('_', ' ')} {number} of trajectory {tid!r} is stored with different "
+                        "content than the file holds; nothing of this trajectory was imported"
+                    )
+            missing = frozenset(name for name in parts if number not in stored[name])
         if missing:
             new.append((index, missing))
     new_keys = stored_trajectory is None or any(k not in stored_trajectory for k in block.trajectory)
@@ -755,7 +759,7 @@ def _import_trajectory(client: DatabaseClient, block: _Block, counts: dict[str, 
     for name in _RECORDS:
         created = sum(1 for _, missing in new if name in missing)
         counts[f"{name}s"]["created"] += created
-        counts[f"{name}s"]["present"] += totals[name] - created
+        counts[f"{name}s"]["present"] += sum(1 for parts in block.parts if name in parts) - created
     counts["metadata"]["created"] += len(new_metadata)
     counts["metadata"]["present"] += len(block.metadata) - len(new_metadata)
 
@@ -769,7 +773,7 @@ def _check_same(what: str, stored: dict[str, Any], given: dict[str, Any]) -> Non
         )
 
 
-def _write_checkpoints(client: DatabaseClient, block: _Block, new: list[tuple[int, set[str]]]) -> None:
+def _write_checkpoints(client: DatabaseClient, block: _Block, new: list[tuple[int, frozenset[str]]]) -> None:
     """Write the new parts of the checkpoints in batches (one transaction each)."""
     batch: list[dict[str, Any]] = []
     size = 0
