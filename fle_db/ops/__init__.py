@@ -1,1 +1,1 @@
-"""Operations: metrics (this module's ``metrics``); statistics and health live on the backends."""
+"""Operations: ``metrics`` (per-call latencies), ``validate`` (full check), ``export`` (export and import); statistics and health live on the backends."""
