@@ -1,1 +1,3 @@
-"""Operations: ``metrics`` (per-call latencies), ``validate`` (full check), ``export`` (export and import); statistics and health live on the backends."""
+"""Operations: ``metrics`` (per-call latencies), ``validate`` (full check), ``backup`` (backups,
+point-in-time recovery, copies), ``export`` (export and import); statistics and health live on the
+backends."""

@@ -80,6 +80,7 @@ from ..errors import (
     ValidationError,
 )
 from ..storage import codec
+from .backup import parse_instant
 
 if TYPE_CHECKING:
     from ..client import DatabaseClient
@@ -104,22 +105,15 @@ _PARQUET_HINT = "pip install 'fle-db[parquet]'"
 
 
 def instant_us(value: datetime | str | float | None, what: str) -> int | None:
-    """An instant as epoch microseconds: an aware ``datetime``, an ISO 8601 string with an
-    offset, or epoch seconds. None stays None. Raises ValidationError for anything else."""
+    """``value`` as epoch microseconds (see :func:`fle_db.ops.backup.parse_instant`: an aware
+    ``datetime``, ISO 8601 with an offset, or epoch seconds); None stays None.
+    Raises ValidationError naming ``what``."""
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value * 1_000_000)
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValidationError(f"{what} is not an ISO 8601 time: {value!r}") from None
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise ValidationError(
-            f"{what} must be a timezone-aware datetime, an ISO 8601 string with an offset or epoch seconds"
-        )
-    return int(value.timestamp() * 1_000_000)
+    try:
+        return parse_instant(value)
+    except ValidationError as exc:
+        raise ValidationError(f"{what}: {exc}") from None
 
 
 # -- export ---------------------------------------------------------------------------------
