@@ -1168,7 +1168,7 @@ def _node_dict(node: StoredNode) -> dict[str, Any]:
 
 
 def _check_id(value: Any, what: str) -> None:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):  # match() lets '$' accept a final newline
         raise ValidationError(f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}")
 
 

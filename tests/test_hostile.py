@@ -37,7 +37,7 @@ bad_values = st.one_of(
 )
 bad_ids = st.one_of(
     st.text(min_size=1, max_size=40).filter(lambda s: __import__("re").fullmatch(ID_PATTERN, s) is None),
-    st.sampled_from(["'; DROP TABLE steps; --", 'x" OR 1=1', "a b", "ü", "", "x" * 201, "t\x00"]),
+    st.sampled_from(["'; DROP TABLE steps; --", 'x" OR 1=1', "a b", "ü", "", "x" * 201, "t\x00", "0\n"]),
     st.integers(),
     st.none(),
 )

@@ -43,6 +43,7 @@ import orjson
 from ..backends import Backend, open_backend
 from ..config import Settings
 from ..errors import ConfigurationError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
+from .files import atomic_file, fsync_dir
 
 log = logging.getLogger("fle_db")
 
@@ -232,8 +233,9 @@ class BackupStore:
             "checks": checks,
             "seconds": round(time.perf_counter() - started, 3),
         }
-        _write_atomic(self.folder / f"{backup_id}.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        _fsync_dir(self.folder)
+        with atomic_file(self.folder / f"{backup_id}.json") as file:
+            file.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        fsync_dir(self.folder)
         log.info("backup %s of %s: %d bytes", backup_id, self.settings.safe_url(), manifest["size"])
         return manifest
 
@@ -331,7 +333,7 @@ class BackupStore:
             for backup_id in sorted(doomed):
                 (self.folder / f"{backup_id}.json").unlink(missing_ok=True)  # unlisted first
                 (self.folder / f"{backup_id}.db").unlink(missing_ok=True)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         return sorted(doomed)
 
     def newest_age(self) -> float | None:
@@ -431,22 +433,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    work = path.with_name(path.name + ".tmp")
-    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(work, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -58,10 +58,9 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +80,7 @@ from ..errors import (
 )
 from ..storage import codec
 from .backup import parse_instant
+from .files import atomic_file
 
 if TYPE_CHECKING:
     from ..client import DatabaseClient
@@ -167,7 +167,7 @@ def export_data(
         _pyarrow()  # fail before creating anything when the extra is missing
     started = time.perf_counter()
     trajectories = checkpoints = 0
-    with _atomic_file(target) as raw, _compressed(raw, compress) as out:
+    with atomic_file(target) as raw, _compressed(raw, compress) as out:
         sink: _Sink
         if fmt == "jsonl":
             sink = _JsonlSink(out, _header(client, criteria))
@@ -460,30 +460,6 @@ def _json_text(value: Any) -> str | None:
 
 def _line(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-
-
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A new owner-only file that replaces ``path`` atomically when the block succeeds (fsynced,
-    then renamed, then the directory fsynced); on failure the temporary file is removed."""
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            yield raw
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextmanager
