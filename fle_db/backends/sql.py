@@ -1,9 +1,10 @@
 """The SQL implementation of the backend contract, shared by every SQLAlchemy dialect.
 
-Dialect differences are hooks that ``sqlite.py`` and ``postgres.py`` fill in: how the engine is
-built, how a write transaction takes its lock, and which ``INSERT ... ON CONFLICT`` construct to
-use. Statements are built once per backend and reused, so the hot path (``save_checkpoints``)
-only binds parameters: no per-call SQL compilation, no RETURNING, one transaction per call.
+Dialect differences are hooks that ``sqlite.py``, ``postgres.py`` and ``mysql.py`` fill in: how
+the engine is built, how a write transaction takes its lock, how an INSERT skips or overwrites a
+stored key (``ON CONFLICT`` or ``ON DUPLICATE KEY UPDATE``), and how errors are named. Statements
+are built once per backend and reused, so the hot path (``save_checkpoints``) only binds
+parameters: no per-call SQL compilation, no RETURNING, one transaction per call.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -262,8 +263,9 @@ def now_us() -> int:
 class SQLBackend(Backend):
     """Backend over a SQLAlchemy engine. Subclasses provide the dialect hooks below."""
 
-    #: ``sqlalchemy.dialects.<name>.insert``: the dialect's INSERT with ``on_conflict_do_nothing``
-    #: (typed Any: the SQLite and PostgreSQL constructs share that API but no common base class).
+    #: ``sqlalchemy.dialects.<name>.insert``: the dialect's INSERT construct, which the default
+    #: statement hooks use with ``on_conflict_*`` (SQLite and PostgreSQL share that API but no
+    #: common base class, hence Any); a dialect without it overrides those hooks.
     dialect_insert: Callable[[Table], Any]
     #: Isolation level of read connections, None to keep the engine's (see :meth:`_read`).
     read_isolation: str | None = None
@@ -273,10 +275,9 @@ class SQLBackend(Backend):
         self.engine: Engine = self._create_engine()
         self._reached = False  # set by the first call that got an answer (see _retrying)
         dialect = self.engine.dialect
-        ins = type(self).dialect_insert
 
         def insert_ignore(table: Table) -> _Raw:
-            return _Raw(ins(table).on_conflict_do_nothing(), dialect)
+            return _Raw(self._insert_ignore(table), dialect)
 
         self._raw_trajectory = insert_ignore(trajectories)
         self._raw_state = insert_ignore(game_states)
@@ -284,30 +285,8 @@ class SQLBackend(Backend):
         self._raw_delta = insert_ignore(blobs)
         self._raw_step = insert_ignore(steps)
         self._raw_record = {part: insert_ignore(table) for part, table in _STEP_RECORDS.items()}
-        keyframe = ins(blobs)
-        # A keyframe replaces a delta of the same content, so every base stays a full blob.
-        self._raw_keyframe = _Raw(
-            keyframe.on_conflict_do_update(
-                index_elements=[blobs.c.id],
-                set_={
-                    "codec": keyframe.excluded.codec,
-                    "body": keyframe.excluded.body,
-                    "base_id": null(),
-                    "checksum": keyframe.excluded.checksum,
-                },
-                where=blobs.c.base_id.is_not(None),
-            ),
-            dialect,
-        )
-        metadata_row = ins(trajectory_metadata)
-        self._upsert_metadata = metadata_row.on_conflict_do_update(
-            index_elements=[trajectory_metadata.c.trajectory_id, trajectory_metadata.c.key],
-            set_={
-                "codec": metadata_row.excluded.codec,
-                "body": metadata_row.excluded.body,
-                "updated_at": metadata_row.excluded.updated_at,
-            },
-        )
+        self._raw_keyframe = _Raw(self._upsert_keyframe(), dialect)
+        self._upsert_metadata = self._upsert_metadata_value()
         self._select_steps = (
             select(*_step_columns(steps)).where(steps.c.trajectory_id == bindparam("tid")).order_by(steps.c.step_number)
         )
@@ -318,14 +297,48 @@ class SQLBackend(Backend):
     def _create_engine(self) -> Engine:
         """Build the pooled engine (pool size, timeouts, per-connection settings)."""
 
+    def _insert_ignore(self, table: Table) -> Any:
+        """INSERT that skips a row whose primary key is stored already (its row count counts
+        only the rows inserted) and raises on any other error. Default: ``ON CONFLICT DO NOTHING``."""
+        return self.dialect_insert(table).on_conflict_do_nothing()
+
+    def _upsert_keyframe(self) -> Any:
+        """INSERT a blob; a stored *delta* of the same id becomes this full blob (codec, body,
+        checksum, no base), so every base stays a keyframe; a stored keyframe is kept."""
+        keyframe = self.dialect_insert(blobs)
+        return keyframe.on_conflict_do_update(
+            index_elements=[blobs.c.id],
+            set_={
+                "codec": keyframe.excluded.codec,
+                "body": keyframe.excluded.body,
+                "base_id": null(),
+                "checksum": keyframe.excluded.checksum,
+            },
+            where=blobs.c.base_id.is_not(None),
+        )
+
+    def _upsert_metadata_value(self) -> Any:
+        """INSERT a metadata value or overwrite the stored one (codec, body, updated_at)."""
+        row = self.dialect_insert(trajectory_metadata)
+        return row.on_conflict_do_update(
+            index_elements=[trajectory_metadata.c.trajectory_id, trajectory_metadata.c.key],
+            set_={"codec": row.excluded.codec, "body": row.excluded.body, "updated_at": row.excluded.updated_at},
+        )
+
     @contextmanager
     def _pipeline(self, conn: Connection) -> Iterator[None]:
         """Batch the statements sent inside into as few round trips as the driver allows."""
         yield
 
     @abstractmethod
-    def _lock_for_migration(self, conn: Connection) -> None:
-        """Take the cross-process migration lock inside the open write transaction."""
+    def _migration_lock(self, conn: Connection) -> AbstractContextManager[None]:
+        """Hold the cross-process migration lock (taken inside the open write transaction) for
+        the duration of the ``with`` block."""
+
+    #: Whether a record table's delta links must be cut before its rows are deleted: an engine
+    #: that checks foreign keys row by row (InnoDB) would refuse to delete a keyframe before the
+    #: deltas that name it, in one DELETE.
+    unlink_bases_before_delete = False
 
     # -- connections and errors -----------------------------------------------------------
     @contextmanager
@@ -429,12 +442,12 @@ class SQLBackend(Backend):
         if self.migration_status().up_to_date:
             return []
         with self._write() as conn:
-            self._lock_for_migration(conn)
-            # Re-read under the lock: another process may have migrated while we waited.
-            pending = migrations.pending_revisions(migrations.current_revision(conn))
-            if pending:
-                log.info("migrating %s: applying %s", self.settings.safe_url(), ", ".join(pending))
-                migrations.upgrade(conn)
+            with self._migration_lock(conn):
+                # Re-read under the lock: another process may have migrated while we waited.
+                pending = migrations.pending_revisions(migrations.current_revision(conn))
+                if pending:
+                    log.info("migrating %s: applying %s", self.settings.safe_url(), ", ".join(pending))
+                    migrations.upgrade(conn)
         return pending
 
     # -- writes ---------------------------------------------------------------------------
@@ -761,6 +774,10 @@ class SQLBackend(Backend):
         )
         for table in (*TRAJECTORY_CHILD_TABLES, trajectories):
             key = table.c.id if table is trajectories else table.c.trajectory_id
+            if self.unlink_bases_before_delete and "base_step_number" in table.c:
+                conn.execute(
+                    update(table).where(key == tid, table.c.base_step_number.is_not(None)).values(base_step_number=None)
+                )
             if measure:
                 tally["bytes"] += conn.execute(
                     select(func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
@@ -914,7 +931,13 @@ class SQLBackend(Backend):
             assert raw is not None
             for action, statement in self._maintenance(vacuum, reindex):
                 started = time.perf_counter()
-                raw.execute(statement)
+                cursor = raw.cursor()
+                try:
+                    cursor.execute(statement)
+                    if cursor.description is not None:  # MySQL's ANALYZE/OPTIMIZE TABLE report rows
+                        cursor.fetchall()
+                finally:
+                    cursor.close()
                 done.append({"action": action, "ms": (time.perf_counter() - started) * 1000})
         return done
 
