@@ -38,12 +38,22 @@ from sqlalchemy import (
     Table,
     text,
 )
+from sqlalchemy.dialects import mysql
 
 ID_LENGTH = 200
 DIGEST_LENGTH = 32
 CODEC_LENGTH = 32
 #: Alembic's version table, named for us so fle-db can share a database with other applications.
 VERSION_TABLE = "fle_db_version"
+
+#: Payload bytes. MySQL's BLOB holds 64 KB, so MySQL/MariaDB get LONGBLOB (4 GB).
+Payload = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+#: A double. MySQL's FLOAT is single precision: rewards would lose digits and ties would reorder.
+Double = Float().with_variant(mysql.DOUBLE(), "mysql", "mariadb")
+#: MySQL/MariaDB table options: InnoDB (transactions, foreign keys) and a *binary* collation, so
+#: ids compare byte for byte as on SQLite and PostgreSQL (the default collations are
+#: case-insensitive: "Run1" and "run1" would be one trajectory). Other dialects ignore them.
+MYSQL_TABLE: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 metadata = MetaData(
     naming_convention={
@@ -66,18 +76,19 @@ trajectories = Table(
     Column("id", String(ID_LENGTH), primary_key=True),
     Column("agent_type", String(ID_LENGTH)),
     Column("task", String(ID_LENGTH)),
-    Column("total_reward", Float),
+    Column("total_reward", Double),
     Column("success", Boolean),
     # Lineage: this trajectory was forked from step (parent_trajectory_id, parent_step_number).
     Column("parent_trajectory_id", String(ID_LENGTH), ForeignKey("trajectories.id")),
     Column("parent_step_number", BigInteger),
     Column("codec", String(CODEC_LENGTH), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_trajectories_parent", "parent_trajectory_id", "parent_step_number"),
     Index("ix_trajectories_task", "task", "total_reward"),
     Index("ix_trajectories_agent", "agent_type"),
+    **MYSQL_TABLE,
 )
 
 game_states = Table(
@@ -88,9 +99,10 @@ game_states = Table(
     # "json+zstd", written before migration 0003). Equal states are stored once.
     Column("id", String(DIGEST_LENGTH), primary_key=True),
     Column("codec", String(CODEC_LENGTH), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("raw_size", Integer, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    **MYSQL_TABLE,
 )
 
 # Immutable, content-addressed parts of game states: id = blake2b-128 of the canonical JSON.
@@ -102,11 +114,12 @@ blobs = Table(
     Column("id", String(DIGEST_LENGTH), primary_key=True),
     Column("codec", String(CODEC_LENGTH), nullable=False),
     Column("base_id", String(DIGEST_LENGTH), ForeignKey("blobs.id")),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("raw_size", Integer, nullable=False),
     Column("checksum", BigInteger, nullable=False),  # CRC-32 of body
     Column("created_at", BigInteger, nullable=False),
     Index("ix_blobs_base", "base_id", **_partial("base_id IS NOT NULL")),
+    **MYSQL_TABLE,
 )
 
 game_state_parts = Table(
@@ -118,6 +131,7 @@ game_state_parts = Table(
     PrimaryKeyConstraint("state_id", "key"),
     Index("ix_game_state_parts_blob", "blob_id"),
     sqlite_with_rowid=False,
+    **MYSQL_TABLE,
 )
 
 steps = Table(
@@ -129,11 +143,11 @@ steps = Table(
     # previous step of the same trajectory.
     Column("parent_trajectory_id", String(ID_LENGTH)),
     Column("parent_step_number", BigInteger),
-    Column("reward", Float),
+    Column("reward", Double),
     Column("game_state_id", String(DIGEST_LENGTH), ForeignKey("game_states.id")),
     Column("digest", String(DIGEST_LENGTH), nullable=False),
     Column("codec", String(CODEC_LENGTH), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     # A delta (codec "zstd+delta") names the keyframe step of the same trajectory whose body is
     # its zstd dictionary; the foreign key keeps that step from vanishing under it.
@@ -145,6 +159,7 @@ steps = Table(
     Index(
         "ix_steps_parent", "parent_trajectory_id", "parent_step_number", **_partial("parent_trajectory_id IS NOT NULL")
     ),
+    **MYSQL_TABLE,
 )
 
 
@@ -157,11 +172,12 @@ def _step_record_table(name: str) -> Table:
         Column("step_number", BigInteger, nullable=False),
         Column("digest", String(DIGEST_LENGTH), nullable=False),
         Column("codec", String(CODEC_LENGTH), nullable=False),
-        Column("body", LargeBinary, nullable=False),
+        Column("body", Payload, nullable=False),
         Column("created_at", BigInteger, nullable=False),
         Column("base_step_number", BigInteger),
         PrimaryKeyConstraint("trajectory_id", "step_number"),
         ForeignKeyConstraint(["trajectory_id", "base_step_number"], [f"{name}.trajectory_id", f"{name}.step_number"]),
+        **MYSQL_TABLE,
     )
 
 
@@ -174,9 +190,10 @@ trajectory_metadata = Table(
     Column("trajectory_id", String(ID_LENGTH), ForeignKey("trajectories.id"), nullable=False),
     Column("key", String(ID_LENGTH), nullable=False),
     Column("codec", String(CODEC_LENGTH), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     PrimaryKeyConstraint("trajectory_id", "key"),
+    **MYSQL_TABLE,
 )
 
 #: Tables that hold one trajectory's own rows, children first (delete order).
