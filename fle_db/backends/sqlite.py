@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import QueuePool, StaticPool
+from sqlalchemy.pool import QueuePool
 
 from ..config import ConnectionOptions
 from ..errors import BackendUnavailableError, ConfigurationError
@@ -79,7 +79,8 @@ WAL_DEGRADED_BYTES = 512 * 1024**2
 
 
 class SQLiteBackend(SQLBackend):
-    """Embedded SQLite file (or ``:memory:``, one shared connection, for tests and demos)."""
+    """Embedded SQLite file (or ``:memory:``: one connection that threads take turns on, for
+    tests and demos)."""
 
     name = "sqlite"
     dialect_insert = staticmethod(sqlite_insert)
@@ -112,7 +113,18 @@ class SQLiteBackend(SQLBackend):
         path = database_path(settings.url)
         timeout = settings.connection_timeout
         if path is None:
-            engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+            # One in-memory database is one connection. A pool of exactly that connection makes
+            # threads take turns (StaticPool would hand it to several threads at once, mixing
+            # their transactions: the conformance suite's thread test failed with FK errors).
+            memory = sqlite3.connect(":memory:", check_same_thread=False)
+            engine = create_engine(
+                "sqlite://",
+                poolclass=QueuePool,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=timeout,
+                creator=lambda: memory,
+            )
         else:
             _create_owner_only(Path(path))
             _warn_wal_reset_bug()
