@@ -29,14 +29,17 @@ some CPU per row, which is second order beside fle-db's encoding and the commit.
 * *Durability.* Whether a commit survives power loss is the server's setting
   (``innodb_flush_log_at_trx_commit``, global); ``durability="fast"`` changes nothing here, and
   health reports the server's setting.
-* *Payload size.* A write larger than the server's ``max_allowed_packet`` (16 MB by default) is
-  refused by the server: a PayloadTooLargeError naming the setting, nothing written.
+* *Payload size.* One stored body must fit the server's ``max_allowed_packet`` (16 MB by
+  default) as PyMySQL sends it (bytes travel as hex: twice their size). A server given a larger
+  statement drops the connection, which would look like a lost server; so each write checks its
+  bodies first and refuses an oversized one with a PayloadTooLargeError naming the setting,
+  nothing written.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -54,6 +57,8 @@ from ..errors import (
     StorageFullError,
 )
 from ..schema import blobs, metadata, trajectory_metadata
+from ..storage.engine import EncodedState
+from .base import Blob, Checkpoint, SaveResult, TrajectoryRow
 from .sql import SQLBackend
 
 #: Tables with at least this many rows (InnoDB's estimate) are counted approximately, as on
@@ -71,6 +76,8 @@ ER_LOCK_DEADLOCK = 1213
 ER_NET_PACKET_TOO_LARGE = 1153
 ER_RECORD_FILE_FULL = 1114
 ER_DISK_FULL = 1021
+#: Bytes of a statement besides its largest body (SQL text, keys, other columns).
+STATEMENT_OVERHEAD = 64 * 1024
 #: The TLS modes of ``SKILLS_DB_SSLMODE`` / ``?sslmode=`` this backend understands.
 SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
 
@@ -84,6 +91,10 @@ class MySQLBackend(SQLBackend):
     read_isolation = "AUTOCOMMIT"
     # InnoDB checks foreign keys row by row, within a statement too.
     unlink_bases_before_delete = True
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self._max_packet: int | None = None  # the server's max_allowed_packet, read on first need
 
     # -- configuration --------------------------------------------------------------------
     @classmethod
@@ -139,6 +150,48 @@ class MySQLBackend(SQLBackend):
                 )
 
         return engine
+
+    # -- writes: refuse what the server would drop the connection for -----------------------
+    def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[SaveResult]:
+        self._check_sizes(
+            body.body
+            for cp in checkpoints
+            for body in (cp.step.body if cp.step else None, cp.agent_output, cp.environment_feedback)
+            if body is not None
+        )
+        self._check_sizes(blob.body for cp in checkpoints if cp.game_state for blob in cp.game_state.blobs)
+        return super().save_checkpoints(checkpoints)
+
+    def save_game_state(self, state: EncodedState) -> None:
+        self._check_sizes(blob.body for blob in state.blobs)
+        super().save_game_state(state)
+
+    def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
+        self._check_sizes([value.body])
+        super().save_metadata(trajectory_id, key, value)
+
+    def save_trajectory(self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]) -> None:
+        def checked(stored: tuple[str, bytes]) -> TrajectoryRow:
+            row = build(stored)
+            self._check_sizes([row.body.body])
+            return row
+
+        super().save_trajectory(trajectory_id, checked)
+
+    def _check_sizes(self, bodies: Iterable[bytes]) -> None:
+        """Raise PayloadTooLargeError if a body would not fit in one ``max_allowed_packet``."""
+        largest = max((len(body) for body in bodies), default=0)
+        if largest == 0:
+            return
+        if self._max_packet is None:
+            with self._read() as conn:
+                self._max_packet = int(conn.execute(text("SELECT @@max_allowed_packet")).scalar_one())
+        if 2 * largest + STATEMENT_OVERHEAD > self._max_packet:
+            raise PayloadTooLargeError(
+                f"a record of {largest / 2**20:,.1f} MiB compressed does not fit the MySQL server's "
+                f"max_allowed_packet ({self._max_packet / 2**20:,.0f} MiB; bytes are sent as hex, twice their size); "
+                "nothing was written. Raise max_allowed_packet on the server, or store smaller records"
+            )
 
     # -- statements -----------------------------------------------------------------------
     def _insert_ignore(self, table: Table) -> Any:
