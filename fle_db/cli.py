@@ -67,7 +67,7 @@ def _json_option(command: Any) -> Any:
 @click.version_option(__version__, prog_name="fle-db")
 @click.pass_context
 def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
-    """fle-db: the checkpoint database for AI-agent trajectories (SQLite or PostgreSQL).
+    """fle-db: the checkpoint database for AI-agent trajectories (SQLite, PostgreSQL, MySQL or a custom backend).
 
     Without --url the database comes from FLE_DB_TYPE, SQLITE_DB_FILE and SKILLS_DB_* (see
     `fle-db config`), by default SQLite at .fle/data.db.
