@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.engine import URL
+
 from fle_db.backends.sqlite import SQLiteBackend
 from fle_db.config import ConnectionOptions
-from sqlalchemy.engine import URL
 
 DEFAULT_FILE = ".fle/example.db"
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from fle_db import DatabaseClient
 from fle_db.testing import BackendConformance
 
