@@ -230,15 +230,23 @@ class Backend(ABC):
         """Create or update a trajectory in one transaction: ``build((codec, body))`` receives the
         stored body (an empty object for a new trajectory) and returns the row to store.
 
+        Concurrent saves of one trajectory serialise (each merges into what the previous one
+        committed: no key is lost). ``build`` may raise (e.g. DependencyError for a changed
+        lineage); nothing is then written. Idempotent: the same save again changes nothing.
+
         Raises NotFoundError if a fork's parent step does not exist, DependencyError if the fork
         would make a lineage cycle."""
 
     @abstractmethod
     def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[SaveResult]:
-        """Write all checkpoints in one transaction (missing trajectories are created empty).
+        """Write all checkpoints in one transaction (missing trajectories are created empty),
+        with their game states; returns one result per checkpoint, in order, ``created`` False
+        where every part was stored already.
 
-        Idempotent per part; ConflictError (nothing written) if any part differs from a stored
-        one under the same key."""
+        Idempotent per part (step, agent output, feedback: by ``(trajectory_id, step_number)``
+        and digest; states and blobs by content address); ConflictError (nothing of the call
+        written) if any part differs from a stored one under the same key, including a step
+        naming another game state."""
 
     @abstractmethod
     def save_game_state(self, state: EncodedState) -> None:
@@ -249,13 +257,16 @@ class Backend(ABC):
 
     @abstractmethod
     def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
-        """Insert or overwrite one metadata value (creating the trajectory empty if needed)."""
+        """Insert or overwrite one metadata value (creating the trajectory empty if needed), in
+        one transaction. Idempotent: the last write wins."""
 
     @abstractmethod
     def delete_trajectory(self, trajectory_id: str, cascade: bool) -> list[str]:
         """Delete a trajectory, its rows, and the game states and blobs nothing else uses; returns
-        the ids deleted. Raises NotFoundError, or DependencyError if forks exist and not ``cascade``
-        (with ``cascade`` the forks are deleted too, recursively)."""
+        the ids deleted, in one transaction. Raises NotFoundError, or DependencyError if forks (or
+        steps of other trajectories naming its steps as parents) exist and not ``cascade`` (with
+        ``cascade`` the forks are deleted too, recursively). Not idempotent: a second call raises
+        NotFoundError, so it must not be retried blindly after a lost reply."""
 
     # -- operations -----------------------------------------------------------------------
     @abstractmethod
@@ -321,6 +332,7 @@ class Backend(ABC):
         """``(where, detail)`` for trajectories whose step numbers have gaps."""
 
     # -- reads ----------------------------------------------------------------------------
+    # Reads never write, and return what a committed transaction wrote, never part of one.
     @abstractmethod
     def load_trajectory(self, trajectory_id: str) -> StoredRecord | None:
         """The trajectory's stored body, or None."""
