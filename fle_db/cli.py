@@ -13,11 +13,14 @@ other fle-db error (database unreachable, trajectory not found...). fle-db error
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -384,6 +387,179 @@ def show(options: _Options, trajectory_id: str, as_json: bool) -> None:
     rows.append(("steps", str(len(numbers)) + ("" if result["contiguous"] else " (not contiguous from 0)")))
     rows.append(("latest step", "none" if not numbers else str(numbers[-1])))
     _print_table(f"trajectory {trajectory_id}", rows)
+
+
+@main.group()
+def backup() -> None:
+    """Backups: create, list, verify, restore, prune, and an automated schedule.
+
+    Backups go to FLE_DB_BACKUP_DIR (default .fle/backups): a SQLite file and a JSON manifest each,
+    whatever the backend, so a PostgreSQL backup restores into SQLite and back.
+    """
+
+
+@backup.command("create")
+@_json_option
+@click.pass_obj
+def backup_create(options: _Options, as_json: bool) -> None:
+    """Back up the whole database now (consistent while writers write); prints the backup's id."""
+    with DatabaseClient(options.url) as client, Console(stderr=True).status("backing up..."):
+        backup_id = client.create_backup()
+        entry = next(b for b in client.list_backups() if b["id"] == backup_id)
+    if as_json or options.json:
+        _echo_json(entry)
+        return
+    _print_table(f"backup {backup_id}", [(key, _text(entry[key])) for key in ("path", "size", "rows", "commit")])
+
+
+@backup.command("list")
+@_json_option
+@click.pass_obj
+def backup_list(options: _Options, as_json: bool) -> None:
+    """List the backups (oldest first) and the point-in-time recovery window."""
+    with DatabaseClient(options.url) as client:
+        backups, window = client.list_backups(), client.recovery_window()
+    if as_json or options.json:
+        _echo_json({"backups": backups, "recovery_window": window})
+        return
+    table = Table(title=Text(f"backups in {client.settings.backup_dir}"), title_justify="left")
+    for column in ("id", "timestamp", "size", "backend", "schema", "verified"):
+        table.add_column(column, overflow="fold")
+    for entry in backups:
+        table.add_row(
+            *(Text(str(entry[key])) for key in ("id", "timestamp")),
+            Text(_mib(entry["size"])),
+            *(Text(str(entry[key])) for key in ("backend", "schema_version", "verified")),
+        )
+    Console().print(table)
+    click.echo(f"point-in-time recovery reaches from {window['from']} to {window['to']}")
+
+
+@backup.command("verify")
+@click.argument("backup_id")
+@_json_option
+@click.pass_obj
+def backup_verify(options: _Options, backup_id: str, as_json: bool) -> None:
+    """Re-check a backup fully (SHA-256, integrity_check, validation of a copy); exit 1 if damaged."""
+    with DatabaseClient(options.url) as client:
+        report = client.verify_backup(backup_id)
+    _report(options, as_json, f"backup {backup_id} verified", report)
+
+
+@backup.command("restore")
+@click.argument("backup_id")
+@click.option("--target", metavar="URL|PATH", help="Restore into this new SQLite path or empty database instead.")
+@click.option("--yes", is_flag=True, help="Really replace the live data (a safety backup is taken first).")
+@_json_option
+@click.pass_obj
+def backup_restore(options: _Options, backup_id: str, target: str | None, yes: bool, as_json: bool) -> None:
+    """Restore a backup, after checking it, into the live database (needs --yes) or into --target."""
+    if target is None and not yes:
+        raise ValidationError(
+            "restoring in place replaces the live data: pass --yes (or --target to restore elsewhere)"
+        )
+    with DatabaseClient(options.url) as client, Console(stderr=True).status("restoring..."):
+        report = client.restore_backup(backup_id, target=target)
+    _report(options, as_json, f"restored backup {backup_id}", report)
+
+
+@backup.command("prune")
+@click.option("--keep", type=click.IntRange(min=1), help="Keep the N newest backups.")
+@click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), help="Delete backups older than N days.")
+@_json_option
+@click.pass_obj
+def backup_prune(options: _Options, keep: int | None, older_than_days: float | None, as_json: bool) -> None:
+    """Delete old backups (the newest is always kept)."""
+    with DatabaseClient(options.url) as client:
+        deleted = client.prune_backups(keep, older_than_days * 86400 if older_than_days is not None else None)
+    _report(options, as_json, "fle-db backup prune", {"deleted": deleted})
+
+
+@backup.command("schedule")
+@click.option("--every", "interval", required=True, metavar="DURATION", help="Interval: seconds, or 90s, 15m, 6h, 1d.")
+@click.option("--keep", type=click.IntRange(min=1), default=10, show_default=True, help="Keep the N newest backups.")
+@click.option("--once", is_flag=True, help="Back up if one is due, prune, and exit (for cron or systemd timers).")
+@click.pass_obj
+def backup_schedule(options: _Options, interval: str, keep: int, once: bool) -> None:
+    """Automated backups in the foreground until stopped (Ctrl-C, SIGTERM). Stopping it mid-backup
+    never leaves a broken backup listed. Equivalent in a program: DatabaseClient(backup_interval=...)."""
+    seconds = _duration(interval)
+    with DatabaseClient(options.url, backup_interval=0) as client:
+        scheduler = client.backup_scheduler(seconds, keep)
+        made = scheduler.run_once()
+        if once:
+            click.echo(f"backup {made['id']}" if made else "no backup due")
+            return
+        click.echo(f"backing up {_location(client.settings)} every {seconds:g} s into {client.settings.backup_dir}")
+        scheduler.start()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            scheduler.stop()
+
+
+@main.command("restore-to")
+@click.argument("timestamp")
+@click.option("--target", metavar="URL|PATH", help="Write the past state into this new SQLite path or empty database.")
+@click.option("--yes", is_flag=True, help="Really rewind the live database (a safety backup is taken first).")
+@_json_option
+@click.pass_obj
+def restore_to(options: _Options, timestamp: str, target: str | None, yes: bool, as_json: bool) -> None:
+    """Point-in-time recovery: the database exactly as committed at TIMESTAMP (ISO 8601 with an
+    offset, e.g. 2026-11-27T20:15:00Z, or epoch seconds), into --target or in place (--yes)."""
+    at: str | float = float(timestamp) if timestamp.replace(".", "", 1).isdigit() else timestamp
+    with DatabaseClient(options.url) as client:
+        if target is None and not yes:
+            window = client.recovery_window()
+            raise ValidationError(
+                "restoring in place rewinds the live data (undoable; a safety backup is taken first): pass --yes, "
+                f"or --target to restore elsewhere. Recovery window: {window['from']} to {window['to']}"
+            )
+        report = client.restore_to(at, target=target)
+    _report(options, as_json, f"restored to {report['at']}", report)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("target")
+@_json_option
+@click.pass_obj
+def copy(options: _Options, source: str, target: str, as_json: bool) -> None:
+    """Copy a whole database (history included) from SOURCE to TARGET, between any backends: URLs,
+    or paths of SQLite files. TARGET must be new or empty. Shows a progress bar."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    url = source if "://" in source else f"sqlite:///{os.path.abspath(source)}"
+    with DatabaseClient(url) as client, Progress(*columns, console=Console(stderr=True)) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(table: str, rows: int, total: int) -> None:
+            if table not in tasks:
+                tasks[table] = bar.add_task(table, total=total)
+            bar.advance(tasks[table], rows)
+
+        report = client.copy_to(target, progress=progress)
+    _report(options, as_json, "fle-db copy", report)
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``3600``, ``90s``, ``15m``, ``6h`` or ``1d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ValidationError(f"not a duration: {text!r} (use seconds, or 90s, 15m, 6h, 1d)") from None
+    if not 0 < seconds < float("inf"):
+        raise ValidationError(f"the interval must be positive, got {text!r}")
+    return seconds
+
+
+def _report(options: _Options, as_json: bool, title: str, report: dict[str, Any]) -> None:
+    if as_json or options.json:
+        _echo_json(report)
+    else:
+        _print_table(title, [(key, _text(value)) for key, value in report.items()])
 
 
 def _location(settings: Settings) -> str:

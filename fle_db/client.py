@@ -30,6 +30,7 @@ from .backends.base import (
 )
 from .config import Settings
 from .errors import ConflictError, DataIntegrityError, DependencyError, NotFoundError, ValidationError
+from .ops import backup
 from .ops.metrics import Metrics
 from .ops.validate import validate as validate_database
 from .storage import codec
@@ -88,9 +89,15 @@ class DatabaseClient:
         self._decoder = StateDecoder(self._cache)
         self._metrics = Metrics(self._settings.slow_operation_ms)
         self._backend: Backend = open_backend(self._settings)
+        self._backups = backup.BackupStore(self._settings)
+        self._scheduler: backup.BackupScheduler | None = None
         try:
             if self._settings.auto_migrate:
                 self._backend.migrate()
+            if self._settings.backup_interval:
+                self._scheduler = self.backup_scheduler(
+                    self._settings.backup_interval, self._settings.backup_keep
+                ).start()
         except BaseException:
             self._backend.close()
             raise
@@ -102,7 +109,10 @@ class DatabaseClient:
         return self._settings
 
     def close(self) -> None:
-        """Release every pooled connection. Idempotent."""
+        """Stop automated backups (waiting for one in progress) and release every pooled
+        connection. Idempotent."""
+        if self._scheduler is not None:
+            self._scheduler.stop()
         self._backend.close()
 
     def __enter__(self) -> DatabaseClient:
@@ -173,7 +183,8 @@ class DatabaseClient:
     @_timed
     def delete_trajectory(self, trajectory_id: str, *, cascade: bool = False) -> list[str]:
         """Delete a trajectory with its steps, outputs, feedbacks, metadata and the game states
-        no other step uses, in one transaction. Returns the ids deleted.
+        no other step uses, in one transaction. Returns the ids deleted. The rows stay
+        restorable (:meth:`restore_to`) for ``pitr_retention``, then :meth:`optimize` prunes them.
 
         Raises:
             NotFoundError: no such trajectory.
@@ -392,8 +403,9 @@ class DatabaseClient:
         kept (``kept_for_lineage``), so no fork ever points at a deleted step. States and blobs
         nothing else uses go too. ``dry_run=True`` does the same work and rolls it back: the
         report (``trajectories`` deleted, ``kept_for_lineage``, ``rows`` deleted per table,
-        payload ``bytes_freed``) is exact. Space returns to the
-        filesystem only after :meth:`optimize` with ``vacuum=True`` (SQLite) or VACUUM FULL.
+        payload ``bytes_freed``) is exact. The deleted rows stay restorable (:meth:`restore_to`)
+        until ``pitr_retention`` has passed and :meth:`optimize` prunes them; space returns to the
+        filesystem only after that, with ``optimize(vacuum=True)`` (SQLite) or VACUUM FULL.
 
         Raises:
             ValidationError: no criterion, or a bad one (both ``older_than`` and ``before``...).
@@ -420,15 +432,24 @@ class DatabaseClient:
         """The maintenance each backend needs, with a report ``{"actions": [{"action", "ms"}],
         "size_before", "size_after"}``.
 
-        SQLite: ANALYZE, then ``wal_checkpoint(TRUNCATE)`` (the WAL shrinks to zero bytes);
+        First, point-in-time history older than ``pitr_retention`` is pruned
+        (``history_pruned``: rows per table). SQLite: ANALYZE, then ``wal_checkpoint(TRUNCATE)``
+        (the WAL shrinks to zero bytes);
         PostgreSQL: ANALYZE of fle-db's tables. ``vacuum=True`` also rewrites the database to
         return free pages to the filesystem (after :meth:`cleanup`; it needs free disk space of
         about the database's size and blocks writers meanwhile); ``reindex=True`` rebuilds the
         indexes (PostgreSQL: concurrently). Safe to run at any time; idempotent.
         """
         before = self._backend.statistics()["size"]
+        cutoff = time.time_ns() // 1000 - int(self._settings.pitr_retention * 1_000_000)
+        pruned = self._backend.prune_history(cutoff)
         actions = self._backend.maintain(vacuum, reindex)
-        return {"actions": actions, "size_before": before, "size_after": self._backend.statistics()["size"]}
+        return {
+            "actions": actions,
+            "history_pruned": pruned,
+            "size_before": before,
+            "size_after": self._backend.statistics()["size"],
+        }
 
     @_timed
     def validate(self, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
@@ -491,6 +512,106 @@ class DatabaseClient:
             "pool": pool,
             "cache": self._cache.stats(),
         }
+
+    # -- backups and point-in-time recovery -------------------------------------------------
+    @_timed
+    def create_backup(self) -> str:
+        """Back up the whole database into ``backup_dir`` (default ``.fle/backups``) and return
+        the backup's id. Consistent while writers keep writing; written under a temporary name,
+        checked (SQLite ``integrity_check`` and a full :meth:`validate` of the copy), fsynced and
+        renamed, with a manifest (row counts, SHA-256, schema revision, commit). Files are
+        owner-only. A backup is a SQLite file whatever the backend, so it restores anywhere.
+
+        Raises:
+            DataIntegrityError: the copy failed its checks (it is not kept or listed).
+        """
+        return str(self._backups.create(self._backend)["id"])
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        """The complete backups in ``backup_dir``, oldest first, each a dict with ``id``,
+        ``timestamp`` (ISO 8601 UTC), ``size`` (bytes), ``backend``, ``schema_version``,
+        ``verified``, ``path``, ``rows`` (per table) and ``commit`` (``seq``, ``committed_at``).
+        Read-only."""
+        return self._backups.entries()
+
+    def verify_backup(self, backup_id: str) -> dict[str, Any]:
+        """Re-check a backup fully: SHA-256 against its manifest, ``integrity_check`` and a
+        full validation of a working copy. Read-only.
+
+        Raises:
+            NotFoundError: no such backup. DataIntegrityError: it is damaged (says how).
+        """
+        return self._backups.verify(backup_id)
+
+    @_timed
+    def restore_backup(self, backup_id: str, target: str | None = None) -> dict[str, Any]:
+        """Restore a backup. Everything is checked before the live database is touched (SHA-256,
+        integrity, full validation; a backup of an older schema is migrated forward, a newer one
+        refused). With ``target=None`` a safety backup of the live database is taken first, then
+        one transaction makes the backup's data current; the replaced data stays in the
+        point-in-time history, so :meth:`restore_to` can undo the restore. With ``target`` (a new
+        SQLite path or the URL of an empty database) the backup is copied there instead.
+
+        Returns ``{"id", "checks", "rows", "safety_backup"?}``.
+
+        Raises:
+            NotFoundError, DataIntegrityError, SchemaVersionError; ConflictError: ``target`` not empty.
+        """
+        return self._backups.restore(self._backend, backup_id, target)
+
+    def prune_backups(self, keep: int | None = None, older_than: float | None = None) -> list[str]:
+        """Delete backups beyond the ``keep`` newest and those older than ``older_than``
+        seconds (the newest is always kept); returns the ids deleted. Idempotent."""
+        return self._backups.prune(keep, older_than)
+
+    @_timed
+    def restore_to(self, timestamp: datetime | str | float, target: str | None = None) -> dict[str, Any]:
+        """Point-in-time recovery: the database exactly as committed at ``timestamp`` (an aware
+        ``datetime``, an ISO 8601 string with offset, or epoch seconds): every transaction
+        committed at or before it, none after. A transaction's commit instant is when it took its
+        commit number (see :meth:`recovery_window`); no server configuration is needed.
+
+        ``target``: a new SQLite path or the URL of an empty database, which receives the copy
+        (history included). ``target=None``: in place, after a safety backup, as one new commit
+        that keeps history (so it can itself be undone).
+
+        Returns ``{"at", "commit": {"seq", "committed_at"}, "rows" | "rows_changed",
+        "safety_backup"?}``.
+
+        Raises:
+            ValidationError: ``timestamp`` is malformed, naive, in the future or before the
+                recovery window (``pitr_retention``, default 7 days; see :meth:`recovery_window`).
+        """
+        return backup.restore_to(self._backend, self._settings, timestamp, target, self._backups)
+
+    def backup_scheduler(self, interval: float, keep: int) -> backup.BackupScheduler:
+        """A scheduler of automated backups of this database (not started): ``run_once()`` backs
+        up if the newest backup is ``interval`` seconds old, keeps the ``keep`` newest and prunes
+        point-in-time history; ``start()`` runs that in a daemon thread until ``stop()``. Opening
+        a client with ``backup_interval`` does this for you."""
+        return backup.BackupScheduler(self._backups, self._backend, interval, keep)
+
+    def recovery_window(self) -> dict[str, Any]:
+        """``{"from", "to"}`` (ISO 8601 UTC): the instants :meth:`restore_to` can reach, with
+        ``from_seq``/``to_seq``, the commit numbers. Read-only."""
+        horizon, latest = self._backend.recovery_window()
+        return {
+            "from": _iso_us(horizon.committed_at),
+            "to": _iso_us(latest.committed_at),
+            "from_seq": horizon.seq,
+            "to_seq": latest.seq,
+        }
+
+    def copy_to(self, target: str, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+        """Copy the whole database (history included) into ``target``: a new SQLite path or the
+        URL of an empty database of any backend, in one consistent snapshot and one target
+        transaction. ``progress(table, rows_written, table_total)`` is called per chunk.
+
+        Raises:
+            ConflictError: ``target`` is not empty.
+        """
+        with backup.open_database(self._settings, target) as destination:
+            return backup.copy_database(self._backend, destination, progress=progress)
 
     # -- migrations -----------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -636,6 +757,10 @@ class DatabaseClient:
     def _require_trajectory(self, trajectory_id: str) -> None:
         if not self._backend.trajectory_exists(trajectory_id):
             raise NotFoundError(f"trajectory {trajectory_id!r} does not exist")
+
+
+def _iso_us(at_us: int) -> str:
+    return datetime.fromtimestamp(at_us / 1_000_000, UTC).isoformat()
 
 
 def _cutoff_us(older_than: timedelta | float | None, before: datetime | str | None) -> int | None:

@@ -2,21 +2,11 @@
 
 The environment variables are the spec's, kept exactly:
 
-=========================  ===============================================  ==================
-variable                   meaning                                          default
-=========================  ===============================================  ==================
-``FLE_DB_TYPE``            backend name: ``sqlite``, ``postgres``, ``mysql``  ``sqlite``
-                           or an installed third-party backend
-``SQLITE_DB_FILE``         path of the SQLite file (dir is created)         ``.fle/data.db``
-``SKILLS_DB_HOST``         database server host (PostgreSQL, MySQL)         required
-``SKILLS_DB_PORT``         server port                                      5432 / 3306
-``SKILLS_DB_NAME``         database name                                    required
-``SKILLS_DB_USER``         user                                             required
-``SKILLS_DB_PASSWORD``     password                                         empty (trust/peer)
-``SKILLS_DB_SSLMODE``      TLS: ``require``, ``verify-ca``, ``verify-full``   driver default
-``SKILLS_DB_SSLROOTCERT``  CA certificate file for ``verify-ca/-full``      none
-=========================  ===============================================  ==================
-
+``FLE_DB_BACKUP_DIR``      folder of backups                                ``.fle/backups``
+``FLE_DB_BACKUP_INTERVAL`` seconds between automated backups                off
+``FLE_DB_BACKUP_KEEP``     automated backups keep this many                 ``10``
+``FLE_DB_PITR_RETENTION``  seconds point-in-time recovery reaches back      ``604800`` (7 days)
+=========================  ===============================================  ===========
 Which variables a backend reads is the backend's business (``Backend.url_from_options``); the
 registry (``fle_db.backends.registry``) decides which names and URL schemes exist. This is the
 only module that reads ``os.environ``: backends get it as a mapping. Passwords never appear in
@@ -28,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
@@ -44,6 +35,10 @@ DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SLOW_OPERATION_MS = 100.0
 DEFAULT_RETRY_DEADLINE = 30.0
+DEFAULT_BACKUP_DIR = ".fle/backups"
+DEFAULT_BACKUP_KEEP = 10
+#: How far back point-in-time recovery reaches (seconds): 7 days.
+DEFAULT_PITR_RETENTION = 7 * 86400.0
 
 #: ``durability`` values: "full" (default) makes a save that returned survive power loss; "fast"
 #: may lose the last commits on power loss or a server crash, never corrupts, and never loses them
@@ -70,6 +65,15 @@ class Settings:
     retry_deadline: float = DEFAULT_RETRY_DEADLINE
     #: Operations at least this slow are listed by ``get_performance_metrics()``.
     slow_operation_ms: float = DEFAULT_SLOW_OPERATION_MS
+    #: Folder of backups (created owner-only on first use).
+    backup_dir: Path = Path(DEFAULT_BACKUP_DIR)
+    #: Seconds between automated backups while a client is open; None: no automated backups.
+    backup_interval: float | None = None
+    #: Automated backups keep this many newest backups.
+    backup_keep: int = DEFAULT_BACKUP_KEEP
+    #: Seconds of history kept for point-in-time recovery (pruned by optimize, cleanup and
+    #: automated backups).
+    pitr_retention: float = DEFAULT_PITR_RETENTION
 
     def __repr__(self) -> str:
         return (
@@ -113,6 +117,10 @@ class Settings:
         cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
         slow_operation_ms: float = DEFAULT_SLOW_OPERATION_MS,
         retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+        backup_dir: str | os.PathLike[str] | None = None,
+        backup_interval: float | None = None,
+        backup_keep: int | None = None,
+        pitr_retention: float | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then defaults.
@@ -161,6 +169,12 @@ class Settings:
             raise ConfigurationError(f"retry_deadline must be a number of seconds >= 0, got {retry_deadline!r}")
         if durability not in DURABILITY_LEVELS:
             raise ConfigurationError(f"durability must be one of {sorted(DURABILITY_LEVELS)}, got {durability!r}")
+        interval = _number(backup_interval, env, "backup_interval", "FLE_DB_BACKUP_INTERVAL", None)
+        keep = _number(backup_keep, env, "backup_keep", "FLE_DB_BACKUP_KEEP", DEFAULT_BACKUP_KEEP)
+        if keep is None or keep < 1 or keep != int(keep):
+            raise ConfigurationError(f"backup_keep (FLE_DB_BACKUP_KEEP) must be an integer >= 1, got {keep!r}")
+        retention = _number(pitr_retention, env, "pitr_retention", "FLE_DB_PITR_RETENTION", DEFAULT_PITR_RETENTION)
+        folder = backup_dir if backup_dir is not None else env.get("FLE_DB_BACKUP_DIR") or DEFAULT_BACKUP_DIR
         return cls(
             backend=backend,
             url=sa_url,
@@ -172,12 +186,30 @@ class Settings:
             cache_max_bytes=cache_max_bytes,
             slow_operation_ms=float(slow_operation_ms),
             retry_deadline=float(retry_deadline),
+            backup_dir=Path(folder).expanduser(),
+            backup_interval=interval,
+            backup_keep=int(keep),
+            pitr_retention=float(retention or 0.0),
         )
 
     def with_url(self, url: str) -> Settings:
         """A copy of these settings pointing at another database URL."""
         backend, sa_url = _from_url(url)
         return replace(self, backend=backend, url=sa_url)
+
+
+def _number(value: Any, env: Mapping[str, str], name: str, var: str, default: float | None) -> float | None:
+    """A number of seconds (or a count) >= 0 from the argument, else the variable, else ``default``."""
+    source, raw = (name, value) if value is not None else (var, env.get(var))
+    if raw is None or raw == "":
+        return default
+    try:
+        number = float(raw) if not isinstance(raw, bool) else float("nan")
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 <= number < float("inf"):
+        raise ConfigurationError(f"{source} must be a number >= 0, got {raw!r}")
+    return number
 
 
 @dataclass(frozen=True)

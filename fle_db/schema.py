@@ -70,6 +70,11 @@ def _partial(condition: str) -> dict[str, Any]:
     return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
 
 
+def _valid_from() -> Column[int]:
+    """The commit (``log_head.seq``) that made this version of the row current (0: before 0005)."""
+    return Column("valid_from_seq", BigInteger, nullable=False, server_default=text("0"))
+
+
 trajectories = Table(
     "trajectories",
     metadata,
@@ -85,6 +90,7 @@ trajectories = Table(
     Column("body", Payload, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    _valid_from(),
     Index("ix_trajectories_parent", "parent_trajectory_id", "parent_step_number"),
     Index("ix_trajectories_task", "task", "total_reward"),
     Index("ix_trajectories_agent", "agent_type"),
@@ -102,6 +108,7 @@ game_states = Table(
     Column("body", Payload, nullable=False),
     Column("raw_size", Integer, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    _valid_from(),
     **MYSQL_TABLE,
 )
 
@@ -118,6 +125,7 @@ blobs = Table(
     Column("raw_size", Integer, nullable=False),
     Column("checksum", BigInteger, nullable=False),  # CRC-32 of body
     Column("created_at", BigInteger, nullable=False),
+    _valid_from(),
     Index("ix_blobs_base", "base_id", **_partial("base_id IS NOT NULL")),
     **MYSQL_TABLE,
 )
@@ -128,6 +136,7 @@ game_state_parts = Table(
     Column("state_id", String(DIGEST_LENGTH), ForeignKey("game_states.id"), nullable=False),
     Column("key", String(ID_LENGTH), nullable=False),
     Column("blob_id", String(DIGEST_LENGTH), ForeignKey("blobs.id"), nullable=False),
+    _valid_from(),
     PrimaryKeyConstraint("state_id", "key"),
     Index("ix_game_state_parts_blob", "blob_id"),
     sqlite_with_rowid=False,
@@ -152,6 +161,7 @@ steps = Table(
     # A delta (codec "zstd+delta") names the keyframe step of the same trajectory whose body is
     # its zstd dictionary; the foreign key keeps that step from vanishing under it.
     Column("base_step_number", BigInteger),
+    _valid_from(),
     PrimaryKeyConstraint("trajectory_id", "step_number"),
     ForeignKeyConstraint(["trajectory_id", "base_step_number"], ["steps.trajectory_id", "steps.step_number"]),
     Index("ix_steps_game_state", "game_state_id", **_partial("game_state_id IS NOT NULL")),
@@ -175,6 +185,7 @@ def _step_record_table(name: str) -> Table:
         Column("body", Payload, nullable=False),
         Column("created_at", BigInteger, nullable=False),
         Column("base_step_number", BigInteger),
+        _valid_from(),
         PrimaryKeyConstraint("trajectory_id", "step_number"),
         ForeignKeyConstraint(["trajectory_id", "base_step_number"], [f"{name}.trajectory_id", f"{name}.step_number"]),
         **MYSQL_TABLE,
@@ -192,6 +203,7 @@ trajectory_metadata = Table(
     Column("codec", String(CODEC_LENGTH), nullable=False),
     Column("body", Payload, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    _valid_from(),
     PrimaryKeyConstraint("trajectory_id", "key"),
     **MYSQL_TABLE,
 )
@@ -199,14 +211,75 @@ trajectory_metadata = Table(
 #: Tables that hold one trajectory's own rows, children first (delete order).
 TRAJECTORY_CHILD_TABLES = (agent_outputs, environment_feedbacks, trajectory_metadata, steps)
 
+# -- Point-in-time recovery (migration 0005) -------------------------------------------------
+# Every write transaction takes the next commit sequence number from the one-row ``log_head``
+# (its row lock serialises writers, so seq order is commit order) and stamps it on the rows it
+# writes (``valid_from_seq``). A row that is updated or deleted first moves its old image into the
+# table's ``<name>_history`` twin with ``valid_to_seq``. The database as committed at sequence S
+# is then: live rows with valid_from_seq <= S, plus history rows with valid_from_seq <= S <
+# valid_to_seq. ``commit_log`` maps sequence numbers to commit instants (strictly increasing
+# microseconds, never stepping back with the clock); times before ``horizon_at`` were pruned.
+
+log_head = Table(
+    "log_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("seq", BigInteger, nullable=False),
+    Column("committed_at", BigInteger, nullable=False),
+    Column("horizon_seq", BigInteger, nullable=False),
+    Column("horizon_at", BigInteger, nullable=False),
+    **MYSQL_TABLE,
+)
+
+commit_log = Table(
+    "commit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("committed_at", BigInteger, nullable=False),
+    Index("ix_commit_log_committed_at", "committed_at"),
+    **MYSQL_TABLE,
+)
+
+#: Tables whose rows are versioned, parents before children (insert order).
+VERSIONED_TABLES = (
+    trajectories,
+    game_states,
+    blobs,
+    game_state_parts,
+    steps,
+    agent_outputs,
+    environment_feedbacks,
+    trajectory_metadata,
+)
+
+
+def _history(table: Table) -> Table:
+    """The history twin of ``table``: its columns without constraints, plus ``valid_to_seq``."""
+    return Table(
+        f"{table.name}_history",
+        metadata,
+        *[Column(c.name, c.type, nullable=c.nullable) for c in table.columns],
+        Column("valid_to_seq", BigInteger, nullable=False),
+        Index(f"ix_{table.name}_history_valid_to_seq", "valid_to_seq"),
+        **MYSQL_TABLE,
+    )
+
+
+#: Versioned table name -> its history table.
+HISTORY = {table.name: _history(table) for table in VERSIONED_TABLES}
+
 __all__ = [
+    "HISTORY",
     "TRAJECTORY_CHILD_TABLES",
+    "VERSIONED_TABLES",
     "VERSION_TABLE",
     "agent_outputs",
     "blobs",
+    "commit_log",
     "environment_feedbacks",
     "game_state_parts",
     "game_states",
+    "log_head",
     "metadata",
     "steps",
     "trajectories",

@@ -19,8 +19,6 @@ SPEC = ROOT / "docs" / "spec" / "database.rst"
 SHARED_SPEC = ROOT.parent / "shared" / "spec" / "database.rst"
 SPEC_IMPORT = "from fle.commons.db_client import DatabaseClient"
 OUR_IMPORT = "from fle_db import DatabaseClient"
-#: Examples for features that later issues deliver; everything else must run now.
-NOT_YET = {"Example Backup": "backups land with issue 4"}
 
 
 def spec_examples() -> list[tuple[str, str]]:
@@ -90,14 +88,13 @@ def _environment(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_spec_examples_run_in_order_on_the_configured_backend(
-    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     _environment(db_url, monkeypatch)
+    monkeypatch.setenv("FLE_DB_BACKUP_DIR", str(tmp_path / "backups"))
     namespace: dict[str, object] = {}
     ran = []
     for title, code in spec_examples():
-        if title in NOT_YET:
-            continue
         assert "fle.commons" not in code.replace(SPEC_IMPORT, OUR_IMPORT)
         exec(compile(code.replace(SPEC_IMPORT, OUR_IMPORT), f"<spec: {title}>", "exec"), namespace)
         ran.append(title)
@@ -111,4 +108,5 @@ def test_spec_examples_run_in_order_on_the_configured_backend(
     assert [s["action"] for s in db.load_steps("t1")] == ["action1", "action2", "action3"]  # type: ignore[attr-defined]
     assert db.settings.max_connections == 10 and db.settings.connection_timeout == 30  # type: ignore[attr-defined]
     assert "Total trajectories: 2" in out and "Total steps: 4" in out and "Connection count: " in out
-    assert len(ran) == len(spec_examples()) - len(NOT_YET)
+    assert "Backup created: " in out and len(list((tmp_path / "backups").glob("*.json"))) == 2  # + safety backup
+    assert len(ran) == len(spec_examples())

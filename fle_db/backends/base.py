@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -159,6 +160,30 @@ class MigrationStatus:
             "pending": list(self.pending),
             "up_to_date": self.up_to_date,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPoint:
+    """One commit of the log: its sequence number and instant (epoch microseconds, UTC)."""
+
+    seq: int
+    committed_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole database as committed at :attr:`head`, read in one consistent transaction.
+
+    ``rows(name)`` streams a table's rows as chunks of column dicts: the stored tables (in an
+    order safe to insert chunk by chunk), their ``*_history`` twins and ``commit_log``;
+    ``count(name)`` counts them. Valid only inside the backend's :meth:`Backend.snapshot` block.
+    """
+
+    head: CommitPoint
+    horizon: CommitPoint
+    revision: str | None
+    rows: Callable[[str], Iterator[list[dict[str, Any]]]]
+    count: Callable[[str], int]
 
 
 class Backend(ABC):
@@ -365,3 +390,45 @@ class Backend(ABC):
     @abstractmethod
     def load_metadata(self, trajectory_id: str) -> list[StoredRecord]:
         """A trajectory's metadata rows in key order."""
+
+    # -- point in time, backups and copies ------------------------------------------------
+    @abstractmethod
+    def recovery_window(self) -> tuple[CommitPoint, CommitPoint]:
+        """``(horizon, latest)``: the oldest and newest commits a point-in-time read can reach."""
+
+    @abstractmethod
+    def commit_at(self, at_us: int) -> CommitPoint:
+        """The newest commit at or before ``at_us`` (epoch microseconds).
+
+        Raises:
+            ValidationError: ``at_us`` is before the recovery window's horizon or in the future.
+        """
+
+    @abstractmethod
+    def snapshot(self, seq: int | None = None) -> AbstractContextManager[Snapshot]:
+        """A consistent read of everything as committed at ``seq`` (None: now). Read-only."""
+
+    @abstractmethod
+    def load_snapshot(
+        self, snapshot: Snapshot, replace: bool, progress: Callable[[str, int], None] | None = None
+    ) -> dict[str, int]:
+        """Write ``snapshot`` (from this or another backend) into this database in one transaction.
+
+        ``replace=False``: this database must be empty (ConflictError otherwise) and becomes an
+        exact copy, history and commit log included. ``replace=True``: one new commit makes the
+        snapshot's rows current, archiving what was here (so this database's own history, and
+        point-in-time reads of it, stay intact). ``progress(table, rows)`` is called per chunk.
+        Returns the rows written per table."""
+
+    @abstractmethod
+    def rewind(self, seq: int) -> dict[str, int]:
+        """One new commit that makes the data equal to its state at ``seq``; history is kept, so
+        the rewind itself can be undone. Returns the rows changed per table.
+
+        Raises:
+            ValidationError: ``seq`` is outside the recovery window."""
+
+    @abstractmethod
+    def prune_history(self, before_us: int) -> dict[str, int]:
+        """Move the recovery horizon to the newest commit at or before ``before_us`` and delete
+        history nothing after it needs. Idempotent. Returns the rows deleted per table."""

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, text
+from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, event, func, text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import URL
 
@@ -89,6 +89,8 @@ class MySQLBackend(SQLBackend):
     dialect_insert = staticmethod(mysql_insert)
     # Reads in autocommit: every consistent read is one statement (see SQLBackend._read).
     read_isolation = "AUTOCOMMIT"
+    # A backup or copy reads every table in one snapshot (InnoDB: from its first read on).
+    snapshot_isolation = "REPEATABLE READ"
     # InnoDB checks foreign keys row by row, within a statement too.
     unlink_bases_before_delete = True
 
@@ -216,8 +218,16 @@ class MySQLBackend(SQLBackend):
     def _upsert_metadata_value(self) -> Any:
         stmt = mysql_insert(trajectory_metadata)
         return stmt.on_duplicate_key_update(
-            codec=stmt.inserted.codec, body=stmt.inserted.body, updated_at=stmt.inserted.updated_at
+            codec=stmt.inserted.codec,
+            body=stmt.inserted.body,
+            updated_at=stmt.inserted.updated_at,
+            valid_from_seq=stmt.inserted.valid_from_seq,
         )
+
+    def _clock(self) -> ColumnElement[int]:
+        """The server's clock, in microseconds: writers on many hosts share one time line for the
+        commit log."""
+        return cast(func.floor(func.unix_timestamp(func.now(6)) * 1_000_000), BigInteger)
 
     @contextmanager
     def _migration_lock(self, conn: Connection) -> Iterator[None]:

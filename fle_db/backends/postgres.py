@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, Table, create_engine, text
+from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, extract, func, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -43,6 +43,8 @@ class PostgresBackend(SQLBackend):
     dialect_insert = staticmethod(pg_insert)
     # Reads in autocommit: no BEGIN/ROLLBACK round trips around a one-statement read.
     read_isolation = "AUTOCOMMIT"
+    # A backup or copy reads every table in one snapshot.
+    snapshot_isolation = "REPEATABLE READ"
 
     @classmethod
     def url_from_options(cls, options: ConnectionOptions) -> URL:
@@ -71,6 +73,10 @@ class PostgresBackend(SQLBackend):
                 "options": f"-c synchronous_commit={SYNCHRONOUS_COMMIT[settings.durability]}",
             },
         )
+
+    def _clock(self) -> ColumnElement[int]:
+        """The server's clock: writers on many hosts share one time line for the commit log."""
+        return cast(func.floor(extract("epoch", func.clock_timestamp()) * 1_000_000), BigInteger)
 
     @contextmanager
     def _pipeline(self, conn: Connection) -> Iterator[None]:

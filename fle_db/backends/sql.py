@@ -18,17 +18,22 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
     Connection,
     Engine,
     Table,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
+    insert,
     null,
     select,
     tuple_,
@@ -47,27 +52,36 @@ from ..errors import (
     FleDBError,
     NotFoundError,
     StorageFullError,
+    ValidationError,
 )
 from ..schema import (
+    HISTORY,
     TRAJECTORY_CHILD_TABLES,
+    VERSIONED_TABLES,
     agent_outputs,
     blobs,
+    commit_log,
     environment_feedbacks,
     game_state_parts,
     game_states,
+    log_head,
+    metadata,
     steps,
     trajectories,
     trajectory_metadata,
 )
 from ..storage.codec import CODEC_JSON
 from ..storage.engine import CODEC_MANIFEST, EncodedState, StoredBlob, manifest_id
+from . import history
 from .base import (
     Backend,
     Blob,
     Checkpoint,
     CleanupCriteria,
+    CommitPoint,
     MigrationStatus,
     SaveResult,
+    Snapshot,
     StoredRecord,
     StoredState,
     StoredStep,
@@ -291,6 +305,26 @@ class SQLBackend(Backend):
             select(*_step_columns(steps)).where(steps.c.trajectory_id == bindparam("tid")).order_by(steps.c.step_number)
         )
         self._select_latest, self._select_state, self._select_states = _read_statements(dialect)
+        # The commit sequence: bump the one-row head (its row lock orders writers), log the commit,
+        # read the number back (UPDATE ... RETURNING is not portable). Commit instants strictly
+        # increase even when the clock steps back.
+        clock = self._clock()
+        self._raw_bump = _Raw(
+            update(log_head)
+            .where(log_head.c.id == 1)
+            .values(
+                seq=log_head.c.seq + 1,
+                committed_at=case((log_head.c.committed_at >= clock, log_head.c.committed_at + 1), else_=clock),
+            ),
+            dialect,
+        )
+        self._raw_log = _Raw(
+            insert(commit_log).from_select(
+                ["seq", "committed_at"], select(log_head.c.seq, log_head.c.committed_at).where(log_head.c.id == 1)
+            ),
+            dialect,
+        )
+        self._raw_head = _Raw(select(log_head.c.seq).where(log_head.c.id == 1), dialect)
 
     # -- dialect hooks --------------------------------------------------------------------
     @abstractmethod
@@ -322,7 +356,12 @@ class SQLBackend(Backend):
         row = self.dialect_insert(trajectory_metadata)
         return row.on_conflict_do_update(
             index_elements=[trajectory_metadata.c.trajectory_id, trajectory_metadata.c.key],
-            set_={"codec": row.excluded.codec, "body": row.excluded.body, "updated_at": row.excluded.updated_at},
+            set_={
+                "codec": row.excluded.codec,
+                "body": row.excluded.body,
+                "updated_at": row.excluded.updated_at,
+                "valid_from_seq": row.excluded.valid_from_seq,
+            },
         )
 
     @contextmanager
@@ -339,6 +378,12 @@ class SQLBackend(Backend):
     #: that checks foreign keys row by row (InnoDB) would refuse to delete a keyframe before the
     #: deltas that name it, in one DELETE.
     unlink_bases_before_delete = False
+
+    def _clock(self) -> ColumnElement[int]:
+        """Now, in integer microseconds, as a SQL expression: by default the client's clock,
+        bound as ``now`` (one writer machine); a server backend uses the server's clock, shared
+        by every writer host."""
+        return bindparam("now", type_=BigInteger)
 
     # -- connections and errors -----------------------------------------------------------
     @contextmanager
@@ -427,6 +472,21 @@ class SQLBackend(Backend):
                 conn.execution_options(isolation_level=self.read_isolation)
             yield conn
 
+    @contextmanager
+    def _commit(self) -> Iterator[tuple[Connection, int]]:
+        """A write transaction that changes stored data: yields the connection and the commit's
+        sequence number, which every row it writes carries (see :mod:`.history`)."""
+        with self._write() as conn:
+            yield conn, self._next_seq(conn)
+
+    def _next_seq(self, conn: Connection) -> int:
+        with self._pipeline(conn):
+            sent = [self._raw_bump.start(conn, [{"now": now_us()}]), self._raw_log.start(conn, [{}])]
+            seq = self._raw_head.fetch(conn, {})[0][0]
+        for cursor in sent:
+            _rowcount(cursor)
+        return int(seq)
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -451,11 +511,18 @@ class SQLBackend(Backend):
         return pending
 
     # -- writes ---------------------------------------------------------------------------
-    def _ensure_trajectories(self, conn: Connection, ids: Sequence[str], now: int) -> None:
+    def _ensure_trajectories(self, conn: Connection, ids: Sequence[str], now: int, seq: int) -> None:
         self._raw_trajectory.run(
             conn,
             [
-                {"id": tid, "codec": CODEC_JSON, "body": _EMPTY_BODY, "created_at": now, "updated_at": now}
+                {
+                    "id": tid,
+                    "codec": CODEC_JSON,
+                    "body": _EMPTY_BODY,
+                    "created_at": now,
+                    "updated_at": now,
+                    "valid_from_seq": seq,
+                }
                 for tid in ids
             ],
         )
@@ -463,10 +530,10 @@ class SQLBackend(Backend):
     @_idempotent
     def save_trajectory(self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]) -> None:
         now = now_us()
-        with self._write() as conn:
+        with self._commit() as (conn, seq):
             # Create-if-missing, then lock the row: concurrent savers of one id serialise here and
             # each merges into what the previous one committed.
-            self._ensure_trajectories(conn, [trajectory_id], now)
+            self._ensure_trajectories(conn, [trajectory_id], now, seq)
             old = conn.execute(
                 select(trajectories.c.codec, trajectories.c.body)
                 .where(trajectories.c.id == trajectory_id)
@@ -475,9 +542,11 @@ class SQLBackend(Backend):
             row = build((old.codec, old.body))
             if row.parent_trajectory_id is not None:
                 self._check_fork_point(conn, row)
+            this = trajectories.c.id == trajectory_id
+            history.archive(conn, trajectories, this, seq)
             conn.execute(
                 update(trajectories)
-                .where(trajectories.c.id == trajectory_id)
+                .where(this)
                 .values(
                     agent_type=row.agent_type,
                     task=row.task,
@@ -488,6 +557,7 @@ class SQLBackend(Backend):
                     codec=row.body.codec,
                     body=row.body.body,
                     updated_at=now,
+                    valid_from_seq=seq,
                 )
             )
 
@@ -517,40 +587,9 @@ class SQLBackend(Backend):
         if not checkpoints:
             return []
         now = now_us()
-        step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
-        record_rows = {
-            part: [
-                {
-                    "trajectory_id": cp.trajectory_id,
-                    "step_number": cp.step_number,
-                    "digest": blob.digest,
-                    "codec": blob.codec,
-                    "body": blob.body,
-                    "base_step_number": blob.base,
-                    "created_at": now,
-                }
-                for cp in checkpoints
-                if (blob := getattr(cp, part)) is not None
-            ]
-            for part in _STEP_RECORDS
-        }
         existed: set[tuple[str, int]] = set()
-        with self._write() as conn:
-            # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
-            # of the immutable records are read after it, and only a shortfall costs a query.
-            with self._pipeline(conn):
-                self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now)
-                states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
-                if states:
-                    self._insert_states(conn, list(states.values()), now)
-                counted = [(self._raw_step.start(conn, step_rows), steps, step_rows, "step")]
-                for part, table in _STEP_RECORDS.items():
-                    rows = record_rows[part]
-                    counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
-            for cursor, table, rows, what in counted:
-                inserted = _rowcount(cursor)
-                if inserted != len(rows):
-                    existed |= self._verify_stored(conn, table, rows, now, what)
+        with self._commit() as (conn, seq):
+            self._save_checkpoints(conn, checkpoints, now, seq, existed)
         return [
             SaveResult(
                 cp.trajectory_id,
@@ -561,7 +600,45 @@ class SQLBackend(Backend):
             for cp in checkpoints
         ]
 
-    def _insert_states(self, conn: Connection, states: Sequence[EncodedState], now: int) -> None:
+    def _save_checkpoints(
+        self, conn: Connection, checkpoints: Sequence[Checkpoint], now: int, seq: int, existed: set[tuple[str, int]]
+    ) -> None:
+        """Insert the checkpoints' rows as commit ``seq``; adds the keys stored before to ``existed``."""
+        step_rows = [self._step_values(cp, now, seq) for cp in checkpoints if cp.step is not None]
+        record_rows = {
+            part: [
+                {
+                    "trajectory_id": cp.trajectory_id,
+                    "step_number": cp.step_number,
+                    "digest": blob.digest,
+                    "codec": blob.codec,
+                    "body": blob.body,
+                    "base_step_number": blob.base,
+                    "created_at": now,
+                    "valid_from_seq": seq,
+                }
+                for cp in checkpoints
+                if (blob := getattr(cp, part)) is not None
+            ]
+            for part in _STEP_RECORDS
+        }
+        # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
+        # of the immutable records are read after it, and only a shortfall costs a query.
+        with self._pipeline(conn):
+            self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now, seq)
+            states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
+            if states:
+                self._insert_states(conn, list(states.values()), now, seq)
+            counted = [(self._raw_step.start(conn, step_rows), steps, step_rows, "step")]
+            for part, table in _STEP_RECORDS.items():
+                rows = record_rows[part]
+                counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
+        for cursor, table, rows, what in counted:
+            inserted = _rowcount(cursor)
+            if inserted != len(rows):
+                existed |= self._verify_stored(conn, table, rows, now, what)
+
+    def _insert_states(self, conn: Connection, states: Sequence[EncodedState], now: int, seq: int) -> None:
         """Insert states, their part links and blobs: keyframes (upserted full) before deltas."""
         keyframes: dict[str, dict[str, Any]] = {}
         deltas: dict[str, dict[str, Any]] = {}
@@ -575,6 +652,7 @@ class SQLBackend(Backend):
                     "raw_size": b.raw_size,
                     "checksum": b.checksum,
                     "created_at": now,
+                    "valid_from_seq": seq,
                 }
                 (deltas if b.base_id is not None else keyframes)[b.id] = row
         for blob_id in keyframes.keys() & deltas.keys():
@@ -584,17 +662,28 @@ class SQLBackend(Backend):
         self._raw_state.run(
             conn,
             [
-                {"id": s.id, "codec": CODEC_MANIFEST, "body": b"", "raw_size": s.raw_size, "created_at": now}
+                {
+                    "id": s.id,
+                    "codec": CODEC_MANIFEST,
+                    "body": b"",
+                    "raw_size": s.raw_size,
+                    "created_at": now,
+                    "valid_from_seq": seq,
+                }
                 for s in states
             ],
         )
         self._raw_part.run(
             conn,
-            [{"state_id": s.id, "key": key, "blob_id": blob_id} for s in states for key, blob_id in s.parts],
+            [
+                {"state_id": s.id, "key": key, "blob_id": blob_id, "valid_from_seq": seq}
+                for s in states
+                for key, blob_id in s.parts
+            ],
         )
 
     @staticmethod
-    def _step_values(cp: Checkpoint, now: int) -> dict[str, Any]:
+    def _step_values(cp: Checkpoint, now: int, seq: int) -> dict[str, Any]:
         step = cp.step
         assert step is not None
         return {
@@ -609,6 +698,7 @@ class SQLBackend(Backend):
             "body": step.body.body,
             "base_step_number": step.body.base,
             "created_at": now,
+            "valid_from_seq": seq,
         }
 
     def _verify_stored(
@@ -645,14 +735,20 @@ class SQLBackend(Backend):
 
     @_idempotent
     def save_game_state(self, state: EncodedState) -> None:
-        with self._write() as conn:
-            self._insert_states(conn, [state], now_us())
+        with self._commit() as (conn, seq):
+            self._insert_states(conn, [state], now_us(), seq)
 
     @_idempotent
     def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
         now = now_us()
-        with self._write() as conn:
-            self._ensure_trajectories(conn, [trajectory_id], now)
+        with self._commit() as (conn, seq):
+            self._ensure_trajectories(conn, [trajectory_id], now, seq)
+            history.archive(
+                conn,
+                trajectory_metadata,
+                and_(trajectory_metadata.c.trajectory_id == trajectory_id, trajectory_metadata.c.key == key),
+                seq,
+            )
             conn.execute(
                 self._upsert_metadata,
                 {
@@ -661,11 +757,12 @@ class SQLBackend(Backend):
                     "codec": value.codec,
                     "body": value.body,
                     "updated_at": now,
+                    "valid_from_seq": seq,
                 },
             )
 
     def delete_trajectory(self, trajectory_id: str, cascade: bool) -> list[str]:
-        with self._write() as conn:
+        with self._commit() as (conn, seq):
             if not self._exists(conn, trajectory_id):
                 raise NotFoundError(f"trajectory {trajectory_id!r} does not exist")
             order, frontier = [trajectory_id], [trajectory_id]
@@ -682,16 +779,16 @@ class SQLBackend(Backend):
                 frontier = forks
             tally: Counter[str] = Counter()
             for tid in reversed(order):  # forks before their parents (foreign keys)
-                self._delete_one(conn, tid, tally)
+                self._delete_one(conn, tid, seq, tally)
         return order
 
     def cleanup(self, criteria: CleanupCriteria, dry_run: bool) -> dict[str, Any]:
-        with self._write() as conn:
+        with self._commit() as (conn, seq):
             selected = self._select_for_cleanup(conn, criteria)
             doomed, kept = self._lineage_safe(conn, selected)
             tally: Counter[str] = Counter()
             for tid in doomed:
-                self._delete_one(conn, tid, tally, measure=True)
+                self._delete_one(conn, tid, seq, tally, measure=True)
             if dry_run:
                 conn.rollback()
         return {
@@ -761,7 +858,7 @@ class SQLBackend(Backend):
         )
         return list(dict.fromkeys([*forks.scalars(), *children.scalars()]))
 
-    def _delete_one(self, conn: Connection, tid: str, tally: Counter[str], measure: bool = False) -> None:
+    def _delete_one(self, conn: Connection, tid: str, seq: int, tally: Counter[str], measure: bool = False) -> None:
         """Delete one trajectory's rows and the states and blobs nothing else uses, adding the
         rows removed to ``tally`` (and, with ``measure``, their payload bytes: one more query per
         table, which only cleanup's report needs)."""
@@ -774,18 +871,22 @@ class SQLBackend(Backend):
         )
         for table in (*TRAJECTORY_CHILD_TABLES, trajectories):
             key = table.c.id if table is trajectories else table.c.trajectory_id
-            if self.unlink_bases_before_delete and "base_step_number" in table.c:
-                conn.execute(
-                    update(table).where(key == tid, table.c.base_step_number.is_not(None)).values(base_step_number=None)
-                )
             if measure:
                 tally["bytes"] += conn.execute(
                     select(func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
                 ).scalar_one()
-            tally[table.name] += conn.execute(delete(table).where(key == tid)).rowcount
-        self._collect_garbage(conn, state_ids, tally)
+            if self.unlink_bases_before_delete and "base_step_number" in table.c:
+                # Archive the rows as they are, then cut their delta links, then delete them.
+                history.archive(conn, table, key == tid, seq)
+                conn.execute(
+                    update(table).where(key == tid, table.c.base_step_number.is_not(None)).values(base_step_number=None)
+                )
+                tally[table.name] += conn.execute(delete(table).where(key == tid)).rowcount
+            else:
+                tally[table.name] += history.retire(conn, table, key == tid, seq)
+        self._collect_garbage(conn, state_ids, seq, tally)
 
-    def _collect_garbage(self, conn: Connection, state_ids: list[str], tally: Counter[str]) -> None:
+    def _collect_garbage(self, conn: Connection, state_ids: list[str], seq: int, tally: Counter[str]) -> None:
         """Delete the given states that no step uses any more, then their blobs that no state
         uses and no delta needs as base (deltas first, then the keyframes they freed)."""
         for i in range(0, len(state_ids), _VERIFY_CHUNK):
@@ -804,8 +905,8 @@ class SQLBackend(Backend):
                     select(game_state_parts.c.blob_id).where(game_state_parts.c.state_id.in_(orphans))
                 ).scalars()
             )
-            conn.execute(delete(game_state_parts).where(game_state_parts.c.state_id.in_(orphans)))
-            conn.execute(delete(game_states).where(game_states.c.id.in_(orphans)))
+            history.retire(conn, game_state_parts, game_state_parts.c.state_id.in_(orphans), seq)
+            history.retire(conn, game_states, game_states.c.id.in_(orphans), seq)
             tally["game_states"] += len(orphans)
             dependent = blobs.alias("dependent")
             while blob_ids:
@@ -817,7 +918,7 @@ class SQLBackend(Backend):
                     )
                 ).all()
                 if unused:
-                    conn.execute(delete(blobs).where(blobs.c.id.in_([row[0] for row in unused])))
+                    history.retire(conn, blobs, blobs.c.id.in_([row[0] for row in unused]), seq)
                 tally["blobs"] += len(unused)
                 tally["bytes"] += sum(row[2] for row in unused)
                 blob_ids = {row[1] for row in unused if row[1] is not None}
@@ -898,7 +999,16 @@ class SQLBackend(Backend):
                 try:
                     self._raw_trajectory.run(
                         conn,
-                        [{"id": probe, "codec": CODEC_JSON, "body": _EMPTY_BODY, "created_at": 0, "updated_at": 0}],
+                        [
+                            {
+                                "id": probe,
+                                "codec": CODEC_JSON,
+                                "body": _EMPTY_BODY,
+                                "created_at": 0,
+                                "updated_at": 0,
+                                "valid_from_seq": 0,
+                            }
+                        ],
                     )
                     if not self._exists(conn, probe):
                         return {"status": "failing", "detail": "a row written was not read back"}
@@ -1173,3 +1283,166 @@ class SQLBackend(Backend):
                 .order_by(table.c.key)
             ).all()
         return [StoredRecord(*row) for row in rows]
+
+    # -- point in time, backups and copies ------------------------------------------------
+    #: Isolation level of :meth:`snapshot` reads (None: the engine's, which must already give one
+    #: snapshot per transaction, as SQLite's WAL does).
+    snapshot_isolation: str | None = None
+    #: Rows per chunk when streaming a snapshot.
+    snapshot_chunk_rows = 500
+
+    def _head(self, conn: Connection) -> tuple[CommitPoint, CommitPoint]:
+        row = conn.execute(
+            select(log_head.c.seq, log_head.c.committed_at, log_head.c.horizon_seq, log_head.c.horizon_at).where(
+                log_head.c.id == 1
+            )
+        ).one()
+        return CommitPoint(row.horizon_seq, row.horizon_at), CommitPoint(row.seq, row.committed_at)
+
+    @_idempotent
+    def recovery_window(self) -> tuple[CommitPoint, CommitPoint]:
+        with self._read() as conn:
+            return self._head(conn)
+
+    def _commit_at(self, conn: Connection, at_us: int) -> CommitPoint:
+        horizon, latest = self._head(conn)
+        if at_us < horizon.committed_at:
+            raise ValidationError(
+                f"{_instant(at_us)} is before the recovery window, which starts at "
+                f"{_instant(horizon.committed_at)} (history older than pitr_retention is pruned)"
+            )
+        if at_us > max(now_us(), latest.committed_at):
+            raise ValidationError(
+                f"{_instant(at_us)} is in the future; the latest commit is {_instant(latest.committed_at)}"
+            )
+        row = conn.execute(
+            select(commit_log.c.seq, commit_log.c.committed_at)
+            .where(commit_log.c.committed_at <= at_us)
+            .order_by(commit_log.c.committed_at.desc())
+            .limit(1)
+        ).one()
+        return CommitPoint(row.seq, row.committed_at)
+
+    @_idempotent
+    def commit_at(self, at_us: int) -> CommitPoint:
+        with self._read() as conn:
+            return self._commit_at(conn, at_us)
+
+    def _check_seq(self, conn: Connection, seq: int) -> CommitPoint:
+        horizon, latest = self._head(conn)
+        if not horizon.seq <= seq <= latest.seq:
+            raise ValidationError(
+                f"commit {seq} is outside the recovery window (commits {horizon.seq} to {latest.seq})"
+            )
+        at = conn.execute(select(commit_log.c.committed_at).where(commit_log.c.seq == seq)).scalar_one()
+        return CommitPoint(seq, at)
+
+    @contextmanager
+    def snapshot(self, seq: int | None = None) -> Iterator[Snapshot]:
+        with self._translate(), self.engine.connect() as conn:
+            if self.snapshot_isolation is not None:
+                conn.execution_options(isolation_level=self.snapshot_isolation)
+            with conn.begin():
+                horizon, head = self._head(conn)  # the first read fixes the snapshot
+                if seq is not None:
+                    head = self._check_seq(conn, seq)
+                tables = {table.name: table for table in VERSIONED_TABLES}
+                sources = {
+                    **{name: history.rows_at(table, seq) for name, table in tables.items()},
+                    **{HISTORY[name].name: history.history_at(table, seq) for name, table in tables.items()},
+                    commit_log.name: select(commit_log).where(commit_log.c.seq <= head.seq),
+                }
+
+                def rows(name: str) -> Iterator[list[dict[str, Any]]]:
+                    result = conn.execution_options(yield_per=self.snapshot_chunk_rows).execute(sources[name])
+                    for chunk in result.mappings().partitions():
+                        yield [dict(row) for row in chunk]
+
+                def count(name: str) -> int:
+                    return int(conn.execute(select(func.count()).select_from(sources[name].subquery())).scalar_one())
+
+                yield Snapshot(head, horizon, migrations.current_revision(conn), rows, count)
+
+    def load_snapshot(
+        self, snapshot: Snapshot, replace: bool, progress: Callable[[str, int], None] | None = None
+    ) -> dict[str, int]:
+        written: Counter[str] = Counter()
+        lineage: list[dict[str, Any]] = []
+        with self._write() as conn:
+            if replace:
+                seq = self._next_seq(conn)
+                history.delete_all(conn, seq)
+                names = [table.name for table in VERSIONED_TABLES]
+            else:
+                self._require_empty(conn)
+                seq = None
+                conn.execute(delete(commit_log))
+                names = [table.name for table in VERSIONED_TABLES] + [HISTORY[t.name].name for t in VERSIONED_TABLES]
+                names.append(commit_log.name)
+            for name in names:
+                table = metadata.tables[name]
+                for done in history.load_rows(conn, table, snapshot.rows(name), seq, lineage):
+                    written[str(name)] += done
+                    if progress is not None:
+                        progress(name, done)
+            history.link_lineage(conn, lineage)
+            if not replace:
+                conn.execute(
+                    update(log_head)
+                    .where(log_head.c.id == 1)
+                    .values(
+                        seq=snapshot.head.seq,
+                        committed_at=snapshot.head.committed_at,
+                        horizon_seq=snapshot.horizon.seq,
+                        horizon_at=snapshot.horizon.committed_at,
+                    )
+                )
+        return dict(written)
+
+    def _require_empty(self, conn: Connection) -> None:
+        seq = conn.execute(select(log_head.c.seq).where(log_head.c.id == 1)).scalar_one()
+        used = [
+            t.name
+            for t in (*VERSIONED_TABLES, *HISTORY.values())
+            if conn.execute(select(exists().select_from(t))).scalar()
+        ]
+        if seq != 0 or used:
+            raise ConflictError(
+                f"{self.settings.safe_url()} is not empty ({', '.join(used) or f'{seq} commits'}): "
+                "a copy or restore goes into an empty database only"
+            )
+
+    def rewind(self, seq: int) -> dict[str, int]:
+        with self._write() as conn:
+            # Take the next commit first: its lock on log_head keeps every other writer out.
+            new_seq = self._next_seq(conn)
+            self._check_seq(conn, seq)
+            return history.rewind(conn, seq, new_seq)
+
+    def prune_history(self, before_us: int) -> dict[str, int]:
+        deleted: dict[str, int] = {}
+        with self._write() as conn:
+            conn.execute(update(log_head).where(log_head.c.id == 1).values(seq=log_head.c.seq))  # lock the head
+            horizon, latest = self._head(conn)
+            point = conn.execute(
+                select(commit_log.c.seq, commit_log.c.committed_at)
+                .where(commit_log.c.committed_at <= min(before_us, latest.committed_at))
+                .order_by(commit_log.c.committed_at.desc())
+                .limit(1)
+            ).first()
+            if point is None or point.seq <= horizon.seq:
+                return deleted
+            for table in HISTORY.values():
+                gone = conn.execute(delete(table).where(table.c.valid_to_seq <= point.seq))
+                deleted[str(table.name)] = int(gone.rowcount)
+            gone = conn.execute(delete(commit_log).where(commit_log.c.seq < point.seq))
+            deleted[str(commit_log.name)] = int(gone.rowcount)
+            conn.execute(
+                update(log_head).where(log_head.c.id == 1).values(horizon_seq=point.seq, horizon_at=point.committed_at)
+            )
+        return deleted
+
+
+def _instant(at_us: int) -> str:
+    """Epoch microseconds as ISO 8601 UTC, for messages."""
+    return datetime.fromtimestamp(at_us / 1_000_000, tz=UTC).isoformat()

@@ -1,0 +1,453 @@
+"""Backups, restores, point-in-time recovery and whole-database copies, on every backend alike.
+
+One mechanism underlies all of them: a backend's :meth:`~fle_db.backends.base.Backend.snapshot`
+(every table read in one consistent transaction, optionally as of a past commit) written into
+another database by :meth:`~fle_db.backends.base.Backend.load_snapshot`.
+
+* A **backup** is a snapshot written into a new SQLite file: portable (a PostgreSQL backup
+  restores into SQLite and back), openable with any SQLite tool, and carrying the history and
+  commit log, so point-in-time recovery still reaches back from a restored backup. It is written
+  under a temporary name, checked (``PRAGMA integrity_check``, then fle-db's own ``validate``:
+  every blob's checksum and digest, which ``integrity_check`` cannot see), fsynced and renamed;
+  its manifest (``<id>.json``: row counts, SHA-256, schema revision, commit) is written last, the
+  same way. A backup without a manifest is not listed; a stopped backup leaves only ``*.tmp``
+  files, removed by the next backup.
+* A **restore** checks the file's SHA-256 and validates a working copy (migrated forward if the
+  backup is older) before it touches the live database, takes a safety backup, then makes the
+  backup's rows current in one transaction. The live database's history is kept, so the restore
+  itself can be undone with :func:`restore_to`.
+* **Point-in-time recovery** needs no server configuration: see :mod:`fle_db.backends.history`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..backends import Backend, open_backend
+from ..config import Settings
+from ..errors import ConfigurationError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
+from ..migrations import latest_revision
+
+log = logging.getLogger("fle_db")
+
+MANIFEST_FORMAT = "fle-db-backup/1"
+#: ``progress(table, rows_just_written, rows_of_that_table)``
+Progress = Callable[[str, int, int], None]
+
+
+def parse_instant(value: Any) -> int:
+    """An instant as epoch microseconds, from a timezone-aware ``datetime``, an ISO 8601 string
+    with an offset (``2026-11-27T20:15:00Z``), or epoch seconds (int or float).
+
+    Raises:
+        ValidationError: anything else, including naive times (ambiguous: which zone?).
+    """
+    if isinstance(value, bool):
+        raise ValidationError(f"a point in time must be a datetime, ISO 8601 string or epoch seconds, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not 0 <= value < 1e11:
+            raise ValidationError(f"epoch seconds out of range: {value!r}")
+        return round(value * 1_000_000)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(f"not an ISO 8601 time: {value!r}") from None
+    if not isinstance(value, datetime):
+        raise ValidationError(f"a point in time must be a datetime, ISO 8601 string or epoch seconds, got {value!r}")
+    if value.tzinfo is None:
+        raise ValidationError(f"{value.isoformat()} has no time zone; give an offset (e.g. 'Z' or '+00:00')")
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+
+
+def _iso(at_us: int) -> str:
+    return datetime.fromtimestamp(at_us / 1_000_000, tz=UTC).isoformat()
+
+
+@contextmanager
+def open_database(settings: Settings, url: str, migrate: bool = True) -> Iterator[Backend]:
+    """A backend on ``url`` (a URL, or a path for a SQLite file) with ``settings``' other
+    options, migrated to this library's schema unless ``migrate=False``; closed on exit."""
+    target = url if "://" in url else f"sqlite:///{Path(url).expanduser().resolve()}"
+    backend = open_backend(settings.with_url(target))
+    try:
+        if migrate:
+            backend.migrate()
+        yield backend
+    finally:
+        backend.close()
+
+
+def copy_database(
+    source: Backend, target: Backend, seq: int | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Copy everything of ``source`` (as committed at ``seq``; None: now) into the empty
+    ``target``, history and commit log included, in one target transaction.
+
+    Raises:
+        ConflictError: ``target`` is not empty.
+        SchemaVersionError: ``source`` is not at this library's schema revision (migrate it).
+    """
+    with source.snapshot(seq) as snap:
+        if snap.revision != latest_revision():
+            raise SchemaVersionError(
+                f"the source database is at schema revision {snap.revision!r}, "
+                f"not {latest_revision()!r}: migrate it first"
+            )
+        totals: dict[str, int] = {}
+
+        def tell(table: str, rows: int) -> None:
+            assert progress is not None
+            if table not in totals:
+                totals[table] = snap.count(table)
+            progress(table, rows, totals[table])
+
+        rows = target.load_snapshot(snap, replace=False, progress=tell if progress is not None else None)
+        commit = {"seq": snap.head.seq, "committed_at": _iso(snap.head.committed_at)}
+    return {"rows": rows, "commit": commit}
+
+
+def restore_to(
+    backend: Backend, settings: Settings, at: Any, target: str | None, store: BackupStore | None
+) -> dict[str, Any]:
+    """The database exactly as committed at ``at`` (see :func:`parse_instant`): into ``target``
+    (a new SQLite path or the URL of an empty database) or, with ``target=None``, in place as one
+    new commit after a safety backup into ``store``."""
+    at_us = parse_instant(at)
+    point = backend.commit_at(at_us)
+    report: dict[str, Any] = {"at": _iso(at_us), "commit": {"seq": point.seq, "committed_at": _iso(point.committed_at)}}
+    if target is None:
+        if store is not None:
+            report["safety_backup"] = store.create(backend)["id"]
+        report["rows_changed"] = backend.rewind(point.seq)
+        return report
+    if "://" not in target and Path(target).exists():
+        raise ValidationError(f"restore target {target!r} exists; give a new SQLite path or an empty database's URL")
+    with open_database(settings, target) as destination:
+        report["rows"] = copy_database(backend, destination, point.seq)["rows"]
+    report["target"] = target if "://" not in target else settings.with_url(target).safe_url()
+    return report
+
+
+class BackupStore:
+    """The backups of one database in one folder: ``<id>.db`` (SQLite) + ``<id>.json`` (manifest).
+
+    Safe across processes: creating, pruning and restoring hold an exclusive lock on the folder's
+    ``.lock`` file, so concurrent automated backups never interleave.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.folder = settings.backup_dir
+
+    # -- files -----------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._prepare()
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _sweep_partial(self) -> None:
+        """Remove what a stopped backup left (only ever called under the lock)."""
+        for pattern in ("*.db.tmp*", "*.json.tmp"):
+            for leftover in self.folder.glob(pattern):
+                log.warning("removing %s, left by a backup that was stopped", leftover)
+                leftover.unlink(missing_ok=True)
+
+    def _manifest(self, backup_id: str) -> dict[str, Any]:
+        if not backup_id or "/" in backup_id or backup_id.startswith("."):
+            raise ValidationError(f"not a backup id: {backup_id!r}")
+        path = self.folder / f"{backup_id}.json"
+        try:
+            manifest: dict[str, Any] = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise NotFoundError(f"no backup {backup_id!r} in {self.folder}") from None
+        except orjson.JSONDecodeError as exc:
+            raise DataIntegrityError(f"the manifest of backup {backup_id!r} is damaged: {exc}") from None
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise DataIntegrityError(f"backup {backup_id!r} has an unknown manifest format {manifest.get('format')!r}")
+        return manifest
+
+    # -- create ----------------------------------------------------------------------------
+    def create(self, backend: Backend) -> dict[str, Any]:
+        """Back up ``backend`` consistently (writers may keep writing); returns the manifest.
+
+        Raises:
+            DataIntegrityError: the written copy failed its checks (nothing is listed).
+        """
+        with self._locked():
+            return self._create(backend)
+
+    def _create(self, backend: Backend) -> dict[str, Any]:
+        """:meth:`create`, for a caller that holds the folder lock."""
+        self._sweep_partial()
+        now = time.time_ns() // 1000
+        backup_id = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
+        work = self.folder / f"{backup_id}.db.tmp"
+        started = time.perf_counter()
+        with open_database(self.settings, str(work)) as destination:
+            copied = copy_database(backend, destination)
+        checks = _verify_file(work)
+        _seal(work)
+        final = self.folder / f"{backup_id}.db"
+        digest = _sha256(work)
+        os.replace(work, final)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "id": backup_id,
+            "timestamp": _iso(now),
+            "backend": backend.name,
+            "source": self.settings.safe_url(),
+            "schema_version": latest_revision(),
+            "fle_db_version": version("fle-db"),
+            "size": final.stat().st_size,
+            "sha256": digest,
+            "rows": copied["rows"],
+            "commit": copied["commit"],
+            "verified": True,
+            "checks": checks,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        _write_atomic(self.folder / f"{backup_id}.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        _fsync_dir(self.folder)
+        log.info("backup %s of %s: %d bytes", backup_id, self.settings.safe_url(), manifest["size"])
+        return manifest
+
+    # -- read ------------------------------------------------------------------------------
+    def entries(self) -> list[dict[str, Any]]:
+        """Every complete backup, oldest first: ``id``, ``timestamp``, ``size``, ``backend``,
+        ``schema_version``, ``verified`` (checked when written, and its file is still there with
+        that size), ``path``, ``rows``, ``commit``."""
+        if not self.folder.is_dir():
+            return []
+        backups = []
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                manifest = self._manifest(path.stem)
+            except DataIntegrityError as exc:
+                log.warning("skipping %s: %s", path, exc)
+                continue
+            db = self.folder / f"{path.stem}.db"
+            present = db.is_file() and db.stat().st_size == manifest["size"]
+            backups.append({**manifest, "path": str(db), "verified": bool(manifest.get("verified")) and present})
+        return sorted(backups, key=lambda b: (b["timestamp"], b["id"]))
+
+    def verify(self, backup_id: str) -> dict[str, Any]:
+        """Re-check a backup fully (SHA-256, integrity, fle-db validation of a working copy).
+
+        Raises:
+            NotFoundError: no such backup. DataIntegrityError: it is damaged (the message says how).
+        """
+        manifest = self._manifest(backup_id)
+        with self._working_copy(manifest) as work:
+            checks = _verify_file(work)
+        return {"id": backup_id, "ok": True, "checks": checks}
+
+    @contextmanager
+    def _working_copy(self, manifest: dict[str, Any]) -> Iterator[Path]:
+        """A private copy of the backup file after its SHA-256 matched, removed on exit."""
+        source = self.folder / f"{manifest['id']}.db"
+        if not source.is_file():
+            raise DataIntegrityError(f"backup {manifest['id']!r}: its file {source} is missing")
+        self._prepare()
+        folder = Path(tempfile.mkdtemp(prefix=".work-", dir=self.folder))  # mode 0700
+        work = folder / f"{manifest['id']}.db"
+        try:
+            shutil.copyfile(source, work)
+            os.chmod(work, 0o600)
+            if _sha256(work) != manifest["sha256"]:
+                raise DataIntegrityError(f"backup {manifest['id']!r}: its file does not match the manifest's SHA-256")
+            yield work
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- restore ---------------------------------------------------------------------------
+    def restore(self, backend: Backend, backup_id: str, target: str | None = None) -> dict[str, Any]:
+        """Restore a backup into ``backend`` (``target=None``: after a safety backup, one new
+        commit makes the backup's data current) or into ``target`` (a new SQLite path or the URL
+        of an empty database: an exact copy, history included). A backup of an older schema is
+        migrated forward; a newer one is refused.
+
+        Raises:
+            NotFoundError, DataIntegrityError (checked before anything is touched),
+            SchemaVersionError (a newer fle-db made it).
+        """
+        manifest = self._manifest(backup_id)
+        with self._locked(), self._working_copy(manifest) as work:
+            checks = _verify_file(work)
+            report: dict[str, Any] = {"id": backup_id, "checks": checks}
+            with open_database(self.settings, str(work)) as source:
+                if target is None:
+                    report["safety_backup"] = self._create(backend)["id"]
+                    with source.snapshot() as snap:
+                        report["rows"] = backend.load_snapshot(snap, replace=True)
+                else:
+                    with open_database(self.settings, target) as destination:
+                        report["rows"] = copy_database(source, destination)["rows"]
+        return report
+
+    # -- retention -------------------------------------------------------------------------
+    def prune(self, keep: int | None = None, older_than: float | None = None) -> list[str]:
+        """Delete backups beyond the ``keep`` newest and those older than ``older_than`` seconds
+        (the newest backup is always kept). Returns the ids deleted."""
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise ValidationError(f"keep must be an integer >= 1, got {keep!r}")
+        if older_than is not None and (isinstance(older_than, bool) or not 0 <= older_than < float("inf")):
+            raise ValidationError(f"older_than must be seconds >= 0, got {older_than!r}")
+        if keep is None and older_than is None:
+            raise ValidationError("prune needs keep or older_than")
+        with self._locked():
+            backups = self.entries()
+            doomed = set()
+            if keep is not None:
+                doomed |= {b["id"] for b in backups[:-keep]}
+            if older_than is not None:
+                cutoff = time.time() - older_than
+                doomed |= {b["id"] for b in backups[:-1] if datetime.fromisoformat(b["timestamp"]).timestamp() < cutoff}
+            for backup_id in sorted(doomed):
+                (self.folder / f"{backup_id}.json").unlink(missing_ok=True)  # unlisted first
+                (self.folder / f"{backup_id}.db").unlink(missing_ok=True)
+            _fsync_dir(self.folder)
+        return sorted(doomed)
+
+    def newest_age(self) -> float | None:
+        """Seconds since the newest backup, None without any."""
+        backups = self.entries()
+        if not backups:
+            return None
+        return time.time() - datetime.fromisoformat(backups[-1]["timestamp"]).timestamp()
+
+
+class BackupScheduler:
+    """Automated backups: every ``interval`` seconds (counted from the newest backup in the
+    folder, so several processes sharing a database don't multiply them), then retention
+    (``keep`` newest) and point-in-time history pruning (``pitr_retention``). Runs in a daemon
+    thread; :meth:`stop` waits for a backup in progress. A process killed mid-backup leaves only
+    temporary files, which are never listed and are removed by the next backup."""
+
+    def __init__(self, store: BackupStore, backend: Backend, interval: float, keep: int) -> None:
+        if interval <= 0:
+            raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r}")
+        self.store, self.backend, self.interval, self.keep = store, backend, interval, keep
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fle-db-backups", daemon=True)
+        self.last_error: Exception | None = None
+
+    def start(self) -> BackupScheduler:
+        self._thread.start()
+        return self
+
+    def run_once(self) -> dict[str, Any] | None:
+        """Back up if one is due; then prune. Returns the new manifest, or None if none was due."""
+        age = self.store.newest_age()
+        manifest = None
+        if age is None or age >= self.interval:
+            manifest = self.store.create(self.backend)
+            self.store.prune(keep=self.keep)
+        self.backend.prune_history(time.time_ns() // 1000 - int(self.store.settings.pitr_retention * 1_000_000))
+        return manifest
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                self.last_error = None
+            except Exception as exc:  # keep the schedule alive; the error is logged and kept
+                self.last_error = exc
+                log.error("automated backup of %s failed: %s", self.store.settings.safe_url(), exc)
+            age = self.store.newest_age()
+            wait = self.interval - age if age is not None else self.interval
+            self._stop.wait(max(0.05, min(wait, self.interval)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+# -- file helpers ----------------------------------------------------------------------------
+def _seal(path: Path) -> None:
+    """Make a SQLite file self-contained (no WAL beside it), owner-only, and durable."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
+    os.chmod(path, 0o600)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _verify_file(path: Path) -> dict[str, Any]:
+    """SQLite's structure check, then fle-db's validation (checksums and digests of everything)
+    on a database file. Raises DataIntegrityError naming the first problems."""
+    from ..client import DatabaseClient  # the client's decoders; imported here (client imports ops)
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise DataIntegrityError(f"{path.name} is not a readable SQLite database: {exc}") from None
+    if result != ["ok"]:
+        raise DataIntegrityError(f"{path.name} fails integrity_check: {'; '.join(result[:5])}")
+    with DatabaseClient(f"sqlite:///{path}", backup_interval=0) as client:  # migrates an older backup
+        report = client.validate()
+    errors = [p for p in report["problems"] if p["severity"] == "error"]
+    if errors:
+        shown = "; ".join(f"{p['where']}: {p['detail']}" for p in errors[:3])
+        raise DataIntegrityError(f"{path.name} fails validation ({len(errors)} errors): {shown}")
+    return {"integrity_check": "ok", "validate": "ok", "checked": report["checked"]}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    work = path.with_name(path.name + ".tmp")
+    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(work, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
