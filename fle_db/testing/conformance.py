@@ -17,6 +17,8 @@ What it covers, per area (each test's name states the behaviour it proves):
 * lineage: forks need their parent step, never change, never cycle; deletions refuse
   dependants (DependencyError) unless cascading, and collect unshared game states;
 * cleanup (lineage-aware, exact dry runs), typed errors, migration status;
+* point in time: restoring an earlier instant in place, and undoing it; copies into an empty
+  database of the same backend, refused into a filled one;
 * concurrency: threads and processes writing one database at once lose and duplicate nothing.
 """
 
@@ -462,6 +464,52 @@ class BackendConformance:
         result = db.validate()
         assert result["ok"], result["problems"]
         assert [s["step_number"] for s in db.load_steps("t")] == list(range(5))
+
+    # -- point in time, copies ---------------------------------------------------------------
+    def test_restore_to_an_earlier_instant_brings_it_back_and_can_be_undone(
+        self, url: str, client_options: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        options = {"backup_dir": str(tmp_path_factory.mktemp("backups")), **client_options}
+        with DatabaseClient(url, **options) as db:
+            db.save_step(_step("t", 0, action="a"), game_state={"tick": 0})
+            db.save_metadata("t", "k", "before")
+            before = db.recovery_window()["to"]
+            db.save_step(_step("t", 1, action="b"), game_state={"tick": 1})
+            db.save_metadata("t", "k", "after")
+            db.save_step(_step("gone", 0))
+            db.delete_trajectory("gone")
+            after = db.recovery_window()["to"]
+            db.restore_to(before)
+            assert [s["step_number"] for s in db.load_steps("t")] == [0]
+            assert db.load_metadata("t") == {"k": "before"}
+            assert db.load_latest_checkpoint("t")["game_state"] == {"tick": 0}  # type: ignore[index]
+            db.restore_to(after)  # the restore was one more commit: it can be undone
+            assert [s["step_number"] for s in db.load_steps("t")] == [0, 1]
+            assert db.load_metadata("t") == {"k": "after"}
+            with pytest.raises(NotFoundError):
+                db.load_trajectory("gone")
+            assert db.validate()["ok"]
+
+    def test_copy_to_an_empty_database_is_identical_and_refuses_a_filled_one(
+        self, db: DatabaseClient, new_database_url: Callable[[], str], client_options: dict[str, Any]
+    ) -> None:
+        if not self.shared_database:
+            pytest.skip("a copy into another in-memory database could not be opened again (shared_database = False)")
+        for n in range(5):
+            db.save_step(_step("t", n, action=f"a{n}"), agent_output={"c": n}, game_state=_state(n))
+        db.save_metadata("t", "k", EXACT_VALUES)
+        target = new_database_url()
+        db.copy_to(target)
+        with DatabaseClient(target, **client_options) as copy:
+            assert copy.load_steps("t") == db.load_steps("t")
+            assert copy.load_agent_outputs("t") == db.load_agent_outputs("t")
+            assert_same_json(copy.load_metadata("t"), {"k": EXACT_VALUES})
+            steps = copy.load_steps("t")
+            assert copy.load_game_states([s["game_state_id"] for s in steps]) == db.load_game_states(
+                [s["game_state_id"] for s in steps]
+            )
+        with pytest.raises(ConflictError):
+            db.copy_to(target)
 
     # -- concurrency ---------------------------------------------------------------------------
     def test_threads_writing_at_once_lose_and_duplicate_nothing(self, db: DatabaseClient) -> None:
