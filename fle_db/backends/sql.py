@@ -875,15 +875,7 @@ class SQLBackend(Backend):
                 tally["bytes"] += conn.execute(
                     select(func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
                 ).scalar_one()
-            if self.unlink_bases_before_delete and "base_step_number" in table.c:
-                # Archive the rows as they are, then cut their delta links, then delete them.
-                history.archive(conn, table, key == tid, seq)
-                conn.execute(
-                    update(table).where(key == tid, table.c.base_step_number.is_not(None)).values(base_step_number=None)
-                )
-                tally[table.name] += conn.execute(delete(table).where(key == tid)).rowcount
-            else:
-                tally[table.name] += history.retire(conn, table, key == tid, seq)
+            tally[table.name] += history.retire(conn, table, key == tid, seq, self.unlink_bases_before_delete)
         self._collect_garbage(conn, state_ids, seq, tally)
 
     def _collect_garbage(self, conn: Connection, state_ids: list[str], seq: int, tally: Counter[str]) -> None:
@@ -1371,7 +1363,7 @@ class SQLBackend(Backend):
         with self._write() as conn:
             if replace:
                 seq = self._next_seq(conn)
-                history.delete_all(conn, seq)
+                history.delete_all(conn, seq, self.unlink_bases_before_delete)
                 names = [table.name for table in VERSIONED_TABLES]
             else:
                 self._require_empty(conn)
@@ -1417,7 +1409,7 @@ class SQLBackend(Backend):
             # Take the next commit first: its lock on log_head keeps every other writer out.
             new_seq = self._next_seq(conn)
             self._check_seq(conn, seq)
-            return history.rewind(conn, seq, new_seq)
+            return history.rewind(conn, seq, new_seq, self.unlink_bases_before_delete)
 
     def prune_history(self, before_us: int) -> dict[str, int]:
         deleted: dict[str, int] = {}
