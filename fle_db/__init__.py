@@ -1,4 +1,4 @@
-"""fle-db: the checkpoint database for AI-agent trajectories (SQLite or PostgreSQL)."""
+"""fle-db: the checkpoint database for AI-agent trajectories (SQLite, PostgreSQL, MySQL or a custom backend)."""
 
 from .client import DatabaseClient
 from .config import Settings

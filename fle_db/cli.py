@@ -65,13 +65,14 @@ def _json_option(command: Any) -> Any:
     "--url",
     metavar="URL",
     default=None,
-    help="Database URL (sqlite:///path or postgresql://user:password@host:port/db); overrides the environment.",
+    help="Database URL (sqlite:///path, postgresql://user:password@host:port/db, mysql://...); overrides the "
+    "environment.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output where it applies.")
 @click.version_option(__version__, prog_name="fle-db")
 @click.pass_context
 def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
-    """fle-db: the checkpoint database for AI-agent trajectories (SQLite or PostgreSQL).
+    """fle-db: the checkpoint database for AI-agent trajectories (SQLite, PostgreSQL, MySQL or a custom backend).
 
     Without --url the database comes from FLE_DB_TYPE, SQLITE_DB_FILE and SKILLS_DB_* (see
     `fle-db config`), by default SQLite at .fle/data.db.
@@ -144,8 +145,7 @@ def migrate(options: _Options, as_json: bool) -> None:
 def status(options: _Options, as_json: bool) -> None:
     """Show the schema version: current, latest, pending migrations (read-only)."""
     settings = Settings.resolve(options.url)
-    path = settings.sqlite_path
-    if path is not None and not os.path.exists(path):
+    if not settings.database_exists():
         # Report on a database that does not exist yet without creating its file.
         from . import migrations
 
@@ -185,7 +185,7 @@ def config(options: _Options, as_json: bool) -> None:
     shown: dict[str, Any] = {
         "backend": settings.backend,
         "url": settings.safe_url(),
-        "sqlite_path": os.path.abspath(settings.sqlite_path) if settings.sqlite_path else None,
+        "location": settings.location,
         "max_connections": settings.max_connections,
         "connection_timeout": settings.connection_timeout,
         "auto_migrate": settings.auto_migrate,
@@ -444,7 +444,7 @@ def show(options: _Options, trajectory_id: str, as_json: bool) -> None:
     """Show a trajectory: its record, metadata, number of steps and latest step number."""
     settings = Settings.resolve(options.url)
     location = _location(settings)
-    if settings.sqlite_path is not None and not os.path.exists(settings.sqlite_path):
+    if not settings.database_exists():
         raise NotFoundError(f"trajectory {trajectory_id!r} does not exist: there is no database at {location}")
     with DatabaseClient(options.url, auto_migrate=False) as client:
         if client.get_migration_status()["current_version"] is None:
@@ -646,8 +646,8 @@ def _report(options: _Options, as_json: bool, title: str, report: dict[str, Any]
 
 
 def _location(settings: Settings) -> str:
-    """Where the database is: the absolute SQLite path, or the URL without its password."""
-    return os.path.abspath(settings.sqlite_path) if settings.sqlite_path else settings.safe_url()
+    """Where the database is: a file's absolute path, or the URL without its password."""
+    return settings.location
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:

@@ -71,7 +71,7 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 class DatabaseClient:
-    """Checkpoint store for agent trajectories on SQLite (default) or PostgreSQL.
+    """Checkpoint store for agent trajectories on SQLite (default), PostgreSQL, MySQL or a custom backend.
 
     Settings come from the arguments, then the environment (``FLE_DB_TYPE``, ``SQLITE_DB_FILE``,
     ``SKILLS_DB_HOST/PORT/NAME/USER/PASSWORD``), then defaults (SQLite at ``.fle/data.db``)::

@@ -2,26 +2,15 @@
 
 The environment variables are the spec's, kept exactly:
 
-=====================  ===========================================  ==================
-variable               meaning                                      default
-=====================  ===========================================  ==================
-``FLE_DB_TYPE``        ``sqlite`` or ``postgres``                   ``sqlite``
-``SQLITE_DB_FILE``     path of the SQLite file (dir is created)     ``.fle/data.db``
-``SKILLS_DB_HOST``     PostgreSQL host                              required
-``SKILLS_DB_PORT``     PostgreSQL port                              ``5432``
-``SKILLS_DB_NAME``     PostgreSQL database                          required
-``SKILLS_DB_USER``     PostgreSQL user                              required
-``SKILLS_DB_PASSWORD`` PostgreSQL password                          empty (trust/peer)
-``SKILLS_DB_SSLMODE``  libpq ``sslmode`` (``require``, ``verify-full``) libpq default
-``SKILLS_DB_SSLROOTCERT`` CA certificate file for ``verify-ca/-full``  none
-``FLE_DB_BACKUP_DIR``  folder of backups                           ``.fle/backups``
-``FLE_DB_BACKUP_INTERVAL`` seconds between automated backups        off
-``FLE_DB_BACKUP_KEEP`` automated backups keep this many             ``10``
-``FLE_DB_PITR_RETENTION`` seconds point-in-time recovery reaches back ``604800`` (7 days)
-=====================  ===========================================  ==================
-
-This is the only module that reads ``os.environ``. Passwords never appear in ``repr``, logs or
-errors: :meth:`Settings.safe_url` renders the URL with the password masked.
+``FLE_DB_BACKUP_DIR``      folder of backups                                ``.fle/backups``
+``FLE_DB_BACKUP_INTERVAL`` seconds between automated backups                off
+``FLE_DB_BACKUP_KEEP``     automated backups keep this many                 ``10``
+``FLE_DB_PITR_RETENTION``  seconds point-in-time recovery reaches back      ``604800`` (7 days)
+=========================  ===============================================  ===========
+Which variables a backend reads is the backend's business (``Backend.url_from_options``); the
+registry (``fle_db.backends.registry``) decides which names and URL schemes exist. This is the
+only module that reads ``os.environ``: backends get it as a mapping. Passwords never appear in
+``repr``, logs or errors: :meth:`Settings.safe_url` renders the URL with the password masked.
 """
 
 from __future__ import annotations
@@ -30,16 +19,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .backends import registry
 from .errors import ConfigurationError
 
-BackendName = Literal["sqlite", "postgres"]
-
-DEFAULT_SQLITE_FILE = ".fle/data.db"
+DEFAULT_BACKEND = "sqlite"
 DEFAULT_MAX_CONNECTIONS = 10
 DEFAULT_CONNECTION_TIMEOUT = 30.0
 #: Largest encoded (uncompressed JSON) size of one record: step, state, output, feedback or value.
@@ -52,30 +40,24 @@ DEFAULT_BACKUP_KEEP = 10
 #: How far back point-in-time recovery reaches (seconds): 7 days.
 DEFAULT_PITR_RETENTION = 7 * 86400.0
 
-_BACKEND_ALIASES: dict[str, BackendName] = {
-    "sqlite": "sqlite",
-    "sqlite3": "sqlite",
-    "postgres": "postgres",
-    "postgresql": "postgres",
-    "psql": "postgres",
-}
-#: ``durability`` values: "full" (default) makes a save that returned survive power loss
-#: (SQLite ``synchronous=FULL`` in WAL, PostgreSQL synchronous commit); "fast" may lose the last
-#: commits on power loss or a server crash, never corrupts, and never loses them on a client crash.
-DURABILITY = {"full": ("FULL", "on"), "fast": ("NORMAL", "off")}
+#: ``durability`` values: "full" (default) makes a save that returned survive power loss; "fast"
+#: may lose the last commits on power loss or a server crash, never corrupts, and never loses them
+#: on a client crash. Each backend maps them to its own settings.
+DURABILITY_LEVELS = ("full", "fast")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Resolved connection settings. Build with :meth:`resolve`; immutable afterwards."""
 
-    backend: BackendName
+    #: The backend's registered name (``sqlite``, ``postgres``, ``mysql``, or a third party's).
+    backend: str
     url: URL = field(repr=False)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT
     auto_migrate: bool = True
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    #: "full" or "fast": see :data:`DURABILITY`.
+    #: "full" or "fast": see :data:`DURABILITY_LEVELS`.
     durability: str = "full"
     #: Bytes of decoded, immutable game-state parts kept in memory (per client).
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
@@ -104,11 +86,14 @@ class Settings:
         return self.url.render_as_string(hide_password=True)
 
     @property
-    def sqlite_path(self) -> str | None:
-        """The SQLite file path, or None for an in-memory database or another backend."""
-        if self.backend != "sqlite" or self.url.database in (None, "", ":memory:"):
-            return None
-        return self.url.database
+    def location(self) -> str:
+        """Where the database is, for people: a file's absolute path, or the URL without password."""
+        return registry.backend_class(self.backend).location(self.url)
+
+    def database_exists(self) -> bool:
+        """Whether the database exists already, checked without creating or connecting to it
+        (file backends look for the file; servers are assumed to hold their database)."""
+        return registry.backend_class(self.backend).database_exists(self.url)
 
     @classmethod
     def resolve(
@@ -149,11 +134,17 @@ class Settings:
             backend, sa_url = _from_url(url)
         else:
             backend = _backend_name(db_type, env)
-            if backend == "sqlite":
-                path = sqlite_db_file if sqlite_db_file is not None else env.get("SQLITE_DB_FILE")
-                sa_url = _sqlite_url(str(path) if path else DEFAULT_SQLITE_FILE, "SQLITE_DB_FILE")
-            else:
-                sa_url = _postgres_url(env, host, port, database, user, password, sslmode, sslrootcert)
+            arguments = {
+                "sqlite_db_file": sqlite_db_file,
+                "host": host,
+                "port": port,
+                "database": database,
+                "user": user,
+                "password": password,
+                "sslmode": sslmode,
+                "sslrootcert": sslrootcert,
+            }
+            sa_url = registry.backend_class(backend).url_from_options(ConnectionOptions(backend, arguments, env))
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ConfigurationError(f"max_connections must be an integer >= 1, got {max_connections!r}")
         if (
@@ -176,8 +167,8 @@ class Settings:
             raise ConfigurationError(f"slow_operation_ms must be a number >= 0, got {slow_operation_ms!r}")
         if isinstance(retry_deadline, bool) or not isinstance(retry_deadline, (int, float)) or retry_deadline < 0:
             raise ConfigurationError(f"retry_deadline must be a number of seconds >= 0, got {retry_deadline!r}")
-        if durability not in DURABILITY:
-            raise ConfigurationError(f"durability must be one of {sorted(DURABILITY)}, got {durability!r}")
+        if durability not in DURABILITY_LEVELS:
+            raise ConfigurationError(f"durability must be one of {sorted(DURABILITY_LEVELS)}, got {durability!r}")
         interval = _number(backup_interval, env, "backup_interval", "FLE_DB_BACKUP_INTERVAL", None)
         keep = _number(backup_keep, env, "backup_keep", "FLE_DB_BACKUP_KEEP", DEFAULT_BACKUP_KEEP)
         if keep is None or keep < 1 or keep != int(keep):
@@ -221,83 +212,78 @@ def _number(value: Any, env: Mapping[str, str], name: str, var: str, default: fl
     return number
 
 
-def _backend_name(db_type: str | None, env: Mapping[str, str]) -> BackendName:
-    source = "db_type" if db_type is not None else "FLE_DB_TYPE"
-    raw = db_type if db_type is not None else env.get("FLE_DB_TYPE", "sqlite")
-    name = _BACKEND_ALIASES.get(raw.strip().lower())
-    if name is None:
-        raise ConfigurationError(f"{source}={raw!r} is not a known database type; use one of: sqlite, postgres")
-    return name
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """What a backend builds its URL from when it is selected by name (``FLE_DB_TYPE``): the
+    connection arguments given to :meth:`Settings.resolve` (None when not given) and the
+    environment they fall back to."""
 
+    backend: str
+    arguments: Mapping[str, Any]
+    env: Mapping[str, str]
 
-def _sqlite_url(path: str, source: str) -> URL:
-    if "\x00" in path:
-        raise ConfigurationError(f"{source} contains a NUL byte")
-    if path in (":memory:", ""):
-        return URL.create("sqlite", database=":memory:")
-    return URL.create("sqlite", database=str(Path(path).expanduser()))
+    def get(self, argument: str, variable: str, *, required: bool = False) -> Any:
+        """The argument if given, else the environment variable (None if neither).
 
-
-def _postgres_url(
-    env: Mapping[str, str],
-    host: str | None,
-    port: int | str | None,
-    database: str | None,
-    user: str | None,
-    password: str | None,
-    sslmode: str | None,
-    sslrootcert: str | None,
-) -> URL:
-    def pick(arg: Any, var: str, required: bool) -> Any:
-        value = arg if arg is not None else env.get(var)
+        Raises:
+            ConfigurationError: ``required`` and neither is set; the message names the variable.
+        """
+        value = self.arguments.get(argument)
+        if value is None:
+            value = self.env.get(variable)
         if required and (value is None or str(value).strip() == ""):
             raise ConfigurationError(
-                f"PostgreSQL was selected (FLE_DB_TYPE=postgres) but {var} is not set; "
-                "set it or pass a postgresql:// URL"
+                f"the {self.backend} backend was selected (FLE_DB_TYPE={self.backend}) but {variable} is not set; "
+                f"set it or pass a {self.backend}:// URL"
             )
         return value
 
-    raw_port = pick(port, "SKILLS_DB_PORT", False)
-    try:
-        port_no = int(raw_port) if raw_port not in (None, "") else 5432
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"SKILLS_DB_PORT must be a port number, got {raw_port!r}") from None
-    if not 0 < port_no < 65536:
-        raise ConfigurationError(f"SKILLS_DB_PORT must be in 1..65535, got {port_no}")
-    return URL.create(
-        "postgresql+psycopg",
-        username=pick(user, "SKILLS_DB_USER", True),
-        password=pick(password, "SKILLS_DB_PASSWORD", False) or None,
-        host=pick(host, "SKILLS_DB_HOST", True),
-        port=port_no,
-        database=pick(database, "SKILLS_DB_NAME", True),
-        query={
-            key: str(value)
-            for key, value in (
-                ("sslmode", pick(sslmode, "SKILLS_DB_SSLMODE", False)),
-                ("sslrootcert", pick(sslrootcert, "SKILLS_DB_SSLROOTCERT", False)),
-            )
-            if value
-        },
-    )
+    def server_url(self, drivername: str, default_port: int) -> URL:
+        """The URL of a database server from ``SKILLS_DB_HOST/PORT/NAME/USER/PASSWORD`` (host,
+        name and user required) plus ``SKILLS_DB_SSLMODE/SSLROOTCERT`` as query parameters
+        ``sslmode``/``sslrootcert``, which the backend interprets.
+
+        Raises:
+            ConfigurationError: a required variable is missing or the port is not a port number.
+        """
+        raw_port = self.get("port", "SKILLS_DB_PORT")
+        try:
+            port = int(raw_port) if raw_port not in (None, "") else default_port
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"SKILLS_DB_PORT must be a port number, got {raw_port!r}") from None
+        if not 0 < port < 65536:
+            raise ConfigurationError(f"SKILLS_DB_PORT must be in 1..65535, got {port}")
+        tls = (("sslmode", "SKILLS_DB_SSLMODE"), ("sslrootcert", "SKILLS_DB_SSLROOTCERT"))
+        return URL.create(
+            drivername,
+            username=self.get("user", "SKILLS_DB_USER", required=True),
+            password=self.get("password", "SKILLS_DB_PASSWORD") or None,
+            host=self.get("host", "SKILLS_DB_HOST", required=True),
+            port=port,
+            database=self.get("database", "SKILLS_DB_NAME", required=True),
+            query={key: str(value) for key, variable in tls if (value := self.get(key, variable))},
+        )
 
 
-def _from_url(url: str) -> tuple[BackendName, URL]:
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
+def _backend_name(db_type: str | None, env: Mapping[str, str]) -> str:
+    source = "db_type" if db_type is not None else "FLE_DB_TYPE"
+    raw = db_type if db_type is not None else env.get("FLE_DB_TYPE", DEFAULT_BACKEND)
+    name = registry.canonical_name(raw)
+    if name is None:
+        raise registry.unknown_backend(f"{source}={raw!r}")
+    return name
+
+
+def _from_url(url: str) -> tuple[str, URL]:
     try:
         parsed = make_url(url)
     except ArgumentError:
         # The message of a URL parse error may echo the URL; keep the password out of it.
         raise ConfigurationError(
-            "the database URL could not be parsed (expected sqlite:///path or "
-            "postgresql://user:password@host:port/database)"
+            "the database URL could not be parsed (expected scheme://user:password@host:port/database, "
+            "or sqlite:///path)"
         ) from None
-    scheme = parsed.get_backend_name()
-    if scheme == "sqlite":
-        return "sqlite", _sqlite_url(parsed.database or ":memory:", "url")
-    if scheme == "postgresql":
-        if not parsed.database:
-            raise ConfigurationError("the postgresql:// URL names no database")
-        return "postgres", parsed.set(drivername="postgresql+psycopg")
-    raise ConfigurationError(f"URL scheme {scheme!r} is not supported; use sqlite:// or postgresql://")
+    name = registry.canonical_name(parsed.drivername)
+    if name is None:
+        raise registry.unknown_backend(f"the URL scheme {parsed.drivername!r}")
+    return name, registry.backend_class(name).normalize_url(parsed)

@@ -14,7 +14,6 @@ every trajectory is read back, checked to hold all its steps, and finished (``en
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -119,9 +118,9 @@ def run_demo(
         "steps_per_trajectory", "steps_written", "elapsed_s", "steps_per_s", "save_ms_mean",
         "interrupted_trajectory_id", "interrupted_after_step", "resumed_from_step",
         "continued_at_step", "resume_latency_ms", "resumed_state_verified",
-        "successful_trajectories", "database_bytes", "database_file_bytes", "database_wal_bytes"}``;
-        the sizes (``database_bytes`` is the database file plus its ``-wal``) are None unless the
-        database is an SQLite file.
+        "successful_trajectories", "database_bytes"}``; ``database_bytes`` is the size the
+        backend reports (``get_statistics()["size"]``: an SQLite file plus its ``-wal``, the
+        tables of a server database).
 
     Raises:
         ValidationError: ``trajectories`` not in 1..10000 or ``steps`` not in 2..1000000.
@@ -196,11 +195,10 @@ def run_demo(
         progress.update(task, description="done")
 
     successes = _finish(client, workload, ids, steps)
-    sizes = _sqlite_bytes(client.settings.sqlite_path)
     summary: dict[str, Any] = {
         "run_id": run_id,
         "backend": client.settings.backend,
-        "database": _location(client),
+        "database": client.settings.location,
         "seed": seed,
         "trajectories": trajectories,
         "trajectory_ids": ids,
@@ -216,9 +214,7 @@ def run_demo(
         "resume_latency_ms": round(resume_ms, 3),
         "resumed_state_verified": True,
         "successful_trajectories": successes,
-        "database_bytes": sum(sizes) if sizes is not None else None,
-        "database_file_bytes": sizes[0] if sizes is not None else None,
-        "database_wal_bytes": sizes[1] if sizes is not None else None,
+        "database_bytes": client.get_statistics()["size"],
     }
     console.print(_summary_table(summary))
     return summary
@@ -283,14 +279,7 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="fle-db demo", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    size = summary["database_bytes"]
-    if size is None:
-        size_text = "n/a (not an SQLite file)"
-    else:
-        size_text = (
-            f"{_human_bytes(size)} (file {_human_bytes(summary['database_file_bytes'])} "
-            f"+ WAL {_human_bytes(summary['database_wal_bytes'])})"
-        )
+    size_text = _human_bytes(summary["database_bytes"])
     count = summary["trajectories"]
     rows = (
         ("database", f"{summary['backend']}: {summary['database']}"),
@@ -319,18 +308,6 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     return table
-
-
-def _location(client: DatabaseClient) -> str:
-    path = client.settings.sqlite_path
-    return os.path.abspath(path) if path else client.settings.safe_url()
-
-
-def _sqlite_bytes(path: str | None) -> tuple[int, int] | None:
-    """Sizes of an SQLite database file and of its write-ahead log (0 if absent)."""
-    if path is None:
-        return None
-    return tuple(os.path.getsize(p) if os.path.exists(p) else 0 for p in (path, f"{path}-wal"))  # type: ignore[return-value]
 
 
 def _human_bytes(size: int) -> str:

@@ -45,12 +45,22 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects import mysql
 
 ID_LENGTH = 200
 DIGEST_LENGTH = 32
 CODEC_LENGTH = 32
 #: Alembic's version table, named for us so fle-db can share a database with other applications.
 VERSION_TABLE = "fle_db_version"
+
+#: Payload bytes. MySQL's BLOB holds 64 KB, so MySQL/MariaDB get LONGBLOB (4 GB).
+Payload = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+#: A double. MySQL's FLOAT is single precision: rewards would lose digits and ties would reorder.
+Double = Float().with_variant(mysql.DOUBLE(), "mysql", "mariadb")
+#: MySQL/MariaDB table options: InnoDB (transactions, foreign keys) and a *binary* collation, so
+#: ids compare byte for byte as on SQLite and PostgreSQL (the default collations are
+#: case-insensitive: "Run1" and "run1" would be one trajectory). Other dialects ignore them.
+MYSQL_TABLE: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 metadata = MetaData(
     naming_convention={
@@ -78,19 +88,20 @@ trajectories = Table(
     Column("id", String(ID_LENGTH), primary_key=True),
     Column("agent_type", String(ID_LENGTH)),
     Column("task", String(ID_LENGTH)),
-    Column("total_reward", Float),
+    Column("total_reward", Double),
     Column("success", Boolean),
     # Lineage: this trajectory was forked from step (parent_trajectory_id, parent_step_number).
     Column("parent_trajectory_id", String(ID_LENGTH), ForeignKey("trajectories.id")),
     Column("parent_step_number", BigInteger),
     Column("codec", String(CODEC_LENGTH), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     _valid_from(),
     Index("ix_trajectories_parent", "parent_trajectory_id", "parent_step_number"),
     Index("ix_trajectories_task", "task", "total_reward"),
     Index("ix_trajectories_agent", "agent_type"),
+    **MYSQL_TABLE,
 )
 
 game_states = Table(
@@ -101,10 +112,11 @@ game_states = Table(
     # "json+zstd", written before migration 0003). Equal states are stored once.
     Column("id", String(DIGEST_LENGTH), primary_key=True),
     Column("codec", String(CODEC_LENGTH), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("raw_size", Integer, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     _valid_from(),
+    **MYSQL_TABLE,
 )
 
 # Immutable, content-addressed parts of game states: id = blake2b-128 of the canonical JSON.
@@ -116,12 +128,13 @@ blobs = Table(
     Column("id", String(DIGEST_LENGTH), primary_key=True),
     Column("codec", String(CODEC_LENGTH), nullable=False),
     Column("base_id", String(DIGEST_LENGTH), ForeignKey("blobs.id")),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("raw_size", Integer, nullable=False),
     Column("checksum", BigInteger, nullable=False),  # CRC-32 of body
     Column("created_at", BigInteger, nullable=False),
     _valid_from(),
     Index("ix_blobs_base", "base_id", **_partial("base_id IS NOT NULL")),
+    **MYSQL_TABLE,
 )
 
 game_state_parts = Table(
@@ -134,6 +147,7 @@ game_state_parts = Table(
     PrimaryKeyConstraint("state_id", "key"),
     Index("ix_game_state_parts_blob", "blob_id"),
     sqlite_with_rowid=False,
+    **MYSQL_TABLE,
 )
 
 steps = Table(
@@ -145,11 +159,11 @@ steps = Table(
     # previous step of the same trajectory.
     Column("parent_trajectory_id", String(ID_LENGTH)),
     Column("parent_step_number", BigInteger),
-    Column("reward", Float),
+    Column("reward", Double),
     Column("game_state_id", String(DIGEST_LENGTH), ForeignKey("game_states.id")),
     Column("digest", String(DIGEST_LENGTH), nullable=False),
     Column("codec", String(CODEC_LENGTH), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     # A delta (codec "zstd+delta") names the keyframe step of the same trajectory whose body is
     # its zstd dictionary; the foreign key keeps that step from vanishing under it.
@@ -162,6 +176,7 @@ steps = Table(
     Index(
         "ix_steps_parent", "parent_trajectory_id", "parent_step_number", **_partial("parent_trajectory_id IS NOT NULL")
     ),
+    **MYSQL_TABLE,
 )
 
 
@@ -174,12 +189,13 @@ def _step_record_table(name: str) -> Table:
         Column("step_number", BigInteger, nullable=False),
         Column("digest", String(DIGEST_LENGTH), nullable=False),
         Column("codec", String(CODEC_LENGTH), nullable=False),
-        Column("body", LargeBinary, nullable=False),
+        Column("body", Payload, nullable=False),
         Column("created_at", BigInteger, nullable=False),
         Column("base_step_number", BigInteger),
         _valid_from(),
         PrimaryKeyConstraint("trajectory_id", "step_number"),
         ForeignKeyConstraint(["trajectory_id", "base_step_number"], [f"{name}.trajectory_id", f"{name}.step_number"]),
+        **MYSQL_TABLE,
     )
 
 
@@ -192,10 +208,11 @@ trajectory_metadata = Table(
     Column("trajectory_id", String(ID_LENGTH), ForeignKey("trajectories.id"), nullable=False),
     Column("key", String(ID_LENGTH), nullable=False),
     Column("codec", String(CODEC_LENGTH), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    Column("body", Payload, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     _valid_from(),
     PrimaryKeyConstraint("trajectory_id", "key"),
+    **MYSQL_TABLE,
 )
 
 # Search-tree statistics of a step: the only mutable per-step row (steps themselves are
@@ -212,8 +229,8 @@ search_nodes = Table(
     Column("tree", String(ID_LENGTH), nullable=False),
     Column("depth", BigInteger, nullable=False),
     Column("visits", BigInteger, nullable=False),
-    Column("value", Float),
-    Column("advantage", Float),
+    Column("value", Double),
+    Column("advantage", Double),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     _valid_from(),
@@ -222,6 +239,7 @@ search_nodes = Table(
     Index("ix_search_nodes_tree", "tree", "depth", "value"),
     Index("ix_search_nodes_recent", "tree", "id"),
     sqlite_autoincrement=True,
+    **MYSQL_TABLE,
 )
 
 # FLE versions (``fle_db.fle``): allocated atomically (``INSERT ... MAX + 1`` in one write
@@ -234,6 +252,7 @@ fle_versions = Table(
     Column("model", String(ID_LENGTH)),
     Column("created_at", BigInteger, nullable=False),
     _valid_from(),
+    **MYSQL_TABLE,
 )
 
 #: Tables that hold one trajectory's own rows, children first (delete order).
@@ -256,6 +275,7 @@ log_head = Table(
     Column("committed_at", BigInteger, nullable=False),
     Column("horizon_seq", BigInteger, nullable=False),
     Column("horizon_at", BigInteger, nullable=False),
+    **MYSQL_TABLE,
 )
 
 commit_log = Table(
@@ -264,6 +284,7 @@ commit_log = Table(
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("committed_at", BigInteger, nullable=False),
     Index("ix_commit_log_committed_at", "committed_at"),
+    **MYSQL_TABLE,
 )
 
 #: Tables whose rows are versioned, parents before children (insert order).
@@ -289,6 +310,7 @@ def _history(table: Table) -> Table:
         *[Column(c.name, c.type, nullable=c.nullable) for c in table.columns],
         Column("valid_to_seq", BigInteger, nullable=False),
         Index(f"ix_{table.name}_history_valid_to_seq", "valid_to_seq"),
+        **MYSQL_TABLE,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import ALL_BACKENDS
 from sqlalchemy import create_engine, text
 
 from fle_db import (
@@ -35,6 +36,12 @@ Dump = dict[str, Any]
 
 
 TREES = ("w0", "w1", "w2")
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Point-in-time history, snapshots, restores and copies run on MySQL/MariaDB too."""
+    return str(request.param)
 
 
 def dump(db: DatabaseClient, ids: set[str]) -> Dump:
@@ -292,7 +299,7 @@ def test_backups_are_listed_with_their_manifest_and_readable_by_the_owner_only(d
     for key in ("id", "timestamp", "size", "backend", "schema_version", "verified"):
         assert key in entry
     assert entry["verified"] is True
-    assert entry["backend"] == ("sqlite" if db_url.startswith("sqlite") else "postgres")
+    assert entry["backend"] == Settings.resolve(db_url).backend
     assert entry["schema_version"] == fle_migrations.latest_revision()
     assert entry["rows"]["steps"] == 1 and entry["rows"]["game_states"] == 1
     path = Path(entry["path"])

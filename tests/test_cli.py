@@ -147,8 +147,7 @@ def test_migrate_applies_pending_revisions_once(db_url: str) -> None:
 def test_init_prints_where_the_database_is(db_url: str) -> None:
     result = as_json(invoke("--url", db_url, "--json", "init"))
     settings_location = as_json(invoke("--url", db_url, "--json", "config"))
-    expected = settings_location["sqlite_path"] or settings_location["url"]
-    assert result["location"] == expected
+    assert result["location"] == settings_location["location"]
     assert result["up_to_date"] is True
 
 

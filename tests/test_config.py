@@ -22,7 +22,7 @@ PG_ENV = {
 def test_defaults_to_sqlite_at_dot_fle_data_db() -> None:
     settings = Settings.resolve(environ={})
     assert settings.backend == "sqlite"
-    assert settings.sqlite_path == ".fle/data.db"
+    assert settings.url.database == ".fle/data.db"
     assert (settings.max_connections, settings.connection_timeout) == (10, 30.0)
 
 
@@ -42,7 +42,7 @@ def test_sqlite_db_file_from_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FLE_DB_TYPE", "sqlite")
     monkeypatch.setenv("SQLITE_DB_FILE", str(target))
     with DatabaseClient() as db:
-        assert db.settings.sqlite_path == str(target)
+        assert db.settings.url.database == str(target)
     assert target.is_file()
 
 
@@ -63,7 +63,7 @@ def test_arguments_override_the_environment() -> None:
     settings = Settings.resolve(db_type="postgres", host="other", port=5432, environ=PG_ENV)
     assert (settings.url.host, settings.url.port, settings.url.database) == ("other", 5432, "fle_database")
     sqlite = Settings.resolve(db_type="sqlite", sqlite_db_file="x.db", environ=PG_ENV)
-    assert sqlite.backend == "sqlite" and sqlite.sqlite_path == "x.db"
+    assert sqlite.backend == "sqlite" and sqlite.url.database == "x.db"
 
 
 @pytest.mark.parametrize(

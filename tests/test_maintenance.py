@@ -69,7 +69,7 @@ def test_a_truncated_sqlite_file_gives_a_clear_error_and_validate_reports_it(mak
     with DatabaseClient(url) as db:
         _fill(db, trajectories=4, steps=10)
         db.optimize()  # fold the WAL into the file
-        path = db.settings.sqlite_path
+        path = db.settings.url.database
     assert path is not None
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)

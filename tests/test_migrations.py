@@ -7,6 +7,7 @@ import multiprocessing as mp
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from conftest import ALL_BACKENDS
 from sqlalchemy import create_engine, text
 
 from fle_db import DatabaseClient, SchemaVersionError, Settings
@@ -16,6 +17,12 @@ from fle_db.storage import codec
 
 FIRST, HEAD = "0001_initial", fle_migrations.latest_revision()
 ALL = fle_migrations.pending_revisions(None)
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Migrations are where backends differ most: every test here runs on MySQL/MariaDB too."""
+    return str(request.param)
 
 
 def _engine(url: str):  # type: ignore[no-untyped-def]
@@ -81,9 +88,10 @@ def test_database_at_first_revision_migrates_to_head_with_nothing_lost(db_url: s
             ),
             {"d": o_digest, "c": o_tag, "b": o_body},
         )
+        key = conn.dialect.identifier_preparer.quote("key")  # a reserved word on MySQL
         conn.execute(
             text(
-                "INSERT INTO trajectory_metadata (trajectory_id, key, codec, body, updated_at)"
+                f"INSERT INTO trajectory_metadata (trajectory_id, {key}, codec, body, updated_at)"
                 " VALUES ('old', 'config', :c, :b, 1)"
             ),
             {"c": m_tag, "b": m_body},

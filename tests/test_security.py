@@ -30,7 +30,7 @@ def test_the_library_never_unpickles_stored_data() -> None:
 def test_database_wal_and_shm_files_are_owner_only(make_url) -> None:  # type: ignore[no-untyped-def]
     with DatabaseClient(make_url("sqlite")) as db:
         db.save_step({"trajectory_id": "t", "step_number": 0}, game_state={"a": 1})
-        path = Path(str(db.settings.sqlite_path))
+        path = Path(str(db.settings.url.database))
         files = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
         assert len(files) == 3
         for file in files:

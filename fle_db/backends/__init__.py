@@ -1,34 +1,27 @@
-"""Backends: the contract (``base``), the shared SQL implementation (``sql``) and one module per
-database. Backend classes are imported lazily, only when selected."""
+"""Backends: the contract (``base``), the registry (``registry``: names, entry points, URL
+schemes), the shared SQL implementation (``sql``) and one module per database. Backend classes
+are imported lazily, only when selected."""
 
 from __future__ import annotations
 
-from importlib import import_module
+from typing import TYPE_CHECKING
 
-from ..config import Settings
-from ..errors import ConfigurationError
+from . import registry
 from .base import Backend
 
-_BUILTIN = {
-    "sqlite": "fle_db.backends.sqlite:SQLiteBackend",
-    "postgres": "fle_db.backends.postgres:PostgresBackend",
-}
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
 def open_backend(settings: Settings) -> Backend:
     """Instantiate the backend ``settings.backend`` names.
 
     Raises:
-        ConfigurationError: no backend of that name is installed (the message lists those that are).
+        ConfigurationError: no backend of that name is installed (the message lists those that
+            are), or it cannot be imported.
+        BackendUnavailableError: the backend cannot open its database.
     """
-    target = _BUILTIN.get(settings.backend)
-    if target is None:
-        raise ConfigurationError(
-            f"no fle-db backend named {settings.backend!r}; installed: {', '.join(sorted(_BUILTIN))}"
-        )
-    module, _, cls = target.partition(":")
-    backend_cls: type[Backend] = getattr(import_module(module), cls)
-    return backend_cls(settings)
+    return registry.backend_class(settings.backend)(settings)
 
 
-__all__ = ["Backend", "open_backend"]
+__all__ = ["Backend", "open_backend", "registry"]

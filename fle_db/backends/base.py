@@ -3,13 +3,24 @@
 The client validates and encodes records (``fle_db.storage.codec``) before a backend sees them, so
 a backend only moves rows of scalars and tagged bytes. Its promises:
 
-* **Transactions.** Each write method is one transaction: it commits whole or not at all.
+* **Transactions.** Each write method is one transaction: it commits whole or not at all, and a
+  reader never sees part of it.
 * **Idempotency.** Writing a row that is already stored with the same digest is a no-op; a
   different row under the same key raises :class:`~fle_db.errors.ConflictError` and the whole
-  transaction is rolled back.
+  transaction is rolled back. So a write retried after a lost reply is safe.
 * **Errors.** Driver errors leave a backend only as :class:`~fle_db.errors.FleDBError`
-  subclasses (chained), never as empty results.
-* **Threads.** A backend is safe to share between threads; it pools its own connections.
+  subclasses (chained), never as empty results: :class:`~fle_db.errors.BackendUnavailableError`
+  (``retryable`` for a lost connection), :class:`~fle_db.errors.ConnectionTimeoutError`,
+  :class:`~fle_db.errors.StorageFullError`, :class:`~fle_db.errors.ConflictError`.
+* **Threads and processes.** A backend is safe to share between threads; it pools its own
+  connections. Several processes may use one database at once where the engine allows it.
+* **Configuration.** A backend is selected by name (``FLE_DB_TYPE``) or URL scheme through
+  :mod:`fle_db.backends.registry`; its classmethods turn settings into its URL, so nothing outside
+  ``backends/`` knows which backend is in use.
+
+A new backend subclasses :class:`Backend` (or :class:`fle_db.backends.sql.SQLBackend` for a
+SQLAlchemy dialect), registers it under an entry point of the group ``fle_db.backends`` and proves
+itself with the conformance suite, :mod:`fle_db.testing`.
 """
 
 from __future__ import annotations
@@ -18,10 +29,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..config import Settings
+from sqlalchemy.engine import URL
+
 from ..storage.engine import EncodedRecord, EncodedState, StoredBlob
+
+if TYPE_CHECKING:
+    from ..config import ConnectionOptions, Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,12 +251,48 @@ class Snapshot:
 
 
 class Backend(ABC):
-    """A storage backend. Subclasses set :attr:`name` and implement every abstract method."""
+    """A storage backend. Subclasses set :attr:`name` and implement every abstract method.
 
+    The constructor opens what the backend needs (a pool, a file) but need not connect; the
+    client then calls :meth:`migrate` (``auto_migrate``) or :meth:`migration_status`.
+    """
+
+    #: The name it is registered and selected by (``FLE_DB_TYPE=name``, ``name://`` URLs).
     name: ClassVar[str]
 
     def __init__(self, settings: Settings) -> None:
+        """Raises BackendUnavailableError if the database cannot be opened (a missing driver is
+        a ConfigurationError naming the package to install)."""
         self.settings = settings
+
+    # -- configuration (class-level: no connection) ---------------------------------------
+    @classmethod
+    @abstractmethod
+    def url_from_options(cls, options: ConnectionOptions) -> URL:
+        """The database URL when the backend is selected by name (``FLE_DB_TYPE``), built from
+        the connection arguments and the environment (``options.get``; database servers use
+        ``options.server_url`` for the ``SKILLS_DB_*`` variables).
+
+        Raises ConfigurationError naming the missing or invalid argument or variable."""
+
+    @classmethod
+    def normalize_url(cls, url: URL) -> URL:
+        """Validate a URL given explicitly (its scheme selected this backend) and pick the driver.
+        The default keeps it as it is.
+
+        Raises ConfigurationError when the URL cannot name a database of this backend."""
+        return url
+
+    @classmethod
+    def location(cls, url: URL) -> str:
+        """Where the database is, for messages and ``fle-db config``; never the password."""
+        return url.render_as_string(hide_password=True)
+
+    @classmethod
+    def database_exists(cls, url: URL) -> bool:
+        """Whether the database exists, without creating it or connecting (the default, for
+        servers, assumes it does)."""
+        return True
 
     # -- lifecycle and schema -------------------------------------------------------------
     @abstractmethod
@@ -250,12 +301,17 @@ class Backend(ABC):
 
     @abstractmethod
     def migration_status(self) -> MigrationStatus:
-        """Read-only. Raises SchemaVersionError if the database is newer than this library."""
+        """Read-only: the database's version against the newest this library knows
+        (``current_version`` None for an empty database).
+
+        Raises SchemaVersionError if the database is newer than this library, or holds fle-db's
+        table names without its version (another application's tables: never touched)."""
 
     @abstractmethod
     def migrate(self) -> list[str]:
         """Upgrade the schema to the newest version under a cross-process lock; returns the
-        revisions applied (empty if none). Safe to call from many processes at once."""
+        revisions applied (empty if none). Safe to call from many processes at once: each
+        revision is applied exactly once. Raises SchemaVersionError as :meth:`migration_status`."""
 
     # -- writes ---------------------------------------------------------------------------
     @abstractmethod
@@ -263,15 +319,23 @@ class Backend(ABC):
         """Create or update a trajectory in one transaction: ``build((codec, body))`` receives the
         stored body (an empty object for a new trajectory) and returns the row to store.
 
+        Concurrent saves of one trajectory serialise (each merges into what the previous one
+        committed: no key is lost). ``build`` may raise (e.g. DependencyError for a changed
+        lineage); nothing is then written. Idempotent: the same save again changes nothing.
+
         Raises NotFoundError if a fork's parent step does not exist, DependencyError if the fork
         would make a lineage cycle."""
 
     @abstractmethod
     def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[SaveResult]:
-        """Write all checkpoints in one transaction (missing trajectories are created empty).
+        """Write all checkpoints in one transaction (missing trajectories are created empty),
+        with their game states; returns one result per checkpoint, in order, ``created`` False
+        where every part was stored already.
 
-        Idempotent per part; ConflictError (nothing written) if any part differs from a stored
-        one under the same key."""
+        Idempotent per part (step, agent output, feedback: by ``(trajectory_id, step_number)``
+        and digest; states and blobs by content address); ConflictError (nothing of the call
+        written) if any part differs from a stored one under the same key, including a step
+        naming another game state."""
 
     @abstractmethod
     def save_game_state(self, state: EncodedState) -> None:
@@ -282,13 +346,16 @@ class Backend(ABC):
 
     @abstractmethod
     def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
-        """Insert or overwrite one metadata value (creating the trajectory empty if needed)."""
+        """Insert or overwrite one metadata value (creating the trajectory empty if needed), in
+        one transaction. Idempotent: the last write wins."""
 
     @abstractmethod
     def delete_trajectory(self, trajectory_id: str, cascade: bool) -> list[str]:
         """Delete a trajectory, its rows, and the game states and blobs nothing else uses; returns
-        the ids deleted. Raises NotFoundError, or DependencyError if forks exist and not ``cascade``
-        (with ``cascade`` the forks are deleted too, recursively)."""
+        the ids deleted, in one transaction. Raises NotFoundError, or DependencyError if forks (or
+        steps of other trajectories naming its steps as parents) exist and not ``cascade`` (with
+        ``cascade`` the forks are deleted too, recursively). Not idempotent: a second call raises
+        NotFoundError, so it must not be retried blindly after a lost reply."""
 
     @abstractmethod
     def append_checkpoint(
@@ -439,6 +506,7 @@ class Backend(ABC):
         """``(where, detail)`` for trajectories whose step numbers have gaps."""
 
     # -- reads ----------------------------------------------------------------------------
+    # Reads never write, and return what a committed transaction wrote, never part of one.
     @abstractmethod
     def load_trajectory(self, trajectory_id: str) -> StoredRecord | None:
         """The trajectory's stored body, or None."""

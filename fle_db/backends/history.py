@@ -64,9 +64,20 @@ def archive(conn: Connection, table: Table, condition: ColumnElement[bool]) -> N
     )
 
 
-def retire(conn: Connection, table: Table, condition: ColumnElement[bool]) -> int:
-    """Archive, then delete, the rows matching ``condition``; returns how many were deleted."""
+def retire(conn: Connection, table: Table, condition: ColumnElement[bool], unlink: bool = False) -> int:
+    """Archive, then delete, the rows matching ``condition``; returns how many were deleted.
+    ``unlink``: see :func:`remove`."""
     archive(conn, table, condition)
+    return remove(conn, table, condition, unlink)
+
+
+def remove(conn: Connection, table: Table, condition: ColumnElement[bool], unlink: bool) -> int:
+    """Delete the (already archived) rows matching ``condition``. With ``unlink`` their delta
+    links are cut first: an engine that checks foreign keys row by row (InnoDB) would otherwise
+    refuse a DELETE that reaches a keyframe before the deltas naming it."""
+    base = _BASE_COLUMN.get(table.name)
+    if unlink and base is not None:
+        conn.execute(update(table).where(condition, table.c[base].is_not(None)).values({base: None}))
     return int(conn.execute(delete(table).where(condition)).rowcount)
 
 
@@ -88,10 +99,7 @@ def rows_at(table: Table, seq: int | None) -> Select[Any]:
         live = select(*table.columns).where(table.c.valid_from_seq <= seq)
         source = union_all(live, _versions_at(table, seq)).subquery()
         query = select(*source.c)
-    base = _BASE_COLUMN.get(table.name)
-    if base is not None:
-        query = query.order_by(case((source.c[base].is_(None), 0), else_=1))
-    return query  # type: ignore[no-any-return]
+    return _bases_first(query, table, source)
 
 
 def history_at(table: Table, seq: int | None) -> Select[Any]:
@@ -101,7 +109,7 @@ def history_at(table: Table, seq: int | None) -> Select[Any]:
     return query if seq is None else query.where(history.c.valid_to_seq <= seq)
 
 
-def rewind(conn: Connection, seq: int, new_seq: int) -> dict[str, int]:
+def rewind(conn: Connection, seq: int, new_seq: int, unlink: bool = False) -> dict[str, int]:
     """Make the live tables equal to their state at ``seq``, as commit ``new_seq``.
 
     Per table, parents first: archive the rows changed after ``seq``, bring back rows deleted
@@ -123,20 +131,34 @@ def rewind(conn: Connection, seq: int, new_seq: int) -> dict[str, int]:
             .execution_options(preserve_rowcount=True)  # INSERT's rowcount is otherwise not kept
             .from_select(
                 [c.name for c in table.columns],
-                select(*[values.get(c.name, past.c[c.name]) for c in table.columns]).where(~exists().where(same_key)),
+                _bases_first(
+                    select(*[values.get(c.name, past.c[c.name]) for c in table.columns]).where(
+                        ~exists().where(same_key)
+                    ),
+                    table,
+                    past,
+                ),
             )
         ).rowcount
         updated = conn.execute(update(table).values(values).where(same_key, after[table.name])).rowcount
         changed[str(table.name)] = int(restored) + int(updated)
     for table in reversed(VERSIONED_TABLES):
-        changed[str(table.name)] += int(conn.execute(delete(table).where(after[table.name])).rowcount)
+        changed[str(table.name)] += remove(conn, table, after[table.name], unlink)
     return changed
 
 
-def delete_all(conn: Connection) -> None:
-    """Archive and delete every live row, children first (one statement per table)."""
+def _bases_first(query: Select[Any], table: Table, source: Any) -> Select[Any]:
+    """Order rows without a delta base first, so an INSERT ... SELECT never writes a delta before
+    its keyframe (InnoDB checks foreign keys row by row)."""
+    base = _BASE_COLUMN.get(table.name)
+    return query if base is None else query.order_by(case((source.c[base].is_(None), 0), else_=1))
+
+
+def delete_all(conn: Connection, unlink: bool = False) -> None:
+    """Archive and delete every live row, children first (one statement per table; ``unlink``:
+    see :func:`remove`)."""
     for table in reversed(VERSIONED_TABLES):
-        retire(conn, table, true())
+        retire(conn, table, true(), unlink)
 
 
 def load_rows(
@@ -181,4 +203,4 @@ def link_lineage(conn: Connection, lineage: list[dict[str, Any]]) -> None:
         )
 
 
-__all__ = ["archive", "delete_all", "history_at", "link_lineage", "load_rows", "retire", "rewind", "rows_at"]
+__all__ = ["archive", "delete_all", "history_at", "link_lineage", "load_rows", "remove", "retire", "rewind", "rows_at"]

@@ -17,10 +17,11 @@ from typing import Any
 import psycopg
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, extract, func, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from ..config import DURABILITY
-from ..errors import ValidationError
+from ..config import ConnectionOptions
+from ..errors import ConfigurationError, ValidationError
 from ..schema import metadata
 from .sql import SQLBackend
 
@@ -31,6 +32,8 @@ EXACT_COUNT_LIMIT = 50_000
 CONNECTIONS_DEGRADED_SHARE = 0.9
 #: Advisory lock key for migrations: the bytes "fle_db" as an integer.
 MIGRATION_LOCK_KEY = int.from_bytes(b"fle_db", "big")
+#: ``durability`` -> ``synchronous_commit``.
+SYNCHRONOUS_COMMIT = {"full": "on", "fast": "off"}
 
 
 class PostgresBackend(SQLBackend):
@@ -43,6 +46,19 @@ class PostgresBackend(SQLBackend):
     # A backup or copy reads every table in one snapshot.
     snapshot_isolation = "REPEATABLE READ"
 
+    @classmethod
+    def url_from_options(cls, options: ConnectionOptions) -> URL:
+        """``SKILLS_DB_HOST/PORT/NAME/USER/PASSWORD`` (port 5432), ``SKILLS_DB_SSLMODE`` and
+        ``SKILLS_DB_SSLROOTCERT`` (libpq's ``sslmode``/``sslrootcert``)."""
+        return options.server_url("postgresql+psycopg", 5432)
+
+    @classmethod
+    def normalize_url(cls, url: URL) -> URL:
+        """``postgres://``, ``postgresql://`` and ``postgresql+psycopg://`` all use psycopg 3."""
+        if not url.database:
+            raise ConfigurationError("the postgresql:// URL names no database")
+        return url.set(drivername="postgresql+psycopg")
+
     def _create_engine(self) -> Engine:
         settings = self.settings
         return create_engine(
@@ -54,7 +70,7 @@ class PostgresBackend(SQLBackend):
             connect_args={
                 "connect_timeout": max(1, round(settings.connection_timeout)),
                 "application_name": "fle-db",
-                "options": f"-c synchronous_commit={DURABILITY[settings.durability][1]}",
+                "options": f"-c synchronous_commit={SYNCHRONOUS_COMMIT[settings.durability]}",
             },
         )
 
@@ -158,8 +174,11 @@ class PostgresBackend(SQLBackend):
         }
         return checks
 
-    def _lock_for_migration(self, conn: Connection) -> None:
+    @contextmanager
+    def _migration_lock(self, conn: Connection) -> Iterator[None]:
+        """A transaction-scoped advisory lock: released by the commit or rollback."""
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        yield
 
     def _read_only_rows(
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]

@@ -1,9 +1,10 @@
 """The SQL implementation of the backend contract, shared by every SQLAlchemy dialect.
 
-Dialect differences are hooks that ``sqlite.py`` and ``postgres.py`` fill in: how the engine is
-built, how a write transaction takes its lock, and which ``INSERT ... ON CONFLICT`` construct to
-use. Statements are built once per backend and reused, so the hot path (``save_checkpoints``)
-only binds parameters: no per-call SQL compilation, no RETURNING, one transaction per call.
+Dialect differences are hooks that ``sqlite.py``, ``postgres.py`` and ``mysql.py`` fill in: how
+the engine is built, how a write transaction takes its lock, how an INSERT skips or overwrites a
+stored key (``ON CONFLICT`` or ``ON DUPLICATE KEY UPDATE``), and how errors are named. Statements
+are built once per backend and reused, so the hot path (``save_checkpoints``) only binds
+parameters: no per-call SQL compilation, no RETURNING, one transaction per call.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -357,8 +358,9 @@ def now_us() -> int:
 class SQLBackend(Backend):
     """Backend over a SQLAlchemy engine. Subclasses provide the dialect hooks below."""
 
-    #: ``sqlalchemy.dialects.<name>.insert``: the dialect's INSERT with ``on_conflict_do_nothing``
-    #: (typed Any: the SQLite and PostgreSQL constructs share that API but no common base class).
+    #: ``sqlalchemy.dialects.<name>.insert``: the dialect's INSERT construct, which the default
+    #: statement hooks use with ``on_conflict_*`` (SQLite and PostgreSQL share that API but no
+    #: common base class, hence Any); a dialect without it overrides those hooks.
     dialect_insert: Callable[[Table], Any]
     #: Isolation level of read connections, None to keep the engine's (see :meth:`_read`).
     read_isolation: str | None = None
@@ -378,7 +380,7 @@ class SQLBackend(Backend):
 
         def insert_ignore(table: Table) -> _Raw:
             stmt, keys = stamped(table)
-            return _Raw(stmt.on_conflict_do_nothing(), dialect, keys)
+            return _Raw(self._insert_ignore(stmt, table), dialect, keys)
 
         self._raw_trajectory = insert_ignore(trajectories)
         self._raw_state = insert_ignore(game_states)
@@ -389,38 +391,19 @@ class SQLBackend(Backend):
         # Explicit columns: the id is left to the database (identity / AUTOINCREMENT).
         node_keys = [c.name for c in search_nodes.c if c.name not in ("id", "valid_from_seq")]
         self._raw_node = _Raw(
-            ins(search_nodes)
-            .values({**{name: bindparam(name) for name in node_keys}, "valid_from_seq": history.CURRENT_SEQ})
-            .on_conflict_do_nothing(),
+            self._insert_ignore(
+                ins(search_nodes).values(
+                    {**{name: bindparam(name) for name in node_keys}, "valid_from_seq": history.CURRENT_SEQ}
+                ),
+                search_nodes,
+            ),
             dialect,
         )
         keyframe, keyframe_keys = stamped(blobs)
-        # A keyframe replaces a delta of the same content, so every base stays a full blob (the
-        # row's content is the same: it keeps its version).
-        self._raw_keyframe = _Raw(
-            keyframe.on_conflict_do_update(
-                index_elements=[blobs.c.id],
-                set_={
-                    "codec": keyframe.excluded.codec,
-                    "body": keyframe.excluded.body,
-                    "base_id": null(),
-                    "checksum": keyframe.excluded.checksum,
-                },
-                where=blobs.c.base_id.is_not(None),
-            ),
-            dialect,
-            keyframe_keys,
-        )
-        metadata_row, _ = stamped(trajectory_metadata)
-        self._upsert_metadata = metadata_row.on_conflict_do_update(
-            index_elements=[trajectory_metadata.c.trajectory_id, trajectory_metadata.c.key],
-            set_={
-                "codec": metadata_row.excluded.codec,
-                "body": metadata_row.excluded.body,
-                "updated_at": metadata_row.excluded.updated_at,
-                "valid_from_seq": metadata_row.excluded.valid_from_seq,
-            },
-        )
+        # A keyframe replaces a delta of the same content (the row's content is the same: it
+        # keeps its version).
+        self._raw_keyframe = _Raw(self._upsert_keyframe(keyframe), dialect, keyframe_keys)
+        self._upsert_metadata = self._upsert_metadata_value(stamped(trajectory_metadata)[0])
         self._select_steps = (
             select(*_step_columns(steps)).where(steps.c.trajectory_id == bindparam("tid")).order_by(steps.c.step_number)
         )
@@ -451,14 +434,54 @@ class SQLBackend(Backend):
     def _create_engine(self) -> Engine:
         """Build the pooled engine (pool size, timeouts, per-connection settings)."""
 
+    def _insert_ignore(self, stmt: Any, table: Table) -> Any:
+        """``stmt`` (an INSERT into ``table``) made to skip a row whose primary key is stored
+        already (its row count counts only the rows inserted) and raise on any other error.
+        Default: ``ON CONFLICT DO NOTHING``."""
+        return stmt.on_conflict_do_nothing()
+
+    def _upsert_keyframe(self, keyframe: Any) -> Any:
+        """``keyframe`` (an INSERT of a blob) made so that a stored *delta* of the same id becomes
+        this full blob (codec, body, checksum, no base), so every base stays a keyframe; a stored
+        keyframe is kept."""
+        return keyframe.on_conflict_do_update(
+            index_elements=[blobs.c.id],
+            set_={
+                "codec": keyframe.excluded.codec,
+                "body": keyframe.excluded.body,
+                "base_id": null(),
+                "checksum": keyframe.excluded.checksum,
+            },
+            where=blobs.c.base_id.is_not(None),
+        )
+
+    def _upsert_metadata_value(self, row: Any) -> Any:
+        """``row`` (an INSERT of a metadata value) made to overwrite the stored value (codec,
+        body, updated_at, version)."""
+        return row.on_conflict_do_update(
+            index_elements=[trajectory_metadata.c.trajectory_id, trajectory_metadata.c.key],
+            set_={
+                "codec": row.excluded.codec,
+                "body": row.excluded.body,
+                "updated_at": row.excluded.updated_at,
+                "valid_from_seq": row.excluded.valid_from_seq,
+            },
+        )
+
     @contextmanager
     def _pipeline(self, conn: Connection) -> Iterator[None]:
         """Batch the statements sent inside into as few round trips as the driver allows."""
         yield
 
     @abstractmethod
-    def _lock_for_migration(self, conn: Connection) -> None:
-        """Take the cross-process migration lock inside the open write transaction."""
+    def _migration_lock(self, conn: Connection) -> AbstractContextManager[None]:
+        """Hold the cross-process migration lock (taken inside the open write transaction) for
+        the duration of the ``with`` block."""
+
+    #: Whether a record table's delta links must be cut before its rows are deleted: an engine
+    #: that checks foreign keys row by row (InnoDB) would refuse to delete a keyframe before the
+    #: deltas that name it, in one DELETE.
+    unlink_bases_before_delete = False
 
     def _clock(self) -> ColumnElement[int]:
         """Now, in integer microseconds, as a SQL expression: by default the client's clock,
@@ -588,12 +611,12 @@ class SQLBackend(Backend):
         if self.migration_status().up_to_date:
             return []
         with self._write() as conn:
-            self._lock_for_migration(conn)
-            # Re-read under the lock: another process may have migrated while we waited.
-            pending = migrations.pending_revisions(migrations.current_revision(conn))
-            if pending:
-                log.info("migrating %s: applying %s", self.settings.safe_url(), ", ".join(pending))
-                migrations.upgrade(conn)
+            with self._migration_lock(conn):
+                # Re-read under the lock: another process may have migrated while we waited.
+                pending = migrations.pending_revisions(migrations.current_revision(conn))
+                if pending:
+                    log.info("migrating %s: applying %s", self.settings.safe_url(), ", ".join(pending))
+                    migrations.upgrade(conn)
         return pending
 
     # -- writes ---------------------------------------------------------------------------
@@ -976,7 +999,7 @@ class SQLBackend(Backend):
                 tally["bytes"] += conn.execute(
                     select(func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
                 ).scalar_one()
-            tally[table.name] += history.retire(conn, table, key == tid)
+            tally[table.name] += history.retire(conn, table, key == tid, self.unlink_bases_before_delete)
         self._collect_garbage(conn, state_ids, tally)
 
     def _collect_garbage(self, conn: Connection, state_ids: list[str], tally: Counter[str]) -> None:
@@ -1404,7 +1427,13 @@ class SQLBackend(Backend):
             assert raw is not None
             for action, statement in self._maintenance(vacuum, reindex):
                 started = time.perf_counter()
-                raw.execute(statement)
+                cursor = raw.cursor()
+                try:
+                    cursor.execute(statement)
+                    if cursor.description is not None:  # MySQL's ANALYZE/OPTIMIZE TABLE report rows
+                        cursor.fetchall()
+                finally:
+                    cursor.close()
                 done.append({"action": action, "ms": (time.perf_counter() - started) * 1000})
         return done
 
@@ -1783,7 +1812,7 @@ class SQLBackend(Backend):
                 for cursor in self._log_commit(conn):
                     _rowcount(cursor)
                 seq = self._seq(conn)
-                history.delete_all(conn)
+                history.delete_all(conn, self.unlink_bases_before_delete)
                 names = [table.name for table in VERSIONED_TABLES]
             else:
                 self._require_empty(conn)
@@ -1832,7 +1861,7 @@ class SQLBackend(Backend):
     def rewind(self, seq: int) -> dict[str, int]:
         with self._commit() as conn:  # the commit's lock on log_head keeps every other writer out
             self._check_seq(conn, seq)
-            return history.rewind(conn, seq, self._seq(conn))
+            return history.rewind(conn, seq, self._seq(conn), self.unlink_bases_before_delete)
 
     def prune_history(self, before_us: int) -> dict[str, int]:
         deleted: dict[str, int] = {}

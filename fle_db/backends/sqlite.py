@@ -16,17 +16,19 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import QueuePool, StaticPool
+from sqlalchemy.pool import QueuePool
 
-from ..config import DURABILITY
-from ..errors import BackendUnavailableError, ValidationError
+from ..config import ConnectionOptions
+from ..errors import BackendUnavailableError, ConfigurationError, ValidationError
 from ..schema import metadata
 from .sql import SQLBackend
 
@@ -64,6 +66,11 @@ def _warn_wal_reset_bug() -> None:
         )
 
 
+#: Where the database is when neither ``SQLITE_DB_FILE`` nor ``sqlite_db_file`` says (FLE's default).
+DEFAULT_FILE = ".fle/data.db"
+#: ``durability`` -> ``PRAGMA synchronous``.
+SYNCHRONOUS = {"full": "FULL", "fast": "NORMAL"}
+
 #: Free space on the database's filesystem below which health is degraded / failing.
 DISK_DEGRADED_BYTES = 1024**3
 DISK_FAILING_BYTES = 64 * 1024**2
@@ -72,19 +79,52 @@ WAL_DEGRADED_BYTES = 512 * 1024**2
 
 
 class SQLiteBackend(SQLBackend):
-    """Embedded SQLite file (or ``:memory:``, one shared connection, for tests and demos)."""
+    """Embedded SQLite file (or ``:memory:``: one connection that threads take turns on, for
+    tests and demos)."""
 
     name = "sqlite"
     dialect_insert = staticmethod(sqlite_insert)
     # Reads keep fle-db's own transaction control (a deferred BEGIN costs no I/O); switching
     # pysqlite to AUTOCOMMIT and back would re-enable its legacy implicit transactions.
 
+    @classmethod
+    def url_from_options(cls, options: ConnectionOptions) -> URL:
+        """``sqlite_db_file`` / ``SQLITE_DB_FILE``, default ``.fle/data.db``; ``:memory:`` or
+        empty for an in-memory database."""
+        path = options.get("sqlite_db_file", "SQLITE_DB_FILE")
+        return _url(str(path) if path else DEFAULT_FILE, "SQLITE_DB_FILE")
+
+    @classmethod
+    def normalize_url(cls, url: URL) -> URL:
+        return _url(url.database or ":memory:", "url")
+
+    @classmethod
+    def location(cls, url: URL) -> str:
+        path = database_path(url)
+        return os.path.abspath(path) if path is not None else url.render_as_string()
+
+    @classmethod
+    def database_exists(cls, url: URL) -> bool:
+        path = database_path(url)
+        return path is None or os.path.exists(path)
+
     def _create_engine(self) -> Engine:
         settings = self.settings
-        path = settings.sqlite_path
+        path = database_path(settings.url)
         timeout = settings.connection_timeout
         if path is None:
-            engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+            # One in-memory database is one connection. A pool of exactly that connection makes
+            # threads take turns (StaticPool would hand it to several threads at once, mixing
+            # their transactions: the conformance suite's thread test failed with FK errors).
+            memory = sqlite3.connect(":memory:", check_same_thread=False)
+            engine = create_engine(
+                "sqlite://",
+                poolclass=QueuePool,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=timeout,
+                creator=lambda: memory,
+            )
         else:
             _create_owner_only(Path(path))
             _warn_wal_reset_bug()
@@ -99,7 +139,7 @@ class SQLiteBackend(SQLBackend):
         pragmas = [
             f"PRAGMA busy_timeout = {int(timeout * 1000)}",
             "PRAGMA foreign_keys = ON",
-            f"PRAGMA synchronous = {DURABILITY[settings.durability][0]}",
+            f"PRAGMA synchronous = {SYNCHRONOUS[settings.durability]}",
         ]
 
         @event.listens_for(engine, "connect")
@@ -116,8 +156,10 @@ class SQLiteBackend(SQLBackend):
 
         return engine
 
-    def _lock_for_migration(self, conn: Connection) -> None:
+    @contextmanager
+    def _migration_lock(self, conn: Connection) -> Iterator[None]:
         """``BEGIN IMMEDIATE`` already holds the database's single write lock."""
+        yield
 
     def _table_sizes(self, conn: Connection) -> dict[str, int]:
         """Pages of each table and its indexes (the ``dbstat`` table, which reads b-tree pages,
@@ -162,7 +204,7 @@ class SQLiteBackend(SQLBackend):
         return problems
 
     def _backend_checks(self) -> dict[str, dict[str, Any]]:
-        path = self.settings.sqlite_path
+        path = database_path(self.settings.url)
         if path is None:
             return {}
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
@@ -186,7 +228,7 @@ class SQLiteBackend(SQLBackend):
 
     def _total_size(self, tables: dict[str, int]) -> int:
         """The database file and its write-ahead log."""
-        path = self.settings.sqlite_path
+        path = database_path(self.settings.url)
         if path is None:
             return sum(tables.values())
         return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
@@ -220,6 +262,19 @@ class SQLiteBackend(SQLBackend):
             cursor.close()
             raw.set_authorizer(None)
             raw.execute("PRAGMA query_only = 0")
+
+
+def database_path(url: URL) -> str | None:
+    """The SQLite file a URL names, or None for an in-memory database."""
+    return None if url.database in (None, "", ":memory:") else url.database
+
+
+def _url(path: str, source: str) -> URL:
+    if "\x00" in path:
+        raise ConfigurationError(f"{source} contains a NUL byte")
+    if path in (":memory:", ""):
+        return URL.create("sqlite", database=":memory:")
+    return URL.create("sqlite", database=str(Path(path).expanduser()))
 
 
 def _ensure_wal(conn: sqlite3.Connection, timeout: float) -> None:

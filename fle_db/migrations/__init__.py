@@ -1,12 +1,13 @@
 """Schema migrations (Alembic), run programmatically on a connection the caller holds.
 
 The caller (a backend) opens a write transaction, takes its cross-process lock (SQLite: the
-``BEGIN IMMEDIATE`` write lock; PostgreSQL: ``pg_advisory_xact_lock``), re-reads the version and
-only then calls :func:`upgrade`, so many processes starting at once against a fresh database apply
-each migration exactly once. Alembic's version table is ``fle_db_version``.
+``BEGIN IMMEDIATE`` write lock; PostgreSQL: ``pg_advisory_xact_lock``; MySQL: ``GET_LOCK``),
+re-reads the version and only then calls :func:`upgrade`, so many processes starting at once
+against a fresh database apply each migration exactly once. Alembic's version table is ``fle_db_version``.
 
-Migrations are small, transactional and never edited once released; a test proves the migrated
-schema equals ``fle_db.schema.metadata``.
+Migrations are small, transactional (except on MySQL/MariaDB, which commits each DDL statement)
+and never change meaning once released (a MySQL-only variant may be added); a test proves the
+migrated schema equals ``fle_db.schema.metadata`` on every built-in backend.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def current_revision(connection: Connection) -> str | None:
             the database holds fle-db's table names without a version (another application's?).
     """
     inspector = inspect(connection)
-    revision: str | None = (
-        connection.execute(select(_version.c.version_num)).scalar() if inspector.has_table(VERSION_TABLE) else None
-    )
+    versioned = inspector.has_table(VERSION_TABLE)
+    revision: str | None = connection.execute(select(_version.c.version_num)).scalar() if versioned else None
     if revision is None:
-        clash = sorted(set(inspector.get_table_names()) & set(metadata.tables))
+        # An empty version table with fle-db's tables beside it is a first migration under way
+        # in another process (visible only where DDL is not transactional: MySQL), not foreign.
+        clash = [] if versioned else sorted(set(inspector.get_table_names()) & set(metadata.tables))
         if clash:
             raise SchemaVersionError(
                 f"the database has tables {clash} but no {VERSION_TABLE} table: it was not created "

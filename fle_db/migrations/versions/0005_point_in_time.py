@@ -16,14 +16,23 @@ which moves on).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0005_point_in_time"
 down_revision = "0004_step_time_index"
 branch_labels = None
 depends_on = None
+
+
+# MySQL/MariaDB only (see 0001): LONGBLOB bodies, DOUBLE rewards, InnoDB tables with a binary
+# collation. Other dialects ignore these variants and options.
+BYTES = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+DOUBLE = sa.Float().with_variant(mysql.DOUBLE(), "mysql", "mariadb")
+MYSQL_TABLE: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 
 def _id() -> sa.String:
@@ -41,7 +50,7 @@ def _record_columns() -> list[sa.Column[object]]:
         sa.Column("step_number", sa.BigInteger, nullable=False),
         sa.Column("digest", _short(), nullable=False),
         sa.Column("codec", _short(), nullable=False),
-        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("body", BYTES, nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("base_step_number", sa.BigInteger),
     ]
@@ -54,19 +63,19 @@ def _columns() -> dict[str, list[sa.Column[object]]]:
             sa.Column("id", _id(), nullable=False),
             sa.Column("agent_type", _id()),
             sa.Column("task", _id()),
-            sa.Column("total_reward", sa.Float),
+            sa.Column("total_reward", DOUBLE),
             sa.Column("success", sa.Boolean),
             sa.Column("parent_trajectory_id", _id()),
             sa.Column("parent_step_number", sa.BigInteger),
             sa.Column("codec", _short(), nullable=False),
-            sa.Column("body", sa.LargeBinary, nullable=False),
+            sa.Column("body", BYTES, nullable=False),
             sa.Column("created_at", sa.BigInteger, nullable=False),
             sa.Column("updated_at", sa.BigInteger, nullable=False),
         ],
         "game_states": [
             sa.Column("id", _short(), nullable=False),
             sa.Column("codec", _short(), nullable=False),
-            sa.Column("body", sa.LargeBinary, nullable=False),
+            sa.Column("body", BYTES, nullable=False),
             sa.Column("raw_size", sa.Integer, nullable=False),
             sa.Column("created_at", sa.BigInteger, nullable=False),
         ],
@@ -74,7 +83,7 @@ def _columns() -> dict[str, list[sa.Column[object]]]:
             sa.Column("id", _short(), nullable=False),
             sa.Column("codec", _short(), nullable=False),
             sa.Column("base_id", _short()),
-            sa.Column("body", sa.LargeBinary, nullable=False),
+            sa.Column("body", BYTES, nullable=False),
             sa.Column("raw_size", sa.Integer, nullable=False),
             sa.Column("checksum", sa.BigInteger, nullable=False),
             sa.Column("created_at", sa.BigInteger, nullable=False),
@@ -89,11 +98,11 @@ def _columns() -> dict[str, list[sa.Column[object]]]:
             sa.Column("step_number", sa.BigInteger, nullable=False),
             sa.Column("parent_trajectory_id", _id()),
             sa.Column("parent_step_number", sa.BigInteger),
-            sa.Column("reward", sa.Float),
+            sa.Column("reward", DOUBLE),
             sa.Column("game_state_id", _short()),
             sa.Column("digest", _short(), nullable=False),
             sa.Column("codec", _short(), nullable=False),
-            sa.Column("body", sa.LargeBinary, nullable=False),
+            sa.Column("body", BYTES, nullable=False),
             sa.Column("created_at", sa.BigInteger, nullable=False),
             sa.Column("base_step_number", sa.BigInteger),
         ],
@@ -103,7 +112,7 @@ def _columns() -> dict[str, list[sa.Column[object]]]:
             sa.Column("trajectory_id", _id(), nullable=False),
             sa.Column("key", _id(), nullable=False),
             sa.Column("codec", _short(), nullable=False),
-            sa.Column("body", sa.LargeBinary, nullable=False),
+            sa.Column("body", BYTES, nullable=False),
             sa.Column("updated_at", sa.BigInteger, nullable=False),
         ],
     }
@@ -118,12 +127,14 @@ def upgrade() -> None:
         sa.Column("horizon_seq", sa.BigInteger, nullable=False),
         sa.Column("horizon_at", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_log_head"),
+        **MYSQL_TABLE,
     )
     op.create_table(
         "commit_log",
         sa.Column("seq", sa.BigInteger, nullable=False, autoincrement=False),
         sa.Column("committed_at", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("seq", name="pk_commit_log"),
+        **MYSQL_TABLE,
     )
     op.create_index("ix_commit_log_committed_at", "commit_log", ["committed_at"])
     now = time.time_ns() // 1000
@@ -140,6 +151,7 @@ def upgrade() -> None:
             *columns,
             sa.Column("valid_from_seq", sa.BigInteger, nullable=False),
             sa.Column("valid_to_seq", sa.BigInteger, nullable=False),
+            **MYSQL_TABLE,
         )
         op.create_index(f"ix_{name}_history_valid_to_seq", f"{name}_history", ["valid_to_seq"])
 

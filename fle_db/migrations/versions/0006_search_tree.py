@@ -11,8 +11,14 @@ Revises: 0005_point_in_time
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+DOUBLE = sa.Float().with_variant(mysql.DOUBLE(), "mysql", "mariadb")
+MYSQL_TABLE: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 revision = "0006_search_tree"
 down_revision = "0005_point_in_time"
@@ -21,7 +27,7 @@ depends_on = None
 
 ID_LENGTH = 200
 
-# Portable SQL (SQLite and PostgreSQL): FLE trees are 'fle-v{version}', their trajectories
+# SQLite and PostgreSQL (MySQL: see _view_sql): FLE trees are 'fle-v{version}', their trajectories
 # 'fle-v{version}-i{instance}'; times are epoch microseconds.
 FLE_PROGRAMS_VIEW = """
 CREATE VIEW fle_programs AS
@@ -48,6 +54,17 @@ WHERE n.tree LIKE 'fle-v%' AND n.trajectory_id LIKE n.tree || '-i%'
 """
 
 
+def _view_sql() -> str:
+    """MySQL/MariaDB cast to SIGNED and concatenate with CONCAT (``||`` is OR there)."""
+    if op.get_bind().dialect.name not in ("mysql", "mariadb"):
+        return FLE_PROGRAMS_VIEW
+    return (
+        FLE_PROGRAMS_VIEW.replace("AS BIGINT", "AS SIGNED")
+        .replace("AS INTEGER", "AS SIGNED")
+        .replace("n.tree || '-i%'", "CONCAT(n.tree, '-i%')")
+    )
+
+
 def upgrade() -> None:
     op.create_table(
         "search_nodes",
@@ -57,8 +74,8 @@ def upgrade() -> None:
         sa.Column("tree", sa.String(ID_LENGTH), nullable=False),
         sa.Column("depth", sa.BigInteger, nullable=False),
         sa.Column("visits", sa.BigInteger, nullable=False),
-        sa.Column("value", sa.Float),
-        sa.Column("advantage", sa.Float),
+        sa.Column("value", DOUBLE),
+        sa.Column("advantage", DOUBLE),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("updated_at", sa.BigInteger, nullable=False),
         sa.Column("valid_from_seq", sa.BigInteger, nullable=False, server_default=sa.text("0")),
@@ -69,6 +86,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name="pk_search_nodes"),
         sqlite_autoincrement=True,
+        **MYSQL_TABLE,
     )
     op.create_index("ix_search_nodes_step", "search_nodes", ["trajectory_id", "step_number"], unique=True)
     op.create_index("ix_search_nodes_tree", "search_nodes", ["tree", "depth", "value"])
@@ -81,6 +99,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("valid_from_seq", sa.BigInteger, nullable=False, server_default=sa.text("0")),
         sa.PrimaryKeyConstraint("version", name="pk_fle_versions"),
+        **MYSQL_TABLE,
     )
     op.create_table(
         "search_nodes_history",
@@ -90,12 +109,13 @@ def upgrade() -> None:
         sa.Column("tree", sa.String(ID_LENGTH), nullable=False),
         sa.Column("depth", sa.BigInteger, nullable=False),
         sa.Column("visits", sa.BigInteger, nullable=False),
-        sa.Column("value", sa.Float),
-        sa.Column("advantage", sa.Float),
+        sa.Column("value", DOUBLE),
+        sa.Column("advantage", DOUBLE),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("updated_at", sa.BigInteger, nullable=False),
         sa.Column("valid_from_seq", sa.BigInteger, nullable=False),
         sa.Column("valid_to_seq", sa.BigInteger, nullable=False),
+        **MYSQL_TABLE,
     )
     op.create_table(
         "fle_versions_history",
@@ -105,10 +125,11 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("valid_from_seq", sa.BigInteger, nullable=False),
         sa.Column("valid_to_seq", sa.BigInteger, nullable=False),
+        **MYSQL_TABLE,
     )
     for name in ("search_nodes", "fle_versions"):
         op.create_index(f"ix_{name}_history_valid_to_seq", f"{name}_history", ["valid_to_seq"])
-    op.execute(FLE_PROGRAMS_VIEW)
+    op.execute(_view_sql())
 
 
 def downgrade() -> None:
