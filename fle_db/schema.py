@@ -56,7 +56,7 @@ VERSION_TABLE = "fle_db_version"
 #: Payload bytes. MySQL's BLOB holds 64 KB, so MySQL/MariaDB get LONGBLOB (4 GB).
 Payload = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 #: A double. MySQL's FLOAT is single precision: rewards would lose digits and ties would reorder.
-Double = Float().with_variant(mysql.DOUBLE(), "mysql", "mariadb")
+Double = Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")  # floats, not Decimal
 #: MySQL/MariaDB table options: InnoDB (transactions, foreign keys) and a *binary* collation, so
 #: ids compare byte for byte as on SQLite and PostgreSQL (the default collations are
 #: case-insensitive: "Run1" and "run1" would be one trajectory). Other dialects ignore them.
