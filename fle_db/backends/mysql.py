@@ -269,6 +269,9 @@ class MySQLBackend(SQLBackend):
             )
         try:
             yield
+            # Commit the last version row before another process may read it: the lock belongs to
+            # the session, so releasing it first would let a waiter see the previous revision.
+            conn.exec_driver_sql("COMMIT")
         finally:
             conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": MIGRATION_LOCK})
 
