@@ -26,10 +26,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__
-from .client import DatabaseClient
-from .config import Settings
-from .errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
+from .. import __version__
+from ..client import DatabaseClient
+from ..config import Settings
+from ..errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
 
 #: Exit code of a configuration or validation error (click uses 2 for usage errors as well).
 EXIT_USAGE = 2
@@ -92,7 +92,7 @@ def demo(options: _Options, trajectories: int, steps: int, seed: int, as_json: b
     Writes new trajectories (ids demo-<time>-<random>-<i>) to the database, creating and migrating
     it if needed, then prints a summary: steps/s, resume latency, database size.
     """
-    from .demo import run_demo  # imported here: `fle-db --help` stays fast
+    from ..demo import run_demo  # imported here: `fle-db --help` stays fast
 
     as_json = as_json or options.json
     console = Console(stderr=True) if as_json else Console()
@@ -147,7 +147,7 @@ def status(options: _Options, as_json: bool) -> None:
     settings = Settings.resolve(options.url)
     if not settings.database_exists():
         # Report on a database that does not exist yet without creating its file.
-        from . import migrations
+        from .. import migrations
 
         result: dict[str, Any] = {
             "current_version": None,
