@@ -252,7 +252,7 @@ def test_stats_reports_counts_and_sizes_as_json_and_as_a_table(db_url: str) -> N
     stats = json.loads(result.output)
     assert (stats["trajectories"], stats["steps"]) == (1, 5)
     table = CliRunner().invoke(main, ["--url", db_url, "stats"])
-    assert table.exit_code == 0 and "steps" in table.output and "MiB" in table.output
+    assert table.exit_code == 0 and "steps" in table.output and "KiB" in table.output
 
 
 def test_health_exits_zero_when_ok_and_one_when_failing(db_url: str) -> None:

@@ -32,8 +32,6 @@ from ..errors import BackendUnavailableError, ConfigurationError, ValidationErro
 from ..schema import metadata
 from .sql import SQLBackend
 
-log = logging.getLogger("fle_db")
-
 #: SQLite's WAL-reset bug (https://sqlite.org/wal.html, "WAL-reset bug"): two connections that
 #: write or checkpoint at the same moment can corrupt a WAL database. In 3.7.0 up to 3.51.2,
 #: fixed in 3.51.3 and the 3.44.6 and 3.50.7 patch releases. Python's stdlib sqlite3 links the
@@ -52,13 +50,16 @@ def wal_reset_bug_affects(version: tuple[int, ...]) -> bool:
 
 
 _warned = False
+#: The logger of the warning about the linked SQLite library (the CLI leaves it out of read-only
+#: commands: it concerns concurrent writers).
+SQLITE_LIBRARY_LOGGER = "fle_db.sqlite_library"
 
 
 def _warn_wal_reset_bug() -> None:
     global _warned
     if not _warned and wal_reset_bug_affects(sqlite3.sqlite_version_info):
         _warned = True
-        log.warning(
+        logging.getLogger(SQLITE_LIBRARY_LOGGER).warning(
             "SQLite %s has the WAL-reset bug (fixed in 3.51.3): several processes writing one database "
             "file at once risk corrupting it. Use a Python linked with SQLite >= 3.51.3, or PostgreSQL, "
             "for many concurrent writer processes.",
