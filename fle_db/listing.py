@@ -205,4 +205,3 @@ def _after_key(key: tuple[Any, str], value: Any, last_id: str, descending: bool)
     if end is None:
         return True
     return (end, tid) < (value, last_id) if descending else (end, tid) > (value, last_id)
-

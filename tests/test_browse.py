@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from conftest import ALL_BACKENDS
 
 from fle_db import DatabaseClient
 from fle_db.errors import NotFoundError, ValidationError
-
-from conftest import ALL_BACKENDS
 
 ORDERS = ["id", "task", "agent_type", "steps", "total_reward", "success", "start_time", "end_time"]
 ROW_KEYS = {"id", "task", "agent_type", "steps", "total_reward", "success", "start_time", "end_time",
