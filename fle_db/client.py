@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 import pydantic
 
-from . import models
+from . import listing, models
 from .backends import Backend, open_backend
 from .backends.base import (
     Blob,
@@ -29,6 +29,7 @@ from .backends.base import (
     NodeRow,
     SaveResult,
     StepRow,
+    StoredCheckpoint,
     StoredNode,
     StoredState,
     StoredStep,
@@ -264,9 +265,11 @@ class DatabaseClient:
         return self._save(build)
 
     @_timed
-    def load_steps(self, trajectory_id: str) -> list[dict[str, Any]]:
+    def load_steps(self, trajectory_id: str, *, with_parts: bool = False) -> list[dict[str, Any]]:
         """All steps of a trajectory in ``step_number`` order, each as saved plus
-        ``game_state_id`` (None without a state).
+        ``game_state_id`` (None without a state). ``with_parts=True``: each step also carries
+        its ``agent_output`` and ``environment_feedback`` as entries (left out where the step has
+        none), as :meth:`save_step` accepts them (without the step's key fields).
 
         Raises:
             NotFoundError: no such trajectory (a trajectory without steps gives ``[]``).
@@ -275,8 +278,13 @@ class DatabaseClient:
         rows = self._backend.load_steps(trajectory_id)
         if not rows:
             self._require_trajectory(trajectory_id)
+        parts: dict[str, dict[int, Any]] = {}
+        if with_parts:
+            for name in ("agent_output", "environment_feedback"):
+                records = self._backend.load_step_records(name + "s", trajectory_id)
+                parts[name] = {r.step_number: v for r, v in zip(records, self._record_values(records), strict=True)}
         with codec.gc_paused():
-            return [
+            loaded = [
                 {
                     "trajectory_id": row.trajectory_id,
                     "step_number": row.step_number,
@@ -285,6 +293,11 @@ class DatabaseClient:
                 }
                 for row, value in zip(rows, self._record_values(rows), strict=True)
             ]
+        for name, by_number in parts.items():
+            for step in loaded:
+                if step["step_number"] in by_number:
+                    step[name] = by_number[step["step_number"]]
+        return loaded
 
     @_timed
     def load_step(self, trajectory_id: str, step_number: int) -> dict[str, Any]:
@@ -305,23 +318,70 @@ class DatabaseClient:
         }
 
     @_timed
-    def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
-        """The newest checkpoint (highest ``step_number``) as ``{"step": ..., "game_state": ...}``
-        (``game_state`` None if that step has none), read in one index lookup; None when the
-        trajectory has no step (or does not exist): start the run afresh.
+    def load_checkpoint(self, trajectory_id: str, step_number: int) -> dict[str, Any]:
+        """One checkpoint as saved: ``{"step", "agent_output", "environment_feedback",
+        "game_state"}``, each equal to what :meth:`save_step` was given (parts given as keyword
+        arguments or as entries of the step alike; the step with ``game_state_id`` added, the
+        parts without the step's key fields); absent parts are None. One query. Read-only.
+
+        Raises:
+            NotFoundError: no such step. ValidationError: malformed id or step number.
         """
         _check_id(trajectory_id, "trajectory_id")
-        found = self._backend.load_latest(trajectory_id)
+        found = self._backend.load_checkpoint(trajectory_id, _check_step_number(step_number))
         if found is None:
-            return None
-        row, state = found
-        step = {
-            "trajectory_id": row.trajectory_id,
-            "step_number": row.step_number,
-            **self._record_values([row])[0],
-            "game_state_id": row.game_state_id,
-        }
-        return {"step": step, "game_state": self._decode_state(state) if state else None}
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
+        return self._checkpoint_dict(found)
+
+    @_timed
+    def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
+        """The newest checkpoint (highest ``step_number``), as :meth:`load_checkpoint` gives it
+        (``{"step", "agent_output", "environment_feedback", "game_state"}``), read in one index
+        lookup; None when the trajectory has no step (or does not exist): start the run afresh.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        found = self._backend.load_checkpoint(trajectory_id, None)
+        return self._checkpoint_dict(found) if found is not None else None
+
+    @_timed
+    def list_trajectories(
+        self,
+        *,
+        task: str | None = None,
+        agent_type: str | None = None,
+        success: bool | None = None,
+        since: datetime | str | float | None = None,
+        until: datetime | str | float | None = None,
+        id_contains: str | None = None,
+        parent_trajectory_id: str | None = None,
+        order_by: str = "start_time",
+        descending: bool = True,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of trajectories: ``{"trajectories": [row, ...], "next_cursor": str | None}``,
+        each row ``{"id", "task", "agent_type", "steps", "total_reward", "success",
+        "start_time", "end_time", "parent_trajectory_id", "parent_step_number"}`` (missing
+        values None; ``start_time`` as saved, else when the trajectory was first saved, ISO 8601).
+
+        Filters (AND): ``task``, ``agent_type``, ``success``, ``since`` / ``until`` (first
+        saved at or after / before: aware datetime, ISO 8601 with offset, or epoch seconds),
+        ``id_contains`` (case-insensitive), ``parent_trajectory_id`` (its forks). ``order_by``:
+        ``id``, ``task``, ``agent_type``, ``steps``, ``total_reward``, ``success``,
+        ``start_time`` (first saved) or ``end_time``; missing values last, ties by id.
+        Keyset pagination: pass ``next_cursor`` back as ``cursor`` (with the same order and
+        filters) for the next page; None on the last page. Read-only.
+
+        Raises:
+            ValidationError: a bad filter, order or limit (1..1000), or a cursor that was altered
+            or belongs to another order or filters.
+        """
+        query = listing.build_query(
+            task=task, agent_type=agent_type, success=success, since=since, until=until, id_contains=id_contains,
+            parent_trajectory_id=parent_trajectory_id, order_by=order_by, descending=descending, limit=limit,
+            cursor=cursor,
+        )  # fmt: skip
+        return listing.page(query, self._backend.list_trajectories, self._backend.trajectory_bodies)
 
     # -- search trees ---------------------------------------------------------------------
     @_timed
@@ -1002,6 +1062,19 @@ class DatabaseClient:
             return got
 
         return [orjson.loads(resolve(row)) for row in rows]
+
+    def _checkpoint_dict(self, found: StoredCheckpoint) -> dict[str, Any]:
+        row = found.step
+        step = {
+            "trajectory_id": row.trajectory_id,
+            "step_number": row.step_number,
+            **self._record_values([row])[0],
+            "game_state_id": row.game_state_id,
+        }
+        output, feedback = (self._record_values([r])[0] if r is not None else None
+                            for r in (found.agent_output, found.environment_feedback))  # fmt: skip
+        state = self._decode_state(found.game_state) if found.game_state is not None else None
+        return {"step": step, "agent_output": output, "environment_feedback": feedback, "game_state": state}
 
     def _decode_state(self, stored: StoredState) -> dict[str, Any]:
         state: dict[str, Any] = self._decoder.state(stored.id, stored.codec, stored.body, stored.parts)
