@@ -65,6 +65,7 @@ def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
 
 for _command in (
     transfer.demo,
+    browse.list_command,
     browse.show,
     setup.init,
     setup.migrate,
