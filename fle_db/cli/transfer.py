@@ -33,6 +33,17 @@ def demo(options: Options, trajectories: int, steps: int, seed: int, as_json: bo
         summary = run_demo(client, trajectories=trajectories, steps=steps, console=console, seed=seed)
     if as_json:
         echo_json(summary)
+        return
+    url = "" if options.url is None else f"--url {options.url} "
+    steps_shown = f"show {summary['interrupted_trajectory_id']} --step {summary['resumed_from_step']}"
+    click.echo("\nNext:")
+    for command, what in (
+        (f"fle-db {url}list", "the runs, newest first"),
+        (f"fle-db {url}{steps_shown}", "the step the crashed run resumed from: its code, output and reward"),
+        (f"fle-db {url}ui", "browse the runs in a web browser"),
+        ("Python quick start (README.md)", "save, resume and fork your own agent's runs"),
+    ):
+        click.echo(f"  {command}\n      {what}")
 
 
 @click.command("export")
