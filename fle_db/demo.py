@@ -148,8 +148,8 @@ def run_demo(
     existing = client.get_statistics()["trajectories"]
     if existing:
         console.print(
-            f"adding {trajectories} trajectories to the existing database at {client.settings.location} "
-            f"({existing:,} trajectories already there)",
+            f"adding {_count(trajectories, 'trajectory', 'trajectories')} to the existing database at "
+            f"{client.settings.location} ({_count(existing, 'trajectory', 'trajectories')} already there)",
             markup=False,
             highlight=False,
         )
@@ -332,6 +332,10 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     return table
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
 
 
 def _ranges(numbers: list[int]) -> str:

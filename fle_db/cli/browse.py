@@ -95,6 +95,12 @@ def list_command(
         cells.append(line)
     out = console()
     widths = _fit(headers, cells, flexible={1, 2, 7}, width=out.width)
+    if widths is None:  # too narrow for a table: one block per run, the id alone on its line
+        for line in cells:
+            out.print(Text(line[0], style="bold"))
+            out.print(Text("  " + " | ".join(f"{h} {c}" for h, c in zip(headers[1:], line[1:], strict=True) if c)))
+        _more(page, limit)
+        return
     table = _table()
     for index, (header, width) in enumerate(zip(headers, widths, strict=True)):
         # Only task, agent and fork parent fold; the id (copied into `fle-db show ID`) never wraps.
@@ -103,24 +109,31 @@ def list_command(
     for line in cells:
         table.add_row(*map(Text, line))
     out.print(table)
+    _more(page, limit)
+
+
+def _more(page: dict[str, Any], limit: int) -> None:
     if page["next_cursor"] is not None:
         click.echo(f"(the first {limit}; --limit N shows more, --json gives a cursor for the rest)")
 
 
-def _fit(headers: list[str], rows: list[list[str]], *, flexible: set[int], width: int) -> list[int]:
+def _fit(headers: list[str], rows: list[list[str]], *, flexible: set[int], width: int) -> list[int] | None:
     """Column widths for a table of ``rows`` on ``width`` characters (one space between
     columns): every column as wide as its widest cell, except that the ``flexible`` ones share
-    what the others leave, in proportion to their widest cell, at least 5 each."""
+    what the others leave, in proportion to their widest cell, at least 5 each (None when even
+    that does not fit)."""
     natural = [max(len(cell) for cell in (header, *(row[i] for row in rows))) for i, header in enumerate(headers)]
     flex = [i for i in range(len(headers)) if i in flexible]
     room = width - (len(headers) - 1) - sum(w for i, w in enumerate(natural) if i not in flexible)
     wanted = sum(natural[i] for i in flex)
     if wanted <= room:
         return natural
+    if room < sum(min(natural[i], 5) for i in flex):
+        return None
     fitted = list(natural)
     for i in flex:
         fitted[i] = max(min(natural[i], 5), room * natural[i] // wanted)
-    return fitted
+    return fitted if sum(fitted) + len(fitted) - 1 <= width else None
 
 
 def _table() -> Table:
