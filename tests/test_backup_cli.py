@@ -70,7 +70,7 @@ def test_restore_to_command_rewinds_into_a_target_or_in_place_with_yes(db_url: s
     with DatabaseClient(db_url, backup_interval=0) as db:
         db.delete_trajectory("t0")
     window_only = run(folder, "--url", db_url, "restore-to", at)  # no --target, no --yes: nothing restored
-    assert window_only.exit_code == 0 and "point-in-time recovery reaches from" in window_only.stdout
+    assert window_only.exit_code == 0 and "point-in-time recovery window:" in window_only.stdout
     with DatabaseClient(db_url, backup_interval=0) as db:
         assert db.get_statistics()["trajectories"] == 0
     target = tmp_path / "past.db"

@@ -68,7 +68,7 @@ def backup_list(options: Options, as_json: bool) -> None:
 
 
 def _window_text(window: dict[str, str]) -> str:
-    return f"point-in-time recovery reaches from {window['from']} to {window['to']}"
+    return f"point-in-time recovery window:\n  from {window['from']}\n  to   {window['to']}"
 
 
 @backup.command("verify")
