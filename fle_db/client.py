@@ -37,7 +37,14 @@ from .backends.base import (
     TrajectoryRow,
 )
 from .config import Settings
-from .errors import ConflictError, DataIntegrityError, DependencyError, NotFoundError, ValidationError
+from .errors import (
+    ConflictError,
+    DataIntegrityError,
+    DependencyError,
+    NotFoundError,
+    SchemaVersionError,
+    ValidationError,
+)
 from .explain import validation_message
 from .ops import backup, export
 from .ops.metrics import Metrics
@@ -101,9 +108,16 @@ class DatabaseClient:
         self._backups = backup.BackupStore(self._settings)
         self._scheduler: backup.BackupScheduler | None = None
         try:
-            if self._settings.auto_migrate:
+            if self._settings.read_only:
+                status = self._backend.migration_status()
+                if not status.up_to_date:
+                    raise SchemaVersionError(
+                        f"{self._settings.safe_url()} needs migrating ({', '.join(status.pending)}) and was opened "
+                        "read-only: run `fle-db migrate` first"
+                    )
+            elif self._settings.auto_migrate:
                 self._backend.migrate()
-            if self._settings.backup_interval:
+            if self._settings.backup_interval and not self._settings.read_only:
                 self._scheduler = self.backup_scheduler(
                     self._settings.backup_interval, self._settings.backup_keep
                 ).start()

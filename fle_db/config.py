@@ -74,6 +74,9 @@ class Settings:
     #: Seconds of history kept for point-in-time recovery (pruned by optimize, cleanup and
     #: automated backups).
     pitr_retention: float = DEFAULT_PITR_RETENTION
+    #: Open the database read-only: every connection refuses writes (SQLite ``mode=ro`` and
+    #: ``query_only``; PostgreSQL and MySQL read-only transactions); no migration, no backups.
+    read_only: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -121,6 +124,7 @@ class Settings:
         backup_interval: float | None = None,
         backup_keep: int | None = None,
         pitr_retention: float | None = None,
+        read_only: bool = False,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then defaults.
@@ -167,6 +171,8 @@ class Settings:
             raise ConfigurationError(f"slow_operation_ms must be a number >= 0, got {slow_operation_ms!r}")
         if isinstance(retry_deadline, bool) or not isinstance(retry_deadline, (int, float)) or retry_deadline < 0:
             raise ConfigurationError(f"retry_deadline must be a number of seconds >= 0, got {retry_deadline!r}")
+        if not isinstance(read_only, bool):
+            raise ConfigurationError(f"read_only must be True or False, got {read_only!r}")
         if durability not in DURABILITY_LEVELS:
             raise ConfigurationError(f"durability must be one of {sorted(DURABILITY_LEVELS)}, got {durability!r}")
         interval = _number(backup_interval, env, "backup_interval", "FLE_DB_BACKUP_INTERVAL", None)
@@ -190,6 +196,7 @@ class Settings:
             backup_interval=interval,
             backup_keep=int(keep),
             pitr_retention=float(retention or 0.0),
+            read_only=read_only,
         )
 
     def with_url(self, url: str) -> Settings:

@@ -55,6 +55,10 @@ class StorageFullError(BackendUnavailableError):
     works again once space is freed."""
 
 
+class ReadOnlyError(FleDBError, PermissionError):
+    """A write was attempted through a client opened with ``read_only=True``; nothing was written."""
+
+
 class DataIntegrityError(FleDBError):
     """Stored data failed a checksum or could not be decoded: the store never returns wrong data."""
 
@@ -69,6 +73,7 @@ __all__ = [
     "FleDBError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "ReadOnlyError",
     "SchemaVersionError",
     "StorageFullError",
     "ValidationError",

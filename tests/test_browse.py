@@ -12,9 +12,17 @@ from typing import Any
 
 import pytest
 from conftest import ALL_BACKENDS
+from sqlalchemy.exc import DBAPIError
 
 from fle_db import DatabaseClient
-from fle_db.errors import NotFoundError, ValidationError
+from fle_db.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    NotFoundError,
+    ReadOnlyError,
+    SchemaVersionError,
+    ValidationError,
+)
 
 ORDERS = ["id", "task", "agent_type", "steps", "total_reward", "success", "start_time", "end_time"]
 ROW_KEYS = {"id", "task", "agent_type", "steps", "total_reward", "success", "start_time", "end_time",
@@ -214,3 +222,40 @@ def test_listing_and_checkpoints_are_counted_in_the_metrics(any_db: DatabaseClie
     any_db.load_checkpoint("t", 0)
     operations = any_db.get_performance_metrics()["operations"]
     assert operations["list_trajectories"]["count"] == 1 and operations["load_checkpoint"]["count"] == 1
+
+
+# -- read-only clients -------------------------------------------------------------------------
+def test_a_read_only_client_reads_but_no_write_gets_through_its_connections(
+    request: pytest.FixtureRequest, make_url: Any
+) -> None:
+    for backend in ALL_BACKENDS:
+        url = make_url(backend)
+        with DatabaseClient(url) as writer:
+            writer.save_step({"trajectory_id": "t", "step_number": 0, "action": "a"}, game_state={"x": 1})
+        with DatabaseClient(url, read_only=True) as reader:
+            assert reader.load_checkpoint("t", 0)["game_state"] == {"x": 1}
+            assert reader.list_trajectories()["trajectories"][0]["id"] == "t"
+            with pytest.raises(ReadOnlyError):
+                reader.save_step({"trajectory_id": "t", "step_number": 1})
+            with pytest.raises(ReadOnlyError):
+                reader.save_trajectory({"id": "t", "task": "changed"})
+            # Below the client's own refusal: the pooled connections themselves cannot write.
+            engine = reader._backend.engine  # type: ignore[attr-defined]
+            for statement in ("UPDATE trajectories SET task = 'changed'", "DELETE FROM steps",
+                              "CREATE TABLE intruder (x INTEGER)"):  # fmt: skip
+                with engine.connect() as conn, pytest.raises(DBAPIError, match=r"(?i)read.?only"):
+                    conn.exec_driver_sql(statement)
+                    conn.commit()
+        with DatabaseClient(url) as check:
+            assert check.load_trajectory("t").get("task") is None and len(check.load_steps("t")) == 1
+
+
+def test_read_only_refuses_a_missing_sqlite_file_and_an_unmigrated_database(tmp_path: Any) -> None:
+    with pytest.raises(BackendUnavailableError, match="does not exist"):
+        DatabaseClient(f"sqlite:///{tmp_path / 'absent.db'}", read_only=True)
+    assert not (tmp_path / "absent.db").exists()
+    (tmp_path / "empty.db").touch()
+    with pytest.raises(SchemaVersionError, match="fle-db migrate"):
+        DatabaseClient(f"sqlite:///{tmp_path / 'empty.db'}", read_only=True)
+    with pytest.raises(ConfigurationError, match="read_only"):
+        DatabaseClient("sqlite://", read_only="yes")

@@ -151,6 +151,8 @@ class MySQLBackend(SQLBackend):
                     "innodb_lock_wait_timeout = %s, time_zone = '+00:00'",
                     (timeout,),
                 )
+                if settings.read_only:  # every later transaction, autocommitted reads included
+                    cursor.execute("SET SESSION TRANSACTION READ ONLY")
 
         return engine
 

@@ -56,6 +56,7 @@ from ..errors import (
     DependencyError,
     FleDBError,
     NotFoundError,
+    ReadOnlyError,
     StorageFullError,
     ValidationError,
 )
@@ -510,6 +511,8 @@ class SQLBackend(Backend):
                 f"the disk holding {self.settings.safe_url()} is full: nothing of this write was stored; "
                 "free space (or run cleanup and optimize(vacuum=True)) and retry"
             )
+        if self.settings.read_only and any(w in detail.lower() for w in ("readonly", "read-only", "read only")):
+            return ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: {detail}")
         if isinstance(exc, self.engine.dialect.loaded_dbapi.IntegrityError):
             return ConflictError(f"the write conflicts with stored data: {detail}")
         error = BackendUnavailableError(f"database error on {self.settings.safe_url()}: {detail}")
@@ -550,7 +553,12 @@ class SQLBackend(Backend):
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """One write transaction: commits on success, rolls back on any error."""
+        """One write transaction: commits on success, rolls back on any error.
+
+        Raises ReadOnlyError at once on a read-only backend (whose connections refuse writes
+        anyway: this only saves taking a write lock for nothing)."""
+        if self.settings.read_only:
+            raise ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: nothing was written")
         with self._translate(), self.engine.connect() as conn:
             conn.execution_options(fle_write=True)
             with conn.begin():

@@ -16,6 +16,7 @@ import os
 import shutil
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,6 +127,19 @@ class SQLiteBackend(SQLBackend):
                 pool_timeout=timeout,
                 creator=lambda: memory,
             )
+        elif settings.read_only:
+            # mode=ro: the file is opened read-only by the OS call (query_only below as well).
+            if not os.path.exists(path):
+                raise BackendUnavailableError(f"the SQLite database {path!r} does not exist (opened read-only)")
+            location = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+            engine = create_engine(
+                "sqlite://",
+                poolclass=QueuePool,
+                pool_size=settings.max_connections,
+                max_overflow=0,
+                pool_timeout=timeout,
+                creator=lambda: sqlite3.connect(location, uri=True, check_same_thread=False, timeout=timeout),
+            )
         else:
             _create_owner_only(Path(path))
             _warn_wal_reset_bug()
@@ -142,13 +156,15 @@ class SQLiteBackend(SQLBackend):
             "PRAGMA foreign_keys = ON",
             f"PRAGMA synchronous = {SYNCHRONOUS[settings.durability]}",
         ]
+        if settings.read_only:
+            pragmas.append("PRAGMA query_only = 1")
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
             dbapi_conn.isolation_level = None
             for pragma in pragmas:
                 dbapi_conn.execute(pragma)
-            if path is not None:
+            if path is not None and not settings.read_only:
                 _ensure_wal(dbapi_conn, timeout)
 
         @event.listens_for(engine, "begin")
