@@ -44,10 +44,11 @@ def json_option(command: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON (same as the global --json).")(command)
 
 
-def open_client(options: Options, *, read_only: bool, **settings: Any) -> DatabaseClient:
-    """The database the options name. ``read_only`` commands do not show the SQLite-library
-    warning, which is about concurrent writers and so only matters to commands that write."""
-    _SqliteLibraryFilter.quiet = read_only
+def open_client(options: Options, *, writes: bool, **settings: Any) -> DatabaseClient:
+    """The database the options name, with ``settings`` for the client. Commands that do not
+    write (``writes=False``) do not show the SQLite-library warning, which is about concurrent
+    writers and so only matters to commands that write."""
+    _SqliteLibraryFilter.quiet = not writes
     return DatabaseClient(options.url, **settings)
 
 

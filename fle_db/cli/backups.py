@@ -28,7 +28,7 @@ def backup() -> None:
 @click.pass_obj
 def backup_create(options: Options, as_json: bool) -> None:
     """Back up the whole database now (consistent while writers write); prints the backup's id."""
-    with open_client(options, read_only=True) as client, Console(stderr=True).status("backing up..."):
+    with open_client(options, writes=False) as client, Console(stderr=True).status("backing up..."):
         backup_id = client.create_backup()
         entry = next(b for b in client.list_backups() if b["id"] == backup_id)
     if as_json or options.json:
@@ -45,7 +45,7 @@ def backup_create(options: Options, as_json: bool) -> None:
 @click.pass_obj
 def backup_list(options: Options, as_json: bool) -> None:
     """List the backups (oldest first) and the point-in-time recovery window."""
-    with open_client(options, read_only=True) as client:
+    with open_client(options, writes=False) as client:
         backups, window = client.list_backups(), client.recovery_window()
     if as_json or options.json:
         echo_json({"backups": backups, "recovery_window": window})
@@ -77,7 +77,7 @@ def _window_text(window: dict[str, str]) -> str:
 @click.pass_obj
 def backup_verify(options: Options, backup_id: str, as_json: bool) -> None:
     """Re-check a backup fully (SHA-256, integrity_check, validation of a copy); exit 1 if damaged."""
-    with open_client(options, read_only=True) as client:
+    with open_client(options, writes=False) as client:
         result = client.verify_backup(backup_id)
     report(options, as_json, f"backup {backup_id} verified", result)
 
@@ -94,7 +94,7 @@ def backup_restore(options: Options, backup_id: str, target: str | None, yes: bo
         raise ValidationError(
             "restoring in place replaces the live data: pass --yes (or --target to restore elsewhere)"
         )
-    with open_client(options, read_only=False) as client, Console(stderr=True).status("restoring..."):
+    with open_client(options, writes=True) as client, Console(stderr=True).status("restoring..."):
         result = client.restore_backup(backup_id, target=target)
     report(options, as_json, f"restored backup {backup_id}", result)
 
@@ -106,7 +106,7 @@ def backup_restore(options: Options, backup_id: str, target: str | None, yes: bo
 @click.pass_obj
 def backup_prune(options: Options, keep: int | None, older_than_days: float | None, as_json: bool) -> None:
     """Delete old backups (the newest is always kept)."""
-    with open_client(options, read_only=True) as client:
+    with open_client(options, writes=False) as client:
         deleted = client.prune_backups(keep, older_than_days * 86400 if older_than_days is not None else None)
     report(options, as_json, "fle-db backup prune", {"deleted": deleted})
 
@@ -120,7 +120,7 @@ def backup_schedule(options: Options, interval: str, keep: int, once: bool) -> N
     """Automated backups in the foreground until stopped (Ctrl-C, SIGTERM). Stopping it mid-backup
     never leaves a broken backup listed. Equivalent in a program: DatabaseClient(backup_interval=...)."""
     seconds = _duration(interval)
-    with open_client(options, read_only=False, backup_interval=0) as client:  # prunes history
+    with open_client(options, writes=True, backup_interval=0) as client:  # prunes history
         scheduler = client.backup_scheduler(seconds, keep)
         made = scheduler.run_once()
         if once:
@@ -149,7 +149,7 @@ def restore_to(options: Options, timestamp: str | None, target: str | None, yes:
     instants it can restore) and changes nothing."""
     if timestamp is None and (target is not None or yes):
         raise ValidationError("restore-to needs the TIMESTAMP to restore (run it without options to see the window)")
-    with open_client(options, read_only=timestamp is None or (target is None and not yes)) as client:
+    with open_client(options, writes=timestamp is not None and (target is not None or yes)) as client:
         if timestamp is None or (target is None and not yes):
             window = client.recovery_window()
             if as_json or options.json:

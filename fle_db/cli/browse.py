@@ -38,7 +38,7 @@ def _open_existing(options: Options, trajectory_id: str | None = None) -> Databa
     subject = f"trajectory {trajectory_id!r} does not exist: " if trajectory_id else ""
     if not settings.database_exists():
         raise NotFoundError(f"{subject}there is no database at {where} (run `fle-db demo` or `fle-db init`)")
-    client = open_client(options, read_only=True, auto_migrate=False)
+    client = open_client(options, writes=False, auto_migrate=False)
     if client.get_migration_status()["current_version"] is None:
         client.close()
         raise NotFoundError(f"{subject}the database at {where} is not initialised (run `fle-db init`)")

@@ -22,7 +22,7 @@ _COUNTS = ("trajectories", "steps", "game_states", "agent_outputs", "environment
 @click.pass_obj
 def stats(options: Options, show_all: bool, as_json: bool) -> None:
     """Show what the database holds: counts, sizes per table, game-state compression, step times."""
-    with open_client(options, read_only=True) as client:
+    with open_client(options, writes=False) as client:
         result = client.get_statistics()
     if as_json or options.json:
         echo_json(result)
@@ -54,7 +54,7 @@ def stats(options: Options, show_all: bool, as_json: bool) -> None:
 def health(options: Options, as_json: bool) -> None:
     """Check the database: connectivity, schema, a write probe (leaves no trace), disk and WAL
     (SQLite), connection limits and replication (PostgreSQL). Exit code 1 when failing."""
-    with open_client(options, read_only=True, auto_migrate=False) as client:  # the probe leaves no trace
+    with open_client(options, writes=False, auto_migrate=False) as client:  # the probe leaves no trace
         result = client.health_check()
     if as_json or options.json:
         echo_json(result)
@@ -89,7 +89,7 @@ def cleanup(
 ) -> None:
     """Delete trajectories matching every option given, lineage-aware (a trajectory a kept fork
     descends from is kept). A dry run unless --yes: it reports what would go and the bytes freed."""
-    with open_client(options, read_only=False) as client:
+    with open_client(options, writes=True) as client:
         report = client.cleanup(
             older_than_days * 86400 if older_than_days is not None else None,
             before=before,
@@ -118,7 +118,7 @@ def cleanup(
 @click.pass_obj
 def optimize(options: Options, vacuum: bool, reindex: bool, as_json: bool) -> None:
     """Run the backend's maintenance (ANALYZE; SQLite WAL checkpoint; optionally VACUUM, REINDEX)."""
-    with open_client(options, read_only=False) as client:
+    with open_client(options, writes=True) as client:
         report = client.optimize(vacuum=vacuum, reindex=reindex)
     if as_json or options.json:
         echo_json(report)
@@ -136,7 +136,7 @@ def validate(options: Options, as_json: bool) -> None:
     when a problem is an error."""
     console = Console(stderr=True)
     with (
-        open_client(options, read_only=True, auto_migrate=False) as client,
+        open_client(options, writes=False, auto_migrate=False) as client,
         console.status("validating...") as status,
     ):
         report = client.validate(progress=lambda stage, done: status.update(f"validating {stage}: {done:,}"))
@@ -157,7 +157,7 @@ def validate(options: Options, as_json: bool) -> None:
 def metrics(options: Options, as_json: bool) -> None:
     """Probe the database (a health check and the statistics) and show the latencies measured
     and the connection pool: a quick look at how fast it answers now."""
-    with open_client(options, read_only=True, auto_migrate=False) as client:
+    with open_client(options, writes=False, auto_migrate=False) as client:
         client.health_check()
         client.get_statistics()
         result: dict[str, Any] = client.get_performance_metrics()

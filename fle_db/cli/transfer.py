@@ -29,7 +29,7 @@ def demo(options: Options, trajectories: int, steps: int, seed: int, as_json: bo
 
     as_json = as_json or options.json
     console = Console(stderr=True) if as_json else Console()
-    with open_client(options, read_only=False) as client:
+    with open_client(options, writes=True) as client:
         summary = run_demo(client, trajectories=trajectories, steps=steps, console=console, seed=seed)
     if as_json:
         echo_json(summary)
@@ -76,7 +76,7 @@ def export_command(
 ) -> None:
     """Export trajectories (steps, outputs, feedbacks, states, metadata) matching every option
     to PATH, streaming; the file appears complete or not at all."""
-    with open_client(options, read_only=True) as client, progress("exporting", None) as advance:
+    with open_client(options, writes=False) as client, progress("exporting", None) as advance:
         result = client.export_data(
             path,
             fmt,
@@ -104,7 +104,7 @@ def export_command(
 def import_command(options: Options, path: str, as_json: bool) -> None:
     """Import a jsonl export (plain or .zst). Idempotent: what is already stored is counted as
     present; data that differs from the stored data is refused (exit code 1), never overwritten."""
-    with open_client(options, read_only=False) as client, progress("importing", os.path.getsize(path)) as advance:
+    with open_client(options, writes=True) as client, progress("importing", os.path.getsize(path)) as advance:
         result = client.import_data(
             path, progress=lambda trajectories, done: advance(done, f"{trajectories:,} trajectories")
         )
