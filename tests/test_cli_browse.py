@@ -105,6 +105,9 @@ def test_list_refuses_bad_input_with_one_line_and_the_right_exit_code(url: str, 
     one_line_error(invoke("--url", url, "list", "--since", "yesterday"), 2, "since")
     assert invoke("--url", url, "list", "--limit", "0").exit_code == 2
     assert invoke("--url", url, "list", "--limit", "100000").exit_code == 2
+    hostile = invoke("--url", url, "list", "--task", "x'; DROP TABLE trajectories; --", "--agent", "%")
+    assert hostile.exit_code == 0 and hostile.stdout.strip() == "No trajectories match."
+    assert len(ok_json(invoke("--url", url, "list", "--json"))["trajectories"]) == 4  # nothing was dropped
     missing = tmp_path / "none.db"
     one_line_error(invoke("--url", f"sqlite:///{missing}", "list"), 1, "no database")
     assert not missing.exists()  # browsing never creates a database
