@@ -39,7 +39,7 @@ def stats(options: Options, show_all: bool, as_json: bool) -> None:
         rows.append(("  internal tables", f"{iec_bytes(hidden)} (history, commit log: --all lists them)"))
     rows.append(
         (
-            "game states",
+            "state compression",
             f"{iec_bytes(state_bytes['stored'])} stored for {iec_bytes(state_bytes['raw'])} of JSON"
             + (f" ({ratio:.1%})" if ratio is not None else ""),
         )
