@@ -1301,14 +1301,27 @@ class SQLBackend(Backend):
 
     @_idempotent
     def read_only_query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
-        with self._translate(), self.engine.connect() as conn:
+        if params:
+            sql = self.bind_placeholders(sql)
+        with self._translate(), self._read_only_connection() as conn:
             return self._read_only_rows(conn, sql, params)
+
+    def bind_placeholders(self, sql: str) -> str:
+        """``sql`` written with ``%s`` placeholders (``%%``: a literal ``%``) in the driver's
+        parameter style. Default: the driver's style is ``%s`` (psycopg, PyMySQL)."""
+        return sql
+
+    def _read_only_connection(self) -> AbstractContextManager[Connection]:
+        """The connection a read-only query runs on (default: a pooled one; a server backend
+        opens one as its SELECT-only login, see ``backends.readonly``)."""
+        return self.engine.connect()
 
     @abstractmethod
     def _read_only_rows(
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
     ) -> list[dict[str, Any]]:
-        """Run one statement so that it cannot write (the dialect's means); rows as dicts."""
+        """Run one statement so that it cannot write (the dialect's means), stopped after
+        ``query_timeout``; at most ``query_max_rows`` rows, as dicts (``readonly.capped_rows``)."""
 
     # -- operations -----------------------------------------------------------------------
     @_idempotent
