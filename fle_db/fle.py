@@ -64,6 +64,7 @@ import pydantic
 
 from .client import DatabaseClient
 from .errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
+from .models import TEXT_LENGTH
 
 log = logging.getLogger("fle_db")
 T = TypeVar("T")
@@ -473,6 +474,8 @@ def _read_program(program: Any) -> dict[str, Any]:
     body = {name: _get(program, name) for name in _BODY_FIELDS}
     body["version_description"] = body["version_description"] if body["version_description"] is not None else ""
     body["model"] = body["model"] if body["model"] is not None else "gpt-4o"
+    if not isinstance(body["model"], str) or len(body["model"]) > TEXT_LENGTH or "\x00" in body["model"]:
+        raise ValidationError(f"program model must be a string of at most {TEXT_LENGTH} characters without NUL")
     body["meta"] = body["meta"] or {}
     body["achievements"] = body["achievements"] or {}
     body["ticks"] = body["ticks"] or 0

@@ -35,6 +35,7 @@ from sqlalchemy import (
     case,
     cast,
     delete,
+    event,
     exists,
     func,
     insert,
@@ -45,7 +46,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
