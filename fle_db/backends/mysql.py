@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, event, func, text
@@ -103,9 +103,11 @@ class MySQLBackend(SQLBackend):
     unlink_bases_before_delete = True
 
     def __init__(self, settings: Any) -> None:
-        self._login: MySQLReadOnlyLogin | None = None  # built on the first execute_query
         super().__init__(settings)
         self._max_packet: int | None = None  # the server's max_allowed_packet, read on first need
+
+    def _make_read_only_login(self) -> ReadOnlyLogin:
+        return MySQLReadOnlyLogin(self.settings)
 
     # -- configuration --------------------------------------------------------------------
     @classmethod
@@ -204,17 +206,6 @@ class MySQLBackend(SQLBackend):
             updated_at=stmt.inserted.updated_at,
             valid_from_seq=stmt.inserted.valid_from_seq,
         )
-
-    def _read_only_connection(self) -> AbstractContextManager[Connection]:
-        """A new connection as the SELECT-only login (see ``backends.readonly``)."""
-        if self._login is None:
-            self._login = MySQLReadOnlyLogin(self.settings)
-        return self._login.connect()
-
-    def close(self) -> None:
-        if self._login is not None:
-            self._login.close()
-        super().close()
 
     def _read_only_rows(
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]

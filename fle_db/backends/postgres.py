@@ -11,7 +11,7 @@ lock; PostgreSQL DDL is transactional, so a failed migration leaves nothing behi
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -48,9 +48,8 @@ class PostgresBackend(SQLBackend):
     # A backup or copy reads every table in one snapshot.
     snapshot_isolation = "REPEATABLE READ"
 
-    def __init__(self, settings: Any) -> None:
-        self._login: PostgresReadOnlyLogin | None = None  # built on the first execute_query
-        super().__init__(settings)
+    def _make_read_only_login(self) -> ReadOnlyLogin:
+        return PostgresReadOnlyLogin(self.settings)
 
     @classmethod
     def url_from_options(cls, options: ConnectionOptions) -> URL:
@@ -185,17 +184,6 @@ class PostgresBackend(SQLBackend):
         """A transaction-scoped advisory lock: released by the commit or rollback."""
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         yield
-
-    def _read_only_connection(self) -> AbstractContextManager[Connection]:
-        """A new connection as the SELECT-only login (see ``backends.readonly``)."""
-        if self._login is None:
-            self._login = PostgresReadOnlyLogin(self.settings)
-        return self._login.connect()
-
-    def close(self) -> None:
-        if self._login is not None:
-            self._login.close()
-        super().close()
 
     def _read_only_rows(
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]

@@ -179,7 +179,7 @@ class ReadOnlyLogin:
     def __init__(self, settings: Any) -> None:
         self.settings = settings
         self.url: URL = settings.read_only_url or derived_url(settings.url)
-        self._engine: Engine | None = None
+        self._engine = self.build_engine(self.url)  # connects on first use only
 
     def build_engine(self, url: URL) -> Engine:
         """An engine of ``url`` with ``NullPool`` whose sessions stop statements after
@@ -203,8 +203,6 @@ class ReadOnlyLogin:
             ConfigurationError: the login is refused (naming the GRANTs to run), or holds more
                 than SELECT (naming what it holds; a read-only query never runs as it).
         """
-        if self._engine is None:
-            self._engine = self.build_engine(self.url)
         try:
             conn = self._engine.connect()
         except DBAPIError as exc:
@@ -224,6 +222,4 @@ class ReadOnlyLogin:
 
     def close(self) -> None:
         """Release the engine (idempotent)."""
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        self._engine.dispose()

@@ -99,6 +99,7 @@ from .base import (
     TrajectoryFilter,
     TrajectoryRow,
 )
+from .readonly import ReadOnlyLogin
 
 log = logging.getLogger("fle_db")
 T = TypeVar("T")
@@ -370,6 +371,7 @@ class SQLBackend(Backend):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.engine: Engine = self._create_engine()
+        self._login = self._make_read_only_login()
         self._in_transaction = threading.local()  # .conn: this thread's open write transaction
         event.listen(self.engine, "checkout", self._refuse_second_connection)
         self._reached = False  # set by the first call that got an answer (see _retrying)
@@ -618,6 +620,8 @@ class SQLBackend(Backend):
         return int(self._raw_head.fetch(conn, {})[0][0])
 
     def close(self) -> None:
+        if self._login is not None:
+            self._login.close()
         self.engine.dispose()
 
     # -- migrations -----------------------------------------------------------------------
@@ -1332,10 +1336,13 @@ class SQLBackend(Backend):
         parameter style. Default: the driver's style is ``%s`` (psycopg, PyMySQL)."""
         return sql
 
+    def _make_read_only_login(self) -> ReadOnlyLogin | None:
+        """The SELECT-only login read-only queries run as (see ``backends.readonly``); None
+        (the default): they run on a pooled connection, made read-only by the dialect."""
+        return None
+
     def _read_only_connection(self) -> AbstractContextManager[Connection]:
-        """The connection a read-only query runs on (default: a pooled one; a server backend
-        opens one as its SELECT-only login, see ``backends.readonly``)."""
-        return self.engine.connect()
+        return self._login.connect() if self._login is not None else self.engine.connect()
 
     @abstractmethod
     def _read_only_rows(
