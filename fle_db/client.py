@@ -1243,7 +1243,8 @@ def _validated(model: type[M], record: Any, what: str) -> dict[str, Any]:
         by_field: dict[str, list[str]] = {}
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else what
-            by_field.setdefault(field, []).append(err["msg"].removeprefix("Input should be "))
+            message = err["msg"].removeprefix("Input should be ").removeprefix("String should have ")
+            by_field.setdefault(field, []).append(message)
         problems = "; ".join(
             f"{field} should be {' or '.join(dict.fromkeys(msgs))}" for field, msgs in by_field.items()
         )

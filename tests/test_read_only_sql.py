@@ -222,3 +222,38 @@ def test_the_derived_login_is_per_database_and_needs_the_owner_password() -> Non
     assert readonly.login_name("a") == readonly.login_name("a")
     assert len(readonly.login_name("x" * 64)) <= 32  # MySQL's limit on user names
     assert readonly.login_password("pw", "a") != readonly.login_password("other", "a")
+
+
+@pytest.mark.parametrize("server", ["postgres", "mysql"])
+def test_a_migrating_user_who_may_not_create_logins_skips_the_login_and_gets_the_grants_named(
+    server: str, make_url: Callable[[str], str]
+) -> None:
+    url = parse_url(make_url(server))
+    owner = f"fle_owner_{uuid.uuid4().hex[:8]}"
+    database = url.database
+    if server == "postgres":
+        base, _, _ = ADMIN_URL.rpartition("/")
+        with psycopg.connect(f"{base}/{database}", autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {owner} LOGIN")  # no CREATEROLE
+            conn.execute(f'ALTER DATABASE "{database}" OWNER TO {owner}')
+            conn.execute(f"ALTER SCHEMA public OWNER TO {owner}")
+    else:
+        with mysql_admin() as conn, conn.cursor() as cursor:
+            cursor.execute(f"CREATE USER '{owner}'@'%'")
+            cursor.execute(f"GRANT ALL ON `{database}`.* TO '{owner}'@'%'")  # no CREATE USER
+    try:
+        with DatabaseClient(url.set(username=owner).render_as_string(hide_password=False)) as db:
+            assert db.get_migration_status()["up_to_date"]
+            with pytest.raises(ConfigurationError, match="GRANT SELECT") as raised:
+                db.execute_query("SELECT 1 AS one")
+            assert readonly.login_name(database or "") in str(raised.value)
+    finally:
+        if server == "postgres":
+            with psycopg.connect(f"{base}/{database}", autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{database}" OWNER TO postgres')
+                conn.execute(f"REASSIGN OWNED BY {owner} TO postgres")
+                conn.execute(f"DROP OWNED BY {owner}")
+                conn.execute(f"DROP ROLE {owner}")
+        else:
+            with mysql_admin() as conn, conn.cursor() as cursor:
+                cursor.execute(f"DROP USER '{owner}'@'%'")
