@@ -35,6 +35,8 @@ DEFAULT_MAX_CONNECTIONS = 10
 DEFAULT_CONNECTION_TIMEOUT = 30.0
 #: Largest encoded (uncompressed JSON) size of one record: step, state, output, feedback or value.
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+#: Largest ``max_payload_bytes``: the schema's ``raw_size`` is an INTEGER (32-bit on the servers).
+MAX_PAYLOAD_LIMIT = 2**31 - 1
 DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SLOW_OPERATION_MS = 100.0
 DEFAULT_RETRY_DEADLINE = 30.0
@@ -172,8 +174,15 @@ class Settings:
             raise ConfigurationError(
                 f"connection_timeout must be a number of seconds in (0, 86400), got {connection_timeout!r}"
             )
-        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 1024:
-            raise ConfigurationError(f"max_payload_bytes must be an integer >= 1024, got {max_payload_bytes!r}")
+        if (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or not 1024 <= max_payload_bytes <= MAX_PAYLOAD_LIMIT
+        ):
+            raise ConfigurationError(
+                f"max_payload_bytes must be an integer in [1024, {MAX_PAYLOAD_LIMIT}] (a record's size is stored "
+                f"in a 32-bit INTEGER on PostgreSQL and MySQL), got {max_payload_bytes!r}"
+            )
         if isinstance(cache_max_bytes, bool) or not isinstance(cache_max_bytes, int) or cache_max_bytes < 0:
             raise ConfigurationError(f"cache_max_bytes must be an integer >= 0, got {cache_max_bytes!r}")
         if (

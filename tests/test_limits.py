@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import ALL_BACKENDS
-from sqlalchemy import String
+from sqlalchemy import Integer, String
 
-from fle_db import DatabaseClient, NotFoundError, ValidationError, models, schema
+from fle_db import ConfigurationError, DatabaseClient, NotFoundError, Settings, ValidationError, models, schema
 
 
 @pytest.fixture(params=ALL_BACKENDS)
@@ -44,3 +44,11 @@ def test_every_bounded_text_column_has_the_limit_the_models_check() -> None:
     assert set(lengths.values()) <= checked, lengths
     assert schema.ID_LENGTH == models.TEXT_LENGTH
     assert f"{{1,{schema.ID_LENGTH}}}" in models.ID_PATTERN
+
+
+def test_max_payload_bytes_cannot_exceed_what_the_raw_size_column_holds() -> None:
+    (raw_size,) = {table.c.raw_size.type.__class__ for table in (schema.blobs, schema.game_states)}
+    assert raw_size is Integer  # 32-bit on PostgreSQL and MySQL
+    with pytest.raises(ConfigurationError, match="max_payload_bytes"):
+        Settings.resolve("sqlite://", max_payload_bytes=2**31)
+    assert Settings.resolve("sqlite://", max_payload_bytes=2**31 - 1).max_payload_bytes == 2**31 - 1
