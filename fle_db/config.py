@@ -233,9 +233,10 @@ class Settings:
         )
 
     def with_url(self, url: str) -> Settings:
-        """A copy of these settings pointing at another database URL."""
+        """A copy of these settings pointing at another database URL (without ``read_only_url``,
+        which names a login of this database)."""
         backend, sa_url = _from_url(url)
-        return replace(self, backend=backend, url=sa_url)
+        return replace(self, backend=backend, url=sa_url, read_only_url=None)
 
 
 def _read_only_url(value: str | None, env: Mapping[str, str], backend: str) -> URL | None:

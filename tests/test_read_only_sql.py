@@ -23,6 +23,7 @@ from fle_db import (
     FleDBError,
     QueryLimitError,
     QueryTimeoutError,
+    Settings,
     ValidationError,
 )
 from fle_db.backends import readonly
@@ -257,3 +258,17 @@ def test_a_migrating_user_who_may_not_create_logins_skips_the_login_and_gets_the
         else:
             with mysql_admin() as conn, conn.cursor() as cursor:
                 cursor.execute(f"DROP USER '{owner}'@'%'")
+
+
+def test_read_only_url_must_match_the_backend_and_is_not_carried_to_another_database() -> None:
+    with pytest.raises(ConfigurationError, match="read_only_url"):
+        Settings.resolve("postgresql://u@h/db", read_only_url="mysql://u@h/db")
+    with pytest.raises(ConfigurationError, match="SKILLS_DB_READONLY_URL"):
+        Settings.resolve("postgresql://u@h/db", environ={"SKILLS_DB_READONLY_URL": "sqlite:///x.db"})
+    settings = Settings.resolve("postgresql://u@h/db", environ={"SKILLS_DB_READONLY_URL": "postgresql://ro:pw@h/db"})
+    assert settings.read_only_url is not None and settings.read_only_url.username == "ro"
+    assert "pw" not in repr(settings)
+    assert settings.with_url("postgresql://u@h/other").read_only_url is None
+    for bad in ({"query_timeout": 0}, {"query_timeout": -1}, {"query_max_rows": 0}, {"query_max_rows": 1.5}):
+        with pytest.raises(ConfigurationError):
+            Settings.resolve("sqlite://", **bad)
