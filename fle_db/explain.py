@@ -13,6 +13,8 @@ from typing import Any
 
 import pydantic
 
+from .models import ID_PATTERN
+
 #: How each record model is named in a message.
 _KINDS = {
     "Trajectory": "a trajectory",
@@ -26,6 +28,7 @@ _STEP_KEYS = {"trajectory_id", "step_number"}
 #: pydantic error types -> what the value must be.
 _EXPECTED = {
     "string_pattern_mismatch": f"an id: {_ID_RULE}",
+    "text_with_nul": "text without NUL characters",
     "string_type": "a string",
     "bool_type": "true or false",
     "int_type": "an integer in 0 .. 2**63-1",
@@ -46,7 +49,7 @@ def validation_message(model: type[pydantic.BaseModel], data: Mapping[str, Any],
         if error["type"] == "missing":
             missing.append(field)
         else:
-            wrong.setdefault(field, set()).add(error["type"])
+            wrong.setdefault(field, set()).add(_error_type(error))
     problems = []
     if missing:
         names = " and ".join(repr(name) for name in missing)
@@ -59,9 +62,22 @@ def validation_message(model: type[pydantic.BaseModel], data: Mapping[str, Any],
     return "; ".join(problems)
 
 
+def _error_type(error: Any) -> str:
+    """pydantic's error type, told apart where one type covers several rules (patterns, lengths)."""
+    kind, context = str(error["type"]), error.get("ctx") or {}
+    if kind == "string_pattern_mismatch" and context.get("pattern") != ID_PATTERN:
+        return "text_with_nul"  # the only other pattern: no NUL character (ShortText)
+    if kind == "string_too_long":
+        return f"string_too_long:{context.get('max_length')}"
+    return kind
+
+
 def _expected(types: set[str]) -> str:
     if {"int_type", "float_type"} <= types:  # a number field: the union of int and float failed
         return "a number"
+    for error_type in types:
+        if error_type.startswith("string_too_long:"):
+            return f"at most {error_type.split(':', 1)[1]} characters"
     for error_type, expected in _EXPECTED.items():
         if error_type in types:
             return expected
@@ -81,6 +97,8 @@ def _hint(model: type[pydantic.BaseModel], data: Mapping[str, Any]) -> str:
 
 def _shown(value: Any) -> str:
     text = repr(value)
+    if isinstance(value, str) and len(text) > 80:
+        return f"{text[:60]}..., a str of {len(value):,} characters"
     text = text if len(text) <= 80 else text[:77] + "..."
     article = "an" if type(value).__name__[0] in "aeiou" else "a"
     return f"{text}, {article} {type(value).__name__}" if value is not None else "None"

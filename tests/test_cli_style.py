@@ -158,6 +158,14 @@ def test_warnings_are_labelled_on_stderr_once_and_absent_from_read_only_commands
             "a trajectory's 'success' must be true or false (got 1, an int)",
         ),
         (
+            lambda db: db.save_trajectory({"id": "r", "task": "x" * 201, "agent_type": "a\x00b"}),
+            "a trajectory's 'task' must be at most 200 characters (got 'xxxx",
+        ),
+        (
+            lambda db: db.save_trajectory({"id": "r", "agent_type": "a\x00b"}),
+            "a trajectory's 'agent_type' must be text without NUL characters",
+        ),
+        (
             lambda db: db.batch_save_steps([{"trajectory_id": "r", "step_number": 0}, {"trajectory_id": "r"}]),
             "batch element 1: a step needs 'step_number'",
         ),
