@@ -271,5 +271,5 @@ def test_the_readme_names_only_files_in_the_repository_and_not_how_it_was_develo
     for path in paths:  # paths from the repository's root (others are relative to a folder named before them)
         if path.split("/")[0] in ("fle_db", "tests", "docs", "examples", "benchmarks", ".ci"):
             assert (ROOT / path).exists(), f"README names a file the repository does not have: {path}"
-    for phrase in ("shared/", "this 2-core", "this VM", "session", "final code", "here)", "this feature"):
+    for phrase in ("shared/", "this 2-core", "this VM", "session's", "final code", "here)", "this feature"):
         assert phrase not in README, phrase
