@@ -55,12 +55,18 @@ class StorageFullError(BackendUnavailableError):
     works again once space is freed."""
 
 
+class ClientClosedError(FleDBError):
+    """The client (or backend) was closed: it never reopens behind the caller's back. Open a
+    new ``DatabaseClient``."""
+
+
 class DataIntegrityError(FleDBError):
     """Stored data failed a checksum or could not be decoded: the store never returns wrong data."""
 
 
 __all__ = [
     "BackendUnavailableError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "ConnectionTimeoutError",
