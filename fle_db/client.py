@@ -577,9 +577,7 @@ class DatabaseClient:
             NotFoundError: an id does not exist (the message names it). DataIntegrityError:
             stored bytes are corrupt. ValidationError: a malformed id.
         """
-        wanted = list(dict.fromkeys(state_ids))
-        for state_id in wanted:
-            _check_id(state_id, "state_id")
+        wanted = list(dict.fromkeys(_check_ids(state_ids, "state_ids")))
         stored = self._backend.load_game_states(wanted)
         missing = [sid for sid in wanted if sid not in stored]
         if missing:
@@ -660,11 +658,7 @@ class DatabaseClient:
             ValidationError: unknown format, bad filter. ConfigurationError: ``parquet`` without
             pyarrow. Database errors propagate and leave no file.
         """
-        ids = None
-        if trajectory_ids is not None:
-            ids = (trajectory_ids,) if isinstance(trajectory_ids, str) else tuple(trajectory_ids)
-            for tid in ids:
-                _check_id(tid, "trajectory_ids")
+        ids = _check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
         criteria = TrajectoryFilter(
             ids, task, agent_type, export.instant_us(since, "since"), export.instant_us(until, "until")
         )
@@ -730,11 +724,7 @@ class DatabaseClient:
         if older_than is not None and before is not None:
             raise ValidationError("cleanup: give older_than or before, not both")
         cutoff = _cutoff_us(older_than, before)
-        ids = None
-        if trajectory_ids is not None:
-            ids = tuple(trajectory_ids)
-            for tid in ids:
-                _check_id(tid, "trajectory_ids")
+        ids = _check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
         if keep_best_per_task is not None and (
             isinstance(keep_best_per_task, bool) or not isinstance(keep_best_per_task, int) or keep_best_per_task < 0
         ):
@@ -1090,6 +1080,8 @@ def _cutoff_us(older_than: timedelta | float | None, before: datetime | str | No
         seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
         if not 0 <= seconds < float("inf"):
             raise ValidationError(f"older_than must be a positive duration, got {older_than!r}")
+        if seconds > time.time():
+            raise ValidationError(f"older_than {older_than!r} reaches back before 1970")
         return int((time.time() - seconds) * 1_000_000)
     if before is None:
         return None
@@ -1100,7 +1092,10 @@ def _cutoff_us(older_than: timedelta | float | None, before: datetime | str | No
             raise ValidationError(f"before is not an ISO 8601 time: {before!r}") from None
     if not isinstance(before, datetime) or before.tzinfo is None:
         raise ValidationError("before must be a timezone-aware datetime or an ISO 8601 string with an offset")
-    return int(before.timestamp() * 1_000_000)
+    try:
+        return int(before.timestamp() * 1_000_000)
+    except (OverflowError, ValueError):  # beyond the ends of the datetime range once in UTC
+        raise ValidationError(f"before is outside the range of times: {before.isoformat()}") from None
 
 
 def _node_row(node: Mapping[str, Any]) -> NodeRow:
@@ -1170,6 +1165,17 @@ def _node_dict(node: StoredNode) -> dict[str, Any]:
 def _check_id(value: Any, what: str) -> None:
     if not isinstance(value, str) or not _ID.fullmatch(value):  # match() lets '$' accept a final newline
         raise ValidationError(f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}")
+
+
+def _check_ids(values: Any, what: str) -> tuple[str, ...]:
+    """A list (any iterable but a string or mapping) of valid ids. A bare string is refused: it
+    would be read as its characters (``"12"`` as the ids ``"1"`` and ``"2"``)."""
+    if isinstance(values, (str, bytes, bytearray, Mapping)) or not isinstance(values, Iterable):
+        raise ValidationError(f"{what} must be a list of ids, got {type(values).__name__} {values!r:.80}")
+    ids = tuple(values)
+    for value in ids:
+        _check_id(value, what)
+    return ids
 
 
 def _as_dict(record: Any, what: str) -> Mapping[str, Any]:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError
 
 from .backends import registry
 from .errors import ConfigurationError
+from .redact import redact
 
 DEFAULT_BACKEND = "sqlite"
 DEFAULT_MAX_CONNECTIONS = 10
@@ -82,13 +83,13 @@ class Settings:
         )
 
     def safe_url(self) -> str:
-        """The database URL with any password replaced by ``***``."""
-        return self.url.render_as_string(hide_password=True)
+        """The database URL with every password (user-info, ``?password=``...) replaced by ``***``."""
+        return redact(self.url.render_as_string(hide_password=True))
 
     @property
     def location(self) -> str:
         """Where the database is, for people: a file's absolute path, or the URL without password."""
-        return registry.backend_class(self.backend).location(self.url)
+        return redact(registry.backend_class(self.backend).location(self.url))
 
     def database_exists(self) -> bool:
         """Whether the database exists already, checked without creating or connecting to it
@@ -196,6 +197,25 @@ class Settings:
         """A copy of these settings pointing at another database URL."""
         backend, sa_url = _from_url(url)
         return replace(self, backend=backend, url=sa_url)
+
+
+def database_url(target: str | os.PathLike[str]) -> str:
+    """The one way a user's target becomes a database URL: a string containing ``://`` is a URL
+    as given; anything else is the path of a SQLite file, made absolute and escaped (``?``,
+    ``%``, ``#``... reach the file system unchanged; pasting a path into ``sqlite:///`` would
+    turn ``?x=1`` into URL parameters and ``%41`` into ``A``).
+
+    Raises:
+        ConfigurationError: the path is not a string or path, or contains a NUL byte.
+    """
+    if isinstance(target, str) and "://" in target:
+        return target
+    if not isinstance(target, (str, os.PathLike)) or not isinstance(os.fspath(target), str):
+        raise ConfigurationError(f"a database target must be a URL or a file path, got {type(target).__name__}")
+    path = os.fspath(target)
+    if not path or "\x00" in path:
+        raise ConfigurationError(f"not a database path: {path!r:.80}")
+    return URL.create("sqlite", database=os.path.abspath(os.path.expanduser(path))).render_as_string()
 
 
 def _number(value: Any, env: Mapping[str, str], name: str, var: str, default: float | None) -> float | None:
