@@ -634,7 +634,9 @@ def _existing(url: str | None, **options: Any) -> DatabaseClient:
     """
     settings = Settings.resolve(url)
     if not settings.database_exists():
-        raise NotFoundError(f"there is no database at {settings.location}: it does not exist (`fle-db init` creates one)")
+        raise NotFoundError(
+            f"there is no database at {settings.location}: it does not exist (`fle-db init` creates one)"
+        )
     return DatabaseClient(url, **options)
 
 

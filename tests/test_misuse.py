@@ -256,8 +256,15 @@ def test_export_to_a_directory_is_a_validation_error(db: DatabaseClient, tmp_pat
 # -- 11. inspection never creates a database; a closed client stays closed ----------------------
 @pytest.mark.parametrize(
     "command",
-    [["stats"], ["health"], ["validate"], ["metrics"], ["export", "x.jsonl"], ["backup", "list"],
-     ["restore-to", "2026-01-01T00:00:00Z"]],
+    [
+        ["stats"],
+        ["health"],
+        ["validate"],
+        ["metrics"],
+        ["export", "x.jsonl"],
+        ["backup", "list"],
+        ["restore-to", "2026-01-01T00:00:00Z"],
+    ],
 )
 def test_inspection_commands_do_not_create_a_database(tmp_path: Path, command: list[str]) -> None:
     path = tmp_path / "missing.db"

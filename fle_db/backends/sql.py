@@ -516,7 +516,8 @@ class SQLBackend(Backend):
             raise self._translate_driver(exc) from exc
 
     def _translate_driver(self, exc: BaseException | None) -> FleDBError:
-        detail = redact(str(exc).strip().splitlines()[0]) if exc is not None and str(exc).strip() else type(exc).__name__
+        text = str(exc).strip() if exc is not None else ""
+        detail = redact(text.splitlines()[0]) if text else type(exc).__name__
         if "database is locked" in detail:
             return ConnectionTimeoutError(
                 "the database is locked by another connection (fle-db waits for it up to "
