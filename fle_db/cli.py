@@ -44,15 +44,38 @@ class _Options:
 
 
 class _Group(click.Group):
-    """A click group that turns fle-db errors into a one-line message and an exit code."""
+    """The CLI's one error boundary: fle-db errors and usage errors (of this group and of every
+    command below it) become one line on stderr and an exit code, never a traceback."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # a bad global option: there is no context to exit through
+            _echo_error(exc)
+            raise SystemExit(EXIT_USAGE) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            _echo_error(exc)
+            code = EXIT_USAGE
         except FleDBError as exc:
+            _echo_error(exc)
             code = EXIT_USAGE if isinstance(exc, (ConfigurationError, ValidationError)) else EXIT_ERROR
-            click.echo(f"Error: {' '.join(str(exc).split()) or type(exc).__name__}", err=True)
-            ctx.exit(code)
+        ctx.exit(code)
+
+
+def _echo_error(exc: Exception) -> None:
+    """``exc`` as one line ``Error: ...`` on stderr; a usage error names the command's ``--help``."""
+    if isinstance(exc, click.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "fle-db"
+        message = f"{exc.format_message()} (see `{where} --help`)"
+    else:
+        message = str(exc) or type(exc).__name__
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
 
 
 def _json_option(command: Any) -> Any:
@@ -356,7 +379,7 @@ def metrics(options: _Options, as_json: bool) -> None:
 
 
 @main.command("export")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path")  # checked by export_data: a new file or a regular one, never a folder or device
 @click.option(
     "--format",
     "fmt",
@@ -404,13 +427,14 @@ def export_command(
 
 
 @main.command("import")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path")  # checked by import_data: a regular file
 @_json_option
 @click.pass_obj
 def import_command(options: _Options, path: str, as_json: bool) -> None:
     """Import a jsonl export (plain or .zst). Idempotent: what is already stored is counted as
     present; data that differs from the stored data is refused (exit code 1), never overwritten."""
-    with DatabaseClient(options.url) as client, _progress("importing", os.path.getsize(path)) as advance:
+    size = os.path.getsize(path) if os.path.isfile(path) else None
+    with DatabaseClient(options.url) as client, _progress("importing", size) as advance:
         report = client.import_data(
             path, progress=lambda trajectories, done: advance(done, f"{trajectories:,} trajectories")
         )

@@ -45,6 +45,7 @@ from .storage.engine import BlobCache, EncodedRecord, PendingBases, StateDecoder
 
 _ID = re.compile(models.ID_PATTERN)
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=Callable[..., None])
 
 
 def _timed(method: F) -> F:
@@ -250,7 +251,7 @@ class DatabaseClient:
             ValidationError: an element is invalid (its index is named). ConflictError: an
             element differs from a stored record.
         """
-        records = list(steps)
+        records = _as_list(steps, "steps")
 
         def build(pending: PendingBases) -> list[Checkpoint]:
             checkpoints = []
@@ -660,10 +661,19 @@ class DatabaseClient:
         """
         ids = _check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
         criteria = TrajectoryFilter(
-            ids, task, agent_type, export.instant_us(since, "since"), export.instant_us(until, "until")
+            ids,
+            _check_text(task, "task"),
+            _check_text(agent_type, "agent_type"),
+            export.instant_us(since, "since"),
+            export.instant_us(until, "until"),
         )
         return export.export_data(
-            self, self._backend.iter_selected_trajectories(criteria), path, format, criteria, progress
+            self,
+            self._backend.iter_selected_trajectories(criteria),
+            path,
+            format,
+            criteria,
+            _check_callback(progress),
         )
 
     @_timed
@@ -689,7 +699,7 @@ class DatabaseClient:
             ConflictError: the file disagrees with stored data. NotFoundError: a fork's parent
             step is missing.
         """
-        return export.import_data(self, path, progress)
+        return export.import_data(self, path, _check_callback(progress))
 
     # -- maintenance ----------------------------------------------------------------------
     @_timed
@@ -725,11 +735,8 @@ class DatabaseClient:
             raise ValidationError("cleanup: give older_than or before, not both")
         cutoff = _cutoff_us(older_than, before)
         ids = _check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
-        if keep_best_per_task is not None and (
-            isinstance(keep_best_per_task, bool) or not isinstance(keep_best_per_task, int) or keep_best_per_task < 0
-        ):
-            raise ValidationError(f"keep_best_per_task must be an integer >= 0, got {keep_best_per_task!r}")
-        criteria = CleanupCriteria(cutoff, ids, task, agent_type, keep_best_per_task)
+        keep = _check_count(keep_best_per_task, "keep_best_per_task")
+        criteria = CleanupCriteria(cutoff, ids, _check_text(task, "task"), _check_text(agent_type, "agent_type"), keep)
         if criteria == CleanupCriteria():
             raise ValidationError("cleanup needs at least one criterion (it never deletes everything by default)")
         return self._backend.cleanup(criteria, dry_run)
@@ -770,7 +777,7 @@ class DatabaseClient:
         it takes time on large ones: ``progress(stage, done)`` is called along the way.
         """
         decoder = StateDecoder(BlobCache(16 * 1024 * 1024))  # its own cache: verify, don't trust
-        return validate_database(self._backend, decoder, self._record_values, progress)
+        return validate_database(self._backend, decoder, self._record_values, _check_callback(progress))
 
     # -- monitoring -----------------------------------------------------------------------
     @_timed
@@ -917,6 +924,7 @@ class DatabaseClient:
         Raises:
             ConflictError: ``target`` is not empty.
         """
+        progress = _check_callback(progress)
         with backup.open_database(self._settings, target) as destination:
             return backup.copy_database(self._backend, destination, progress=progress)
 
@@ -1130,8 +1138,17 @@ def _check_node_id(value: Any) -> int:
 def _check_count(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError(f"{what} must be an integer >= 0, got {value!r:.80}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValidationError(f"{what} must be an integer in 0 .. 2**63-1, got {value!r:.80}")
+    return value
+
+
+def _check_text(value: Any, what: str) -> str | None:
+    """A filter value: None or a string without NUL characters or lone surrogates."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValidationError(f"{what} must be a string without NUL characters, got {value!r:.80}")
     return value
 
 
@@ -1167,12 +1184,24 @@ def _check_id(value: Any, what: str) -> None:
         raise ValidationError(f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}")
 
 
-def _check_ids(values: Any, what: str) -> tuple[str, ...]:
-    """A list (any iterable but a string or mapping) of valid ids. A bare string is refused: it
-    would be read as its characters (``"12"`` as the ids ``"1"`` and ``"2"``)."""
+def _check_callback(progress: C | None) -> C | None:
+    """A progress callback must be callable (or None): checked before any work starts."""
+    if progress is not None and not callable(progress):
+        raise ValidationError(f"progress must be a function or None, got {type(progress).__name__}")
+    return progress
+
+
+def _as_list(values: Any, what: str) -> list[Any]:
+    """A list from any iterable but a string, bytes or mapping: a bare string would be read as
+    its characters (``"12"`` as the ids ``"1"`` and ``"2"``), a dict as its keys."""
     if isinstance(values, (str, bytes, bytearray, Mapping)) or not isinstance(values, Iterable):
-        raise ValidationError(f"{what} must be a list of ids, got {type(values).__name__} {values!r:.80}")
-    ids = tuple(values)
+        raise ValidationError(f"{what} must be a list, got {type(values).__name__} {values!r:.80}")
+    return list(values)
+
+
+def _check_ids(values: Any, what: str) -> tuple[str, ...]:
+    """A list of valid ids (see :func:`_as_list`)."""
+    ids = tuple(_as_list(values, what))
     for value in ids:
         _check_id(value, what)
     return ids

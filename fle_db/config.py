@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError
 
 from .backends import registry
 from .errors import ConfigurationError
+from .ops.files import checked_path
 from .redact import redact
 
 DEFAULT_BACKEND = "sqlite"
@@ -131,6 +132,17 @@ class Settings:
                 environment variable, never the password.
         """
         env = os.environ if environ is None else environ
+        texts = {"url": url, "db_type": db_type, "host": host, "database": database, "user": user}
+        texts |= {"password": password, "sslmode": sslmode, "sslrootcert": sslrootcert}
+        for name, value in texts.items():
+            if value is not None and (not isinstance(value, str) or "\x00" in value):
+                # the value is not shown: it may be a password
+                raise ConfigurationError(f"{name} must be a string without NUL characters, got {type(value).__name__}")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, (int, str))):
+            raise ConfigurationError(f"port must be a port number, got {type(port).__name__}")
+        for name, path in (("sqlite_db_file", sqlite_db_file), ("backup_dir", backup_dir)):
+            if path is not None:
+                checked_path(path, name, ConfigurationError)
         if url is not None:
             backend, sa_url = _from_url(url)
         else:
@@ -210,11 +222,7 @@ def database_url(target: str | os.PathLike[str]) -> str:
     """
     if isinstance(target, str) and "://" in target:
         return target
-    if not isinstance(target, (str, os.PathLike)) or not isinstance(os.fspath(target), str):
-        raise ConfigurationError(f"a database target must be a URL or a file path, got {type(target).__name__}")
-    path = os.fspath(target)
-    if not path or "\x00" in path:
-        raise ConfigurationError(f"not a database path: {path!r:.80}")
+    path = os.fspath(checked_path(target, "a database target (URL or file path)", ConfigurationError))
     return URL.create("sqlite", database=os.path.abspath(os.path.expanduser(path))).render_as_string()
 
 

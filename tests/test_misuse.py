@@ -296,3 +296,55 @@ def test_a_closed_client_raises_instead_of_reopening(db: DatabaseClient) -> None
     with pytest.raises(ClientClosedError):
         db.save_trajectory({"id": "u"})
     db.close()  # still idempotent
+
+
+# -- 5. import memory is bounded whatever the file ---------------------------------------------
+_BOMB = r"""
+import os, resource, sys, zstandard, orjson
+from fle_db import DatabaseClient, FleDBError
+url, path, shape = sys.argv[1], sys.argv[2], sys.argv[3]
+MAX = 1024 * 1024
+with open(path, "wb") as raw, zstandard.ZstdCompressor(level=19).stream_writer(raw) as out:
+    out.write(orjson.dumps({"kind": "header", "format": "fle-db-export", "version": 1}) + b"\n")
+    if shape == "endless line":  # one line of 1 GiB: never read whole
+        block = b"a" * (1 << 20)
+        for _ in range(1024):
+            out.write(block)
+    else:  # one trajectory of 600 checkpoints of ~0.5 MiB each (300 MiB), never ended
+        out.write(orjson.dumps({"kind": "trajectory", "trajectory": {"id": "A"}, "metadata": {}}) + b"\n")
+        action = "x" * (MAX // 2)
+        for n in range(600):
+            step = {"trajectory_id": "A", "step_number": n, "action": action}
+            line = {"kind": "checkpoint", "trajectory_id": "A", "step_number": n, "step": step}
+            out.write(orjson.dumps(line) + b"\n")
+print("compressed bytes", os.path.getsize(path), file=sys.stderr)
+client = DatabaseClient(url, max_payload_bytes=MAX)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:
+    client.import_data(path)
+    error = "none"
+except FleDBError as exc:
+    error = type(exc).__name__
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+stats = client.get_statistics()
+result = {"error": error, "peak": peak, "trajectories": stats["trajectories"], "steps": stats["steps"]}
+print(orjson.dumps(result).decode())
+"""
+
+
+@pytest.mark.parametrize("shape", ["endless line", "endless trajectory"])
+def test_a_decompression_bomb_is_stopped_in_bounded_memory(db_url: str, tmp_path: Path, shape: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _BOMB, db_url, str(tmp_path / "bomb.jsonl.zst"), shape],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    result = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert result["error"] in {"ValidationError", "DataIntegrityError"}, done.stderr
+    assert result["peak"] <= 2 * 1024 * 1024 + 100 * 2**20, result
+    assert (result["trajectories"], result["steps"]) == (0, 0)

@@ -150,11 +150,15 @@ def restore_to(
             report["safety_backup"] = store.create(backend)["id"]
         report["rows_changed"] = backend.rewind(point.seq)
         return report
-    if "://" not in target and Path(target).exists():
-        raise ValidationError(f"restore target {target!r} exists; give a new SQLite path or an empty database's URL")
-    with open_database(settings, target) as destination:
+    url = database_url(target)
+    where = settings.with_url(url)
+    if where.backend == "sqlite" and where.database_exists():
+        raise ValidationError(
+            f"restore target {where.location!r} exists; give a new SQLite path or an empty database's URL"
+        )
+    with open_database(settings, url) as destination:
         report["rows"] = copy_database(backend, destination, point.seq)["rows"]
-    report["target"] = target if "://" not in target else settings.with_url(target).safe_url()
+    report["target"] = where.location
     return report
 
 
@@ -360,7 +364,11 @@ class BackupStore:
         (the newest backup is always kept). Returns the ids deleted."""
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ValidationError(f"keep must be an integer >= 1, got {keep!r}")
-        if older_than is not None and (isinstance(older_than, bool) or not 0 <= older_than < float("inf")):
+        if older_than is not None and (
+            isinstance(older_than, bool)
+            or not isinstance(older_than, (int, float))
+            or not 0 <= older_than < float("inf")
+        ):
             raise ValidationError(f"older_than must be seconds >= 0, got {older_than!r}")
         if keep is None and older_than is None:
             raise ValidationError("prune needs keep or older_than")
@@ -394,8 +402,10 @@ class BackupScheduler:
     temporary files, which are never listed and are removed by the next backup."""
 
     def __init__(self, store: BackupStore, backend: Backend, interval: float, keep: int) -> None:
-        if interval <= 0:
-            raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r}")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < float("inf"):
+            raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r:.80}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ConfigurationError(f"backup_keep must be an integer >= 1, got {keep!r:.80}")
         self.store, self.backend, self.interval, self.keep = store, backend, interval, keep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fle-db-backups", daemon=True)

@@ -65,7 +65,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -82,7 +81,7 @@ from ..errors import (
 )
 from ..storage import codec
 from .backup import parse_instant
-from .files import atomic_file
+from .files import atomic_file, checked_path
 
 if TYPE_CHECKING:
     from ..client import DatabaseClient
@@ -161,7 +160,7 @@ def export_data(
     """
     if fmt not in FORMATS:
         raise ValidationError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    target = Path(path)
+    target = checked_path(path, "path")
     compress = target.name.endswith(".zst")
     if fmt == "parquet" and compress:
         raise ValidationError("parquet files compress their pages (zstd) themselves: drop the .zst suffix")
@@ -606,8 +605,7 @@ def _open_regular(path: Any) -> IO[bytes]:
     Raises:
         NotFoundError: no such file. ValidationError: not a path, or not a regular file.
     """
-    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str) or "\x00" in os.fspath(path):
-        raise ValidationError(f"the import path must be a file path, got {path!r:.80}")
+    path = checked_path(path, "the import path")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
         if not stat.S_ISREG(os.fstat(fd).st_mode):

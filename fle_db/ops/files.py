@@ -14,9 +14,26 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from ..errors import StorageFullError, ValidationError
+from ..errors import FleDBError, StorageFullError, ValidationError
+
+
+def checked_path(value: Any, what: str, error: type[FleDBError] = ValidationError) -> Path:
+    """``value`` as a ``Path`` if it is a usable file path: a ``str`` or ``os.PathLike`` naming a
+    text path, not empty, without NUL or lone surrogates (no file system takes those).
+
+    Raises:
+        ``error`` (ValidationError by default) naming ``what``.
+    """
+    path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise error(f"{what} must be a file path, got {value!r:.80}")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{what} is not a valid file path: {value!r:.80}") from None
+    return Path(path)
 
 
 def check_replaceable(path: Path) -> None:
