@@ -33,6 +33,10 @@ METHODS = sorted(
     name for name, member in inspect.getmembers(DatabaseClient, inspect.isfunction) if not name.startswith("_")
 )
 _OMIT = object()
+#: No example database (the working directory is temporary); slow examples are expected.
+_EXPLORE = settings(
+    deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 _CLOSED_URL = "postgresql://u:pw@127.0.0.1:1/nothing"  # refuses at once: nothing listens on port 1
 
 
@@ -157,12 +161,7 @@ def test_every_public_method_raises_only_fle_db_errors(name: str, db_url: str, p
     )
     client = _seeded(db_url, place)
 
-    @settings(
-        max_examples=30,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
+    @settings(_EXPLORE, max_examples=30)
     @given(arguments)
     def call(drawn: dict[str, Any]) -> None:
         kwargs = {key: value for key, value in drawn.items() if value is not _OMIT}
@@ -199,12 +198,7 @@ def test_every_cli_command_fails_in_one_line(path: tuple[str, ...], db_url: str,
     _seeded(db_url, place).close()
     runner = CliRunner()
 
-    @settings(
-        max_examples=12,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
+    @settings(_EXPLORE, max_examples=12)
     @given(argv)
     def run(words: list[str]) -> None:
         args = ["--url", db_url, *path, *BOUNDED.get(path, []), *words]
@@ -228,12 +222,7 @@ def test_the_constructor_raises_only_fle_db_errors(place: Path) -> None:
     options = [name for name in inspect.signature(Settings.resolve).parameters if name not in ("url", "environ")]
     hostile = _values(place)
 
-    @settings(
-        max_examples=150,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
+    @settings(_EXPLORE, max_examples=150)
     @given(st.one_of(st.just(_OMIT), hostile), st.dictionaries(st.sampled_from(options), hostile, max_size=2))
     def construct(url: Any, drawn: dict[str, Any]) -> None:
         try:

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from sqlalchemy.pool import QueuePool
 
 from ..config import ConnectionOptions
 from ..errors import BackendUnavailableError, ConfigurationError, FleDBError, NotFoundError, ValidationError
+from ..ops.files import check_regular
 from ..schema import metadata
 from .sql import SQLBackend
 
@@ -322,14 +322,7 @@ def _ensure_wal(conn: sqlite3.Connection, timeout: float) -> None:
 def _check_regular(path: str) -> None:
     """Refuse a database "file" that is a device, FIFO, socket or folder (``/dev/null`` would
     make SQLite write ``/dev/null-journal`` beside it); a symlink to a regular file is fine."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise ConfigurationError(f"the SQLite database {path!r} cannot be examined: {exc}") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigurationError(f"the SQLite database {path!r} is not a regular file")
+    check_regular(path, f"the SQLite database {path!r}", follow_symlinks=True, error=ConfigurationError)
 
 
 def _create_owner_only(path: Path) -> None:

@@ -36,17 +36,26 @@ def checked_path(value: Any, what: str, error: type[FleDBError] = ValidationErro
     return Path(path)
 
 
-def check_replaceable(path: Path) -> None:
-    """Raise ValidationError unless ``path`` is absent or a regular file (not a symlink)."""
+def check_regular(
+    path: str | Path, what: str, *, follow_symlinks: bool, error: type[FleDBError] = ValidationError
+) -> None:
+    """Raise ``error`` naming ``what`` unless ``path`` is absent or a regular file (with
+    ``follow_symlinks=False``, a symlink is refused too)."""
     try:
-        mode = os.lstat(path).st_mode
+        mode = os.stat(path, follow_symlinks=follow_symlinks).st_mode
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise ValidationError(f"cannot write {str(path)!r}: {exc.strerror}") from None
+        raise error(f"{what} cannot be examined: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
         kind = "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "a special file"
-        raise ValidationError(f"{str(path)!r} is {kind}: fle-db only writes a new file or replaces a regular one")
+        raise error(f"{what} is {kind}, not a regular file")
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise ValidationError unless ``path`` is absent or a regular file (not a symlink): the
+    only things a write of fle-db may replace."""
+    check_regular(path, repr(str(path)), follow_symlinks=False)
 
 
 @contextmanager
