@@ -118,7 +118,8 @@ class DatabaseClient:
 
     def close(self) -> None:
         """Stop automated backups (waiting for one in progress) and release every pooled
-        connection. Idempotent."""
+        connection. Idempotent. Afterwards every call that needs the database raises
+        :class:`~fle_db.errors.ClientClosedError` (the client never reopens by itself)."""
         if self._scheduler is not None:
             self._scheduler.stop()
         self._backend.close()
@@ -694,7 +695,9 @@ class DatabaseClient:
         "seconds"}``.
 
         Raises:
-            ValidationError: not an fle-db export or a malformed record. SchemaVersionError: an
+            NotFoundError: no file at ``path``.
+            ValidationError: not an fle-db export or a malformed record (a record must name its
+            line's trajectory and step: an import never writes into another). SchemaVersionError: an
             unknown format version. DataIntegrityError: truncated, altered or corrupted file.
             ConflictError: the file disagrees with stored data. NotFoundError: a fork's parent
             step is missing.

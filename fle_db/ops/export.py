@@ -49,7 +49,10 @@ whatever the number of trajectories exported.
 Import (:func:`import_data`, ``jsonl`` only) goes one trajectory at a time, **the trajectory
 being the unit**: its lines are read and verified (shapes, step order, count and digest) before
 anything of it is written, then it is compared with what the database holds and written through
-the client's validated save paths. See :func:`import_data` for the exact rules.
+the client's validated save paths. See :func:`import_data` for the exact rules. Every record of a
+line must name that line's trajectory and step, so an import writes only into the trajectory it
+imports. Memory holds one line and one write batch; the rest of a trajectory's lines wait in a
+spooled temporary file until its digest is verified.
 """
 
 from __future__ import annotations
@@ -525,7 +528,10 @@ def import_data(
     "environment_feedbacks" | "metadata": {"created", "present"}, "seconds"}``.
 
     Raises:
-        ValidationError: not an fle-db export, or a malformed record (the line is named).
+        NotFoundError: ``path`` does not exist.
+        ValidationError: not an fle-db export, not a regular file, or a malformed record (the
+            line is named; a step, output or feedback naming another trajectory or step than
+            its line's is one).
         SchemaVersionError: the file's format version is not one this fle-db reads.
         DataIntegrityError: truncated file, a line that is not JSON, or a trajectory whose
             digest or checkpoint count does not match (tampered or corrupted).
