@@ -282,6 +282,9 @@ def test_read_methods_on_a_missing_sqlite_file_raise_not_found(tmp_path: Path) -
         client.get_statistics()
     with pytest.raises(NotFoundError):
         client.load_trajectory("t")
+    health = client.health_check()
+    assert health["status"] == "failing" and "no SQLite database" in health["checks"]["connectivity"]["detail"]
+    assert client.get_migration_status()["current_version"] is None
     assert not path.exists()
     client.migrate()  # migrating is what creates it
     assert path.exists()

@@ -28,10 +28,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
+from .. import migrations
 from ..config import ConnectionOptions
 from ..errors import BackendUnavailableError, ConfigurationError, FleDBError, NotFoundError, ValidationError
 from ..ops.files import check_regular
 from ..schema import metadata
+from .base import MigrationStatus
 from .sql import SQLBackend
 
 log = logging.getLogger("fle_db")
@@ -169,6 +171,13 @@ class SQLiteBackend(SQLBackend):
         if path is not None:
             _create_owner_only(Path(path))
         return super().migrate()
+
+    def migration_status(self) -> MigrationStatus:
+        """A missing file is a database with no migration applied: reported, not created."""
+        path = database_path(self.settings.url)
+        if path is not None and not os.path.exists(path):
+            return MigrationStatus(None, migrations.latest_revision(), migrations.pending_revisions(None))
+        return super().migration_status()
 
     def _translate_driver(self, exc: BaseException | None) -> FleDBError:
         path = database_path(self.settings.url)
