@@ -37,7 +37,7 @@ from .backends.base import (
 )
 from .config import Settings
 from .errors import ConflictError, DataIntegrityError, DependencyError, NotFoundError, ValidationError
-from .ops import backup, export
+from .ops import backup, export, importing
 from .ops.metrics import Metrics
 from .ops.validate import validate as validate_database
 from .storage import codec
@@ -702,7 +702,7 @@ class DatabaseClient:
             ConflictError: the file disagrees with stored data. NotFoundError: a fork's parent
             step is missing.
         """
-        return export.import_data(self, path, _check_callback(progress))
+        return importing.import_data(self, path, _check_callback(progress))
 
     # -- maintenance ----------------------------------------------------------------------
     @_timed
