@@ -27,19 +27,42 @@ from ._common import EXIT_ERROR, EXIT_USAGE, Options, show_warnings
 
 
 class _Group(click.Group):
-    """A click group that turns fle-db errors into a one-line message and an exit code."""
+    """The CLI's one error boundary: fle-db errors and usage errors (of this group and of every
+    command below it) become one line on stderr and an exit code, never a traceback."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # a bad global option: there is no context to exit through
+            _echo_error(exc)
+            raise SystemExit(EXIT_USAGE) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            _echo_error(exc)
+            code = EXIT_USAGE
         except FleDBError as exc:
+            _echo_error(exc)
             code = EXIT_USAGE if isinstance(exc, (ConfigurationError, ValidationError)) else EXIT_ERROR
-            click.echo(f"Error: {' '.join(str(exc).split()) or type(exc).__name__}", err=True)
-            ctx.exit(code)
+        ctx.exit(code)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Commands in the order a newcomer meets them, not alphabetically."""
         return list(self.commands)
+
+
+def _echo_error(exc: Exception) -> None:
+    """``exc`` as one line ``Error: ...`` on stderr; a usage error names the command's ``--help``."""
+    if isinstance(exc, click.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "fle-db"
+        message = f"{exc.format_message()} (see `{where} --help`)"
+    else:
+        message = str(exc) or type(exc).__name__
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

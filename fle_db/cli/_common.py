@@ -23,6 +23,7 @@ from rich.text import Text
 from ..backends.sqlite import SQLITE_LIBRARY_LOGGER
 from ..client import DatabaseClient
 from ..config import Settings
+from ..errors import NotFoundError
 from ..units import iec_bytes
 
 #: Exit code of a configuration or validation error (click uses 2 for usage errors as well).
@@ -44,12 +45,32 @@ def json_option(command: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON (same as the global --json).")(command)
 
 
-def open_client(options: Options, *, writes: bool, **settings: Any) -> DatabaseClient:
-    """The database the options name, with ``settings`` for the client. Commands that do not
-    write (``writes=False``) do not show the SQLite-library warning, which is about concurrent
-    writers and so only matters to commands that write."""
+def open_client(options: Options, *, writes: bool, create: bool = False, **settings: Any) -> DatabaseClient:
+    """The database the options name, with ``settings`` for the client; only commands that
+    ``create`` one (demo, init, migrate, import) may open a database that does not exist yet.
+    Commands that do not write (``writes=False``) do not show the SQLite-library warning, which
+    is about concurrent writers and so only matters to commands that write.
+
+    Raises:
+        NotFoundError: there is no database there (and ``create`` is false).
+    """
     _SqliteLibraryFilter.quiet = not writes
-    return DatabaseClient(options.url, **settings)
+    return DatabaseClient(options.url, **settings) if create else existing_client(options.url, **settings)
+
+
+def existing_client(url: str | None, **settings: Any) -> DatabaseClient:
+    """A client of a database that exists already: commands that inspect or maintain one never
+    create an empty database where none is (a mistyped path would otherwise look empty).
+
+    Raises:
+        NotFoundError: there is no database there.
+    """
+    resolved = Settings.resolve(url)
+    if not resolved.database_exists():
+        raise NotFoundError(
+            f"there is no database at {resolved.location}: it does not exist (`fle-db init` creates one)"
+        )
+    return DatabaseClient(url, **settings)
 
 
 class _SqliteLibraryFilter(logging.Filter):
@@ -145,6 +166,7 @@ __all__ = [
     "Options",
     "console",
     "echo_json",
+    "existing_client",
     "iec_bytes",
     "json_option",
     "location",

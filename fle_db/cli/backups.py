@@ -161,7 +161,8 @@ def restore_to(options: Options, timestamp: str | None, target: str | None, yes:
                 "database in place (undoable; a safety backup is taken first)."
             )
             return
-        at: str | float = float(timestamp) if timestamp.replace(".", "", 1).isdigit() else timestamp
+        digits = timestamp.replace(".", "", 1)
+        at: str | float = float(timestamp) if digits.isascii() and digits.isdigit() else timestamp  # not '²'
         result = client.restore_to(at, target=target)
     report(options, as_json, f"restored to {result['at']}", result)
 

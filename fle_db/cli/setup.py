@@ -12,7 +12,7 @@ from ._common import Options, echo_json, iec_bytes, json_option, location, open_
 
 def _migrate(options: Options) -> tuple[Settings, list[str], dict[str, Any]]:
     """Create the database if needed, apply pending migrations; return settings, applied, status."""
-    with open_client(options, writes=True, auto_migrate=False) as client:
+    with open_client(options, writes=True, create=True, auto_migrate=False) as client:
         applied = client.migrate()
         return client.settings, applied, client.get_migration_status()
 

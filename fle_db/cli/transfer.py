@@ -8,8 +8,18 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from ..client import DatabaseClient
-from ._common import Options, echo_json, iec_bytes, json_option, open_client, print_table, progress, report
+from ..config import database_url
+from ._common import (
+    Options,
+    echo_json,
+    existing_client,
+    iec_bytes,
+    json_option,
+    open_client,
+    print_table,
+    progress,
+    report,
+)
 
 
 @click.command()
@@ -29,7 +39,7 @@ def demo(options: Options, trajectories: int, steps: int, seed: int, as_json: bo
 
     as_json = as_json or options.json
     console = Console(stderr=True) if as_json else Console()
-    with open_client(options, writes=True) as client:
+    with open_client(options, writes=True, create=True) as client:
         summary = run_demo(client, trajectories=trajectories, steps=steps, console=console, seed=seed)
     if as_json:
         echo_json(summary)
@@ -47,7 +57,7 @@ def demo(options: Options, trajectories: int, steps: int, seed: int, as_json: bo
 
 
 @click.command("export")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path")  # checked by export_data: a new file or a regular one, never a folder or device
 @click.option(
     "--format",
     "fmt",
@@ -98,13 +108,14 @@ def export_command(
 
 
 @click.command("import")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path")  # checked by import_data: a regular file
 @json_option
 @click.pass_obj
 def import_command(options: Options, path: str, as_json: bool) -> None:
     """Import a jsonl export (plain or .zst). Idempotent: what is already stored is counted as
     present; data that differs from the stored data is refused (exit code 1), never overwritten."""
-    with open_client(options, writes=True) as client, progress("importing", os.path.getsize(path)) as advance:
+    size = os.path.getsize(path) if os.path.isfile(path) else None
+    with open_client(options, writes=True, create=True) as client, progress("importing", size) as advance:
         result = client.import_data(
             path, progress=lambda trajectories, done: advance(done, f"{trajectories:,} trajectories")
         )
@@ -130,8 +141,7 @@ def copy(options: Options, source: str, target: str, as_json: bool) -> None:
     """Copy a whole database (history included) from SOURCE to TARGET, between any backends: URLs,
     or paths of SQLite files. TARGET must be new or empty. Shows a progress bar."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    url = source if "://" in source else f"sqlite:///{os.path.abspath(source)}"
-    with DatabaseClient(url) as client, Progress(*columns, console=Console(stderr=True)) as bar:
+    with existing_client(database_url(source)) as client, Progress(*columns, console=Console(stderr=True)) as bar:
         tasks: dict[str, TaskID] = {}
 
         def advance(table: str, rows: int, total: int) -> None:
