@@ -30,7 +30,7 @@ from sqlalchemy.exc import ArgumentError
 from .backends import registry
 from .errors import ConfigurationError
 from .ops.files import checked_path
-from .redact import redact
+from .redact import MASK, redact
 
 DEFAULT_BACKEND = "sqlite"
 DEFAULT_MAX_CONNECTIONS = 10
@@ -358,7 +358,7 @@ class ConnectionOptions:
                     problems.append(f"SKILLS_DB_PORT must be in 1..65535, got {port}")
         if problems:
             given = ", ".join(
-                f"{_SERVER_VARIABLES[argument]}={'***' if argument == 'password' else repr(str(value))}"
+                f"{_SERVER_VARIABLES[argument]}={MASK if argument == 'password' else redact(repr(str(value)))}"
                 for argument, value in values.items()
                 if value not in (None, "")
             )
