@@ -17,7 +17,6 @@ import re
 import shutil
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,27 +143,21 @@ class SQLiteBackend(SQLBackend):
                 pool_timeout=timeout,
                 creator=lambda: memory,
             )
-        elif settings.read_only:
-            # mode=ro: the file is opened read-only by the OS call (query_only below as well).
-            if not os.path.exists(path):
-                raise BackendUnavailableError(f"the SQLite database {path!r} does not exist (opened read-only)")
-            location = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-            engine = create_engine(
-                "sqlite://",
-                poolclass=QueuePool,
-                pool_size=settings.max_connections,
-                max_overflow=0,
-                pool_timeout=timeout,
-                creator=lambda: sqlite3.connect(location, uri=True, check_same_thread=False, timeout=timeout),
-            )
         else:
             _check_regular(path)
-            if settings.auto_migrate:
-                _create_owner_only(Path(path))
-            _warn_wal_reset_bug()
-            # mode=rw: a connection never creates the file (only migrate() does), so reading a
-            # missing database says so instead of leaving an empty one behind.
-            uri = f"file:{quote(os.path.abspath(path))}?mode=rw"
+            if settings.read_only:
+                # mode=ro: the file is opened read-only by the OS call (query_only below as well).
+                if not os.path.exists(path):
+                    raise BackendUnavailableError(f"the SQLite database {path!r} does not exist (opened read-only)")
+                mode = "ro"
+            else:
+                if settings.auto_migrate:
+                    _create_owner_only(Path(path))
+                _warn_wal_reset_bug()
+                # mode=rw: a connection never creates the file (only migrate() does), so reading a
+                # missing database says so instead of leaving an empty one behind.
+                mode = "rw"
+            uri = f"file:{quote(os.path.abspath(path))}?mode={mode}"
             engine = create_engine(
                 "sqlite://",
                 poolclass=QueuePool,
