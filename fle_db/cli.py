@@ -625,6 +625,20 @@ def copy(options: _Options, source: str, target: str, as_json: bool) -> None:
     _report(options, as_json, "fle-db copy", report)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; not loopback needs a token.")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the viewer in the default browser.")
+@click.option("--token", envvar="FLE_DB_UI_TOKEN", default=None, help="Access token (default: random off loopback).")
+@_json_option
+@click.pass_obj
+def ui(options: _Options, host: str, port: int, open_browser: bool, token: str | None, as_json: bool) -> None:
+    """Serve a local read-only web viewer: trajectories, rewards, steps, diffs, trees, status."""
+    from .ui.serve import run  # imported here: the web stack loads only for this command
+
+    run(options.url, host=host, port=port, open_browser=open_browser, token=token, as_json=as_json or options.json)
+
+
 def _duration(text: str) -> float:
     """Seconds from ``3600``, ``90s``, ``15m``, ``6h`` or ``1d``."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
