@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..client import DatabaseClient
-from ..errors import FleDBError, NotFoundError, ValidationError
+from ..errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
 
 log = logging.getLogger("fle_db.ui")
 
@@ -162,9 +162,15 @@ def create_app(
 ) -> Starlette:
     """The viewer over ``client`` (which should be opened ``read_only=True``), answering only
     for ``hosts`` (``"name:port"`` values, as browsers send them) and, with ``token``, only to
-    requests that carry it."""
+    requests that carry it.
+
+    Raises:
+        ConfigurationError: ``client`` was not opened with ``read_only=True``.
+    """
     from . import routes  # routes import this module's helpers
 
+    if not client.settings.read_only:
+        raise ConfigurationError("the viewer reads through a client opened with read_only=True")
     env = templates()
     env.globals.update(poll_ms=int(poll_seconds * 1000), backend=client.settings.backend)
     state = routes.Context(client, env)
@@ -183,6 +189,7 @@ def create_app(
         },
     )
     app.add_middleware(Guard, hosts=hosts, token=token)
+    app.state.client = client
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
+import socket
 import webbrowser
 from collections.abc import Callable
 
@@ -27,9 +28,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _bracketed(address: str) -> str:
+    return f"[{address.strip('[]')}]" if ":" in address else address
+
+
 def allowed_hosts(host: str, port: int) -> list[str]:
-    """The ``Host`` header values the server answers for: its own names, with the port."""
-    names = set(LOOPBACK_NAMES) if is_loopback(host) else {host if ":" not in host else f"[{host.strip('[]')}]"}
+    """The ``Host`` header values the server answers for: its own names, with the port (and
+    without it on port 80). Loopback: ``127.0.0.1``, ``localhost``, ``[::1]``. A wildcard
+    address (``0.0.0.0``, ``::``): those, the machine's host name and its addresses."""
+    names = {_bracketed(host)}
+    if is_loopback(host):
+        names = set(LOOPBACK_NAMES)
+    elif host.strip("[]") in ("0.0.0.0", "::"):
+        names = set(LOOPBACK_NAMES) | {socket.gethostname(), socket.getfqdn()}
+        try:
+            names |= {_bracketed(str(info[4][0])) for info in socket.getaddrinfo(socket.gethostname(), None)}
+        except OSError:
+            pass  # no resolvable host name: its names above still answer
+    names = {name.lower() for name in names}
     return sorted(f"{name}:{port}" for name in names) + (sorted(names) if port == 80 else [])
 
 
@@ -63,7 +79,7 @@ def run(
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
     with DatabaseClient(url, read_only=True) as client:
-        shown = host if ":" not in host else f"[{host.strip('[]')}]"
+        shown = _bracketed(host)
         address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
         if as_json:
             echo(json.dumps({"url": address, "backend": client.settings.backend, "read_only": True}))
