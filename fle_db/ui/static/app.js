@@ -69,7 +69,7 @@ function live() {
         const response = await fetch(box.dataset.live, { headers: { "x-requested-with": "fle-db-ui" } });
         if (response.ok) {
           const html = await response.text();
-          if (last !== null && html !== last) {
+          if (html !== last) {  // the first answer may already be newer than the page
             box.innerHTML = html;  // server-rendered and escaped by the same templates
             drawCharts(box);
           }
