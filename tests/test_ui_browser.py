@@ -68,7 +68,9 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
                         break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"fle-db ui did not start: {process.stdout.read() if process.stdout else ''}")
+                    raise AssertionError(
+                        f"fle-db ui did not start: {process.stdout.read() if process.stdout else ''}"
+                    ) from None
                 time.sleep(0.2)
         yield base, url
     finally:
@@ -109,7 +111,9 @@ def test_a_researcher_browses_runs_in_a_real_browser(server: tuple[str, str], tm
         page.goto(base + "/")
         page.click("th a[data-order=total_reward]")
         page.wait_for_url(re.compile(r"order=total_reward"))
-        rewards = [float(t) for t in page.locator("#rows tr td:nth-child(5)").all_inner_texts() if t.strip() != "–"]
+        rewards = [
+            float(t) for t in page.locator("#rows tr td:nth-child(5)").all_inner_texts() if t.strip() != "\u2013"
+        ]
         assert rewards == sorted(rewards, reverse=True) and len(rewards) >= 3
 
         # A trajectory: chart, steps, and a new step appearing without a reload.
