@@ -21,17 +21,27 @@ function drawChart(box) {
   const data = JSON.parse(box.dataset.rewards || "[]");
   if (!data.length) return;
   box.replaceChildren();
-  const W = Math.max(box.clientWidth, 300), H = 220, L = 52, R = 12, T = 12, B = 26;
+  const W = Math.max(box.clientWidth, 300), H = 220, L = 60, R = 60, T = 12, B = 26;
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "reward chart" }, box);
-  const values = data.flatMap(([, r, c]) => [r ?? 0, c]);
-  let lo = Math.min(0, ...values), hi = Math.max(0, ...values);
-  if (hi === lo) hi = lo + 1;
+  // Two scales: cumulative reward on the left axis, reward per step (bars) on the right one.
+  const range = (values) => {
+    let lo = Math.min(0, ...values), hi = Math.max(0, ...values);
+    return hi === lo ? [lo, lo + 1] : [lo, hi];
+  };
+  const [clo, chi] = range(data.map(([, , c]) => c));
+  const [rlo, rhi] = range(data.map(([, r]) => r ?? 0));
   const x = (i) => L + (data.length === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (data.length - 1));
-  const y = (v) => T + ((hi - v) * (H - T - B)) / (hi - lo);
+  const y = (v) => T + ((chi - v) * (H - T - B)) / (chi - clo);
+  const yr = (v) => T + ((rhi - v) * (H - T - B)) / (rhi - rlo);
   el("line", { x1: L, x2: W - R, y1: y(0), y2: y(0), class: "axis" }, svg);
   el("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }, svg);
-  for (const v of [hi, 0, lo]) {
-    const t = el("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, svg);
+  el("line", { x1: W - R, x2: W - R, y1: T, y2: H - B, class: "axis" }, svg);
+  for (const v of [chi, clo]) {
+    const t = el("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "cumulative" }, svg);
+    t.textContent = fmt(v);
+  }
+  for (const v of [rhi, rlo]) {
+    const t = el("text", { x: W - R + 6, y: yr(v) + 4, class: "per-step" }, svg);
     t.textContent = fmt(v);
   }
   const bw = Math.max(1, Math.min(14, ((W - L - R) / data.length) * 0.7));
@@ -40,7 +50,7 @@ function drawChart(box) {
     const link = el("a", { href: box.dataset.base + n }, svg);
     const title = el("title", {}, link);
     title.textContent = `step ${n}: reward ${fmt(r)}, cumulative ${fmt(c)}`;
-    const top = y(Math.max(r ?? 0, 0)), bottom = y(Math.min(r ?? 0, 0));
+    const top = yr(Math.max(r ?? 0, 0)), bottom = yr(Math.min(r ?? 0, 0));
     el("rect", { x: x(i) - bw / 2, y: top, width: bw, height: Math.max(bottom - top, 0.5),
                  class: "bar " + ((r ?? 0) < 0 ? "neg" : "pos") }, link);
     el("circle", { cx: x(i), cy: y(c), r: 3.5, class: "dot" }, link);
