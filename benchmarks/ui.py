@@ -11,7 +11,7 @@ HTML rendering, no network). Reported: median and p95 milliseconds per case, aga
 issue 16 (300 ms for a filter, 1 s for a sort by a computed column: ``steps``, ``end_time``).
 
 Usage: ``python -m benchmarks.ui [--trajectories 10000] [--steps 1000000] [--repeat 20]
-[--backends sqlite,postgres] [--pg-url URL] [--dir DIR] [--json PATH]``.
+[--backends sqlite,postgres] [--pg-url URL] [--dir DIR] [--only CASE,...] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -122,13 +122,15 @@ def cases(trajectories: int) -> list[tuple[str, str, dict[str, str]]]:
     return out
 
 
-def measure(url: str, repeat: int) -> list[dict[str, Any]]:
+def measure(url: str, repeat: int, only: list[str]) -> list[dict[str, Any]]:
     """Median and p95 server milliseconds of each case (first page, then the page after it)."""
     results = []
     with DatabaseClient(url, read_only=True) as client:
         app = create_app(client, hosts=["bench:80", "bench"])
         with TestClient(app, base_url="http://bench") as http:
             for name, kind, params in cases(client.get_statistics()["trajectories"]):
+                if only and not any(part in name for part in only):
+                    continue
                 for page in ("first", "second"):
                     query = dict(params)
                     if page == "second":
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", default="", help="Comma-separated substrings of the case names to measure.")
     args = parser.parse_args(argv)
     console = make_console()
     data_dir = args.dir or Path(tempfile.mkdtemp(prefix="fle_bench_ui_"))
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"[bold]{backend}[/]: filling {args.trajectories:,} trajectories, {args.steps:,} steps")
                 timings = fill(url, args.trajectories, args.steps, args.seed, console)
                 console.print(f"  filled in {sum(timings.values()):.0f} s ({timings})")
-                results = measure(url, args.repeat)
+                results = measure(url, args.repeat, [p for p in args.only.split(",") if p])
             runs[backend] = {"fill": timings, "results": results}
             table = Table(title=f"{backend}: list page server time ({args.repeat} requests each)", title_justify="left")
             for column in ("case", "page", "p50 ms", "p95 ms", "budget ms", "ok"):
