@@ -147,11 +147,8 @@ def api_trajectory(ctx: Context, request: Request) -> Response:
 
 
 def api_step(ctx: Context, request: Request) -> Response:
-    tid, number = request.path_params["tid"], _step_number(request)
-    data = views.step(ctx.client, tid, number)
-    if request.query_params.get("state") in ("1", "true"):
-        data["game_state"] = ctx.client.load_checkpoint(tid, number)["game_state"]
-    return _json(data)
+    with_state = request.query_params.get("state") in ("1", "true")
+    return _json(views.step(ctx.client, request.path_params["tid"], _step_number(request), with_state))
 
 
 def api_state_key(ctx: Context, request: Request) -> Response:

@@ -163,10 +163,10 @@ def code_of(checkpoint: Mapping[str, Any]) -> str | None:
     return None
 
 
-def step(client: DatabaseClient, trajectory_id: str, step_number: int) -> dict[str, Any]:
+def step(client: DatabaseClient, trajectory_id: str, step_number: int, with_state: bool = False) -> dict[str, Any]:
     """A checkpoint (``load_checkpoint``) with what the page shows about it: its code, tokens,
     previous/next step numbers, search node and the size of each top-level game-state key
-    (values are sent on demand: states can be megabytes).
+    (values are sent on demand: states can be megabytes; ``with_state`` adds the whole state).
 
     Raises NotFoundError for an unknown step."""
     checkpoint = client.load_checkpoint(trajectory_id, step_number)
@@ -183,7 +183,7 @@ def step(client: DatabaseClient, trajectory_id: str, step_number: int) -> dict[s
     state = checkpoint["game_state"] or {}
     keys = [{"key": key, "bytes": len(orjson.dumps(value))} for key, value in state.items()]
     return {
-        **{k: v for k, v in checkpoint.items() if k != "game_state"},
+        **{k: v for k, v in checkpoint.items() if k != "game_state" or with_state},
         "trajectory_id": trajectory_id,
         "step_number": step_number,
         "code": code_of(checkpoint),
