@@ -4,6 +4,7 @@ from .client import DatabaseClient
 from .config import Settings
 from .errors import (
     BackendUnavailableError,
+    ClientClosedError,
     ConfigurationError,
     ConflictError,
     ConnectionTimeoutError,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentOutput",
     "BackendUnavailableError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "ConnectionTimeoutError",

@@ -45,7 +45,7 @@ from .errors import (
     SchemaVersionError,
     ValidationError,
 )
-from .ops import backup, export
+from .ops import backup, export, importing
 from .ops.metrics import Metrics
 from .ops.validate import validate as validate_database
 from .storage import codec
@@ -53,6 +53,7 @@ from .storage.engine import BlobCache, EncodedRecord, PendingBases, StateDecoder
 
 _ID = re.compile(models.ID_PATTERN)
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=Callable[..., None])
 
 
 def _timed(method: F) -> F:
@@ -132,7 +133,8 @@ class DatabaseClient:
 
     def close(self) -> None:
         """Stop automated backups (waiting for one in progress) and release every pooled
-        connection. Idempotent."""
+        connection. Idempotent. Afterwards every call that needs the database raises
+        :class:`~fle_db.errors.ClientClosedError` (the client never reopens by itself)."""
         if self._scheduler is not None:
             self._scheduler.stop()
         self._backend.close()
@@ -265,7 +267,7 @@ class DatabaseClient:
             ValidationError: an element is invalid (its index is named). ConflictError: an
             element differs from a stored record.
         """
-        records = list(steps)
+        records = _as_list(steps, "steps")
 
         def build(pending: PendingBases) -> list[Checkpoint]:
             checkpoints = []
@@ -651,9 +653,7 @@ class DatabaseClient:
             NotFoundError: an id does not exist (the message names it). DataIntegrityError:
             stored bytes are corrupt. ValidationError: a malformed id.
         """
-        wanted = list(dict.fromkeys(state_ids))
-        for state_id in wanted:
-            _check_id(state_id, "state_id")
+        wanted = list(dict.fromkeys(_check_ids(state_ids, "state_ids")))
         stored = self._backend.load_game_states(wanted)
         missing = [sid for sid in wanted if sid not in stored]
         if missing:
@@ -763,16 +763,21 @@ class DatabaseClient:
             ValidationError: unknown format, bad filter. ConfigurationError: ``parquet`` without
             pyarrow. Database errors propagate and leave no file.
         """
-        ids = None
-        if trajectory_ids is not None:
-            ids = (trajectory_ids,) if isinstance(trajectory_ids, str) else tuple(trajectory_ids)
-            for tid in ids:
-                _check_id(tid, "trajectory_ids")
+        ids = _check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
         criteria = TrajectoryFilter(
-            ids, task, agent_type, export.instant_us(since, "since"), export.instant_us(until, "until")
+            ids,
+            _check_text(task, "task"),
+            _check_text(agent_type, "agent_type"),
+            export.instant_us(since, "since"),
+            export.instant_us(until, "until"),
         )
         return export.export_data(
-            self, self._backend.iter_selected_trajectories(criteria), path, format, criteria, progress
+            self,
+            self._backend.iter_selected_trajectories(criteria),
+            path,
+            format,
+            criteria,
+            _check_callback(progress),
         )
 
     @_timed
@@ -793,12 +798,14 @@ class DatabaseClient:
         "seconds"}``.
 
         Raises:
-            ValidationError: not an fle-db export or a malformed record. SchemaVersionError: an
+            NotFoundError: no file at ``path``.
+            ValidationError: not an fle-db export or a malformed record (a record must name its
+            line's trajectory and step: an import never writes into another). SchemaVersionError: an
             unknown format version. DataIntegrityError: truncated, altered or corrupted file.
             ConflictError: the file disagrees with stored data. NotFoundError: a fork's parent
             step is missing.
         """
-        return export.import_data(self, path, progress)
+        return importing.import_data(self, path, _check_callback(progress))
 
     # -- maintenance ----------------------------------------------------------------------
     @_timed
@@ -833,16 +840,9 @@ class DatabaseClient:
         if older_than is not None and before is not None:
             raise ValidationError("cleanup: give older_than or before, not both")
         cutoff = _cutoff_us(older_than, before)
-        ids = None
-        if trajectory_ids is not None:
-            ids = tuple(trajectory_ids)
-            for tid in ids:
-                _check_id(tid, "trajectory_ids")
-        if keep_best_per_task is not None and (
-            isinstance(keep_best_per_task, bool) or not isinstance(keep_best_per_task, int) or keep_best_per_task < 0
-        ):
-            raise ValidationError(f"keep_best_per_task must be an integer >= 0, got {keep_best_per_task!r}")
-        criteria = CleanupCriteria(cutoff, ids, task, agent_type, keep_best_per_task)
+        ids = _check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
+        keep = _check_count(keep_best_per_task, "keep_best_per_task")
+        criteria = CleanupCriteria(cutoff, ids, _check_text(task, "task"), _check_text(agent_type, "agent_type"), keep)
         if criteria == CleanupCriteria():
             raise ValidationError("cleanup needs at least one criterion (it never deletes everything by default)")
         return self._backend.cleanup(criteria, dry_run)
@@ -883,7 +883,7 @@ class DatabaseClient:
         it takes time on large ones: ``progress(stage, done)`` is called along the way.
         """
         decoder = StateDecoder(BlobCache(16 * 1024 * 1024))  # its own cache: verify, don't trust
-        return validate_database(self._backend, decoder, self._record_values, progress)
+        return validate_database(self._backend, decoder, self._record_values, _check_callback(progress))
 
     # -- monitoring -----------------------------------------------------------------------
     @_timed
@@ -1030,6 +1030,7 @@ class DatabaseClient:
         Raises:
             ConflictError: ``target`` is not empty.
         """
+        progress = _check_callback(progress)
         with backup.open_database(self._settings, target) as destination:
             return backup.copy_database(self._backend, destination, progress=progress)
 
@@ -1206,6 +1207,8 @@ def _cutoff_us(older_than: timedelta | float | None, before: datetime | str | No
         seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
         if not 0 <= seconds < float("inf"):
             raise ValidationError(f"older_than must be a positive duration, got {older_than!r}")
+        if seconds > time.time():
+            raise ValidationError(f"older_than {older_than!r} reaches back before 1970")
         return int((time.time() - seconds) * 1_000_000)
     if before is None:
         return None
@@ -1216,7 +1219,10 @@ def _cutoff_us(older_than: timedelta | float | None, before: datetime | str | No
             raise ValidationError(f"before is not an ISO 8601 time: {before!r}") from None
     if not isinstance(before, datetime) or before.tzinfo is None:
         raise ValidationError("before must be a timezone-aware datetime or an ISO 8601 string with an offset")
-    return int(before.timestamp() * 1_000_000)
+    try:
+        return int(before.timestamp() * 1_000_000)
+    except (OverflowError, ValueError):  # beyond the ends of the datetime range once in UTC
+        raise ValidationError(f"before is outside the range of times: {before.isoformat()}") from None
 
 
 def _node_row(node: Mapping[str, Any]) -> NodeRow:
@@ -1251,8 +1257,17 @@ def _check_node_id(value: Any) -> int:
 def _check_count(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError(f"{what} must be an integer >= 0, got {value!r:.80}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValidationError(f"{what} must be an integer in 0 .. 2**63-1, got {value!r:.80}")
+    return value
+
+
+def _check_text(value: Any, what: str) -> str | None:
+    """A filter value: None or a string without NUL characters or lone surrogates."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValidationError(f"{what} must be a string without NUL characters, got {value!r:.80}")
     return value
 
 
@@ -1310,6 +1325,29 @@ def _query_params(params: Any) -> tuple[Any, ...]:
 def _check_id(value: Any, what: str) -> None:
     if not isinstance(value, str) or not _ID.fullmatch(value):  # match() lets '$' accept a final newline
         raise ValidationError(f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}")
+
+
+def _check_callback(progress: C | None) -> C | None:
+    """A progress callback must be callable (or None): checked before any work starts."""
+    if progress is not None and not callable(progress):
+        raise ValidationError(f"progress must be a function or None, got {type(progress).__name__}")
+    return progress
+
+
+def _as_list(values: Any, what: str) -> list[Any]:
+    """A list from any iterable but a string, bytes or mapping: a bare string would be read as
+    its characters (``"12"`` as the ids ``"1"`` and ``"2"``), a dict as its keys."""
+    if isinstance(values, (str, bytes, bytearray, Mapping)) or not isinstance(values, Iterable):
+        raise ValidationError(f"{what} must be a list, got {type(values).__name__} {values!r:.80}")
+    return list(values)
+
+
+def _check_ids(values: Any, what: str) -> tuple[str, ...]:
+    """A list of valid ids (see :func:`_as_list`)."""
+    ids = tuple(_as_list(values, what))
+    for value in ids:
+        _check_id(value, what)
+    return ids
 
 
 def _as_dict(record: Any, what: str) -> Mapping[str, Any]:

@@ -29,6 +29,8 @@ from sqlalchemy.exc import ArgumentError
 
 from .backends import registry
 from .errors import ConfigurationError
+from .ops.files import checked_path
+from .redact import redact
 
 DEFAULT_BACKEND = "sqlite"
 DEFAULT_MAX_CONNECTIONS = 10
@@ -101,13 +103,13 @@ class Settings:
         )
 
     def safe_url(self) -> str:
-        """The database URL with any password replaced by ``***``."""
-        return self.url.render_as_string(hide_password=True)
+        """The database URL with every password (user-info, ``?password=``...) replaced by ``***``."""
+        return redact(self.url.render_as_string(hide_password=True))
 
     @property
     def location(self) -> str:
         """Where the database is, for people: a file's absolute path, or the URL without password."""
-        return registry.backend_class(self.backend).location(self.url)
+        return redact(registry.backend_class(self.backend).location(self.url))
 
     def database_exists(self) -> bool:
         """Whether the database exists already, checked without creating or connecting to it
@@ -153,6 +155,17 @@ class Settings:
                 environment variable, never the password.
         """
         env = os.environ if environ is None else environ
+        texts = {"url": url, "db_type": db_type, "host": host, "database": database, "user": user}
+        texts |= {"password": password, "sslmode": sslmode, "sslrootcert": sslrootcert}
+        for name, value in texts.items():
+            if value is not None and (not isinstance(value, str) or "\x00" in value):
+                # the value is not shown: it may be a password
+                raise ConfigurationError(f"{name} must be a string without NUL characters, got {type(value).__name__}")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, (int, str))):
+            raise ConfigurationError(f"port must be a port number, got {type(port).__name__}")
+        for name, path in (("sqlite_db_file", sqlite_db_file), ("backup_dir", backup_dir)):
+            if path is not None:
+                checked_path(path, name, ConfigurationError)
         if url is not None:
             backend, sa_url = _from_url(url)
         else:
@@ -259,6 +272,21 @@ def _read_only_url(value: str | None, env: Mapping[str, str], backend: str) -> U
     if other != backend:
         raise ConfigurationError(f"{source} must be a {backend} URL like the database's, got a {other} URL")
     return url
+
+
+def database_url(target: str | os.PathLike[str]) -> str:
+    """The one way a user's target becomes a database URL: a string containing ``://`` is a URL
+    as given; anything else is the path of a SQLite file, made absolute and escaped (``?``,
+    ``%``, ``#``... reach the file system unchanged; pasting a path into ``sqlite:///`` would
+    turn ``?x=1`` into URL parameters and ``%41`` into ``A``).
+
+    Raises:
+        ConfigurationError: the path is not a string or path, or contains a NUL byte.
+    """
+    if isinstance(target, str) and "://" in target:
+        return target
+    path = os.fspath(checked_path(target, "a database target (URL or file path)", ConfigurationError))
+    return URL.create("sqlite", database=os.path.abspath(os.path.expanduser(path))).render_as_string()
 
 
 def _number(value: Any, env: Mapping[str, str], name: str, var: str, default: float | None) -> float | None:

@@ -52,6 +52,7 @@ from sqlalchemy.pool import QueuePool
 from .. import migrations
 from ..errors import (
     BackendUnavailableError,
+    ClientClosedError,
     ConflictError,
     ConnectionTimeoutError,
     DataIntegrityError,
@@ -62,6 +63,7 @@ from ..errors import (
     StorageFullError,
     ValidationError,
 )
+from ..redact import redact
 from ..schema import (
     HISTORY,
     TRAJECTORY_CHILD_TABLES,
@@ -360,6 +362,7 @@ class SQLBackend(Backend):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.engine: Engine = self._create_engine()
+        self._closed = False
         self._login = self._make_read_only_login()
         self._in_transaction = threading.local()  # .conn: this thread's open write transaction
         event.listen(self.engine, "checkout", self._refuse_second_connection)
@@ -489,7 +492,11 @@ class SQLBackend(Backend):
     # -- connections and errors -----------------------------------------------------------
     @contextmanager
     def _translate(self) -> Iterator[None]:
-        """Turn driver errors into fle-db errors (messages carry no SQL parameters or passwords)."""
+        """Turn driver errors into fle-db errors (messages carry no SQL parameters or passwords).
+        Every connection is taken inside it, so it is also where a closed backend refuses (a
+        disposed engine would silently open new connections)."""
+        if self._closed:
+            raise ClientClosedError(f"the client of {self.settings.safe_url()} is closed; open a new one")
         try:
             yield
         except FleDBError:
@@ -506,7 +513,8 @@ class SQLBackend(Backend):
             raise self._translate_driver(exc) from exc
 
     def _translate_driver(self, exc: BaseException | None) -> FleDBError:
-        detail = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
+        text = str(exc).strip() if exc is not None else ""
+        detail = redact(text.splitlines()[0]) if text else type(exc).__name__
         if "database is locked" in detail:
             return ConnectionTimeoutError(
                 "the database is locked by another connection (fle-db waits for it up to "
@@ -618,6 +626,7 @@ class SQLBackend(Backend):
         return int(self._raw_head.fetch(conn, {})[0][0])
 
     def close(self) -> None:
+        self._closed = True
         if self._login is not None:
             self._login.close()
         self.engine.dispose()
