@@ -85,9 +85,6 @@ class Settings:
     #: Seconds of history kept for point-in-time recovery (pruned by optimize, cleanup and
     #: automated backups).
     pitr_retention: float = DEFAULT_PITR_RETENTION
-    #: Open the database read-only: every connection refuses writes (SQLite ``mode=ro`` and
-    #: ``query_only``; PostgreSQL and MySQL read-only transactions); no migration, no backups.
-    read_only: bool = False
     #: Seconds one read-only query (``execute_query``) may run before it is stopped.
     query_timeout: float = DEFAULT_QUERY_TIMEOUT
     #: Rows one read-only query may return; more raises QueryLimitError.
@@ -95,6 +92,9 @@ class Settings:
     #: The SELECT-only login ``execute_query`` uses on a database server; None: the login
     #: migration ``0007_read_only_login`` derives from the database URL (see ``backends.readonly``).
     read_only_url: URL | None = field(default=None, repr=False)
+    #: Open the database read-only: every connection refuses writes (SQLite ``mode=ro`` and
+    #: ``query_only``; PostgreSQL and MySQL read-only transactions); no migration, no backups.
+    read_only: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -142,10 +142,10 @@ class Settings:
         backup_interval: float | None = None,
         backup_keep: int | None = None,
         pitr_retention: float | None = None,
-        read_only: bool = False,
         query_timeout: float | None = None,
         query_max_rows: int | None = None,
         read_only_url: str | None = None,
+        read_only: bool = False,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then defaults.
@@ -246,10 +246,10 @@ class Settings:
             backup_interval=interval,
             backup_keep=int(keep),
             pitr_retention=float(retention or 0.0),
-            read_only=read_only,
             query_timeout=float(timeout),
             query_max_rows=int(max_rows),
             read_only_url=read_only_login,
+            read_only=read_only,
         )
 
     def with_url(self, url: str) -> Settings:

@@ -1,7 +1,7 @@
 """What a checkpoint says, as text for people: the agent's code and the environment's answer.
 
 Shared by the chat export, ``fle-db show`` and the viewer, so they read a step alike: the code
-is the agent output's ``code``, else the step's ``action``; the answer is the feedback's
+is the agent output's ``code``, else the step's ``code`` or ``action``; the answer is the feedback's
 ``stdout`` plus ``Error: <error>``, else the same fields of the step's ``observation``.
 """
 
@@ -16,11 +16,12 @@ _KEY_FIELDS = ("trajectory_id", "step_number")
 
 
 def agent_code(step: Mapping[str, Any] | None, agent_output: Mapping[str, Any] | None) -> str | None:
-    """The code (or action text) the agent ran at a step; None when there is none as text."""
-    code = (agent_output or {}).get("code")
-    if not isinstance(code, str):
-        code = (step or {}).get("action")
-    return code if isinstance(code, str) else None
+    """The program the agent ran at a step: the first non-empty string of the agent output's
+    ``code``, the step's ``code`` and the step's ``action``; None when there is none."""
+    for candidate in ((agent_output or {}).get("code"), (step or {}).get("code"), (step or {}).get("action")):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    return None
 
 
 def feedback_text(step: Mapping[str, Any] | None, environment_feedback: Mapping[str, Any] | None) -> str | None:

@@ -10,7 +10,7 @@ other fle-db error (database unreachable, trajectory not found...). fle-db error
 ``warning:`` on stderr, each once per process.
 
 The commands live in modules by group: :mod:`.setup` (init, migrate, status, config),
-:mod:`.browse` (list, show), :mod:`.maintenance` (stats, health, cleanup, optimize, validate,
+:mod:`.browse` (list, show, ui), :mod:`.maintenance` (stats, health, cleanup, optimize, validate,
 metrics), :mod:`.transfer` (demo, export, import, copy), :mod:`.backups` (backup, restore-to).
 """
 
@@ -90,6 +90,7 @@ for _command in (
     transfer.demo,
     browse.list_command,
     browse.show,
+    browse.ui,
     setup.init,
     setup.migrate,
     setup.status,

@@ -1,4 +1,4 @@
-"""``fle-db list`` and ``fle-db show``: browsing runs from the terminal.
+"""``fle-db list`` and ``fle-db show``: browsing runs from the terminal; ``fle-db ui``: in a browser.
 
 Both read through the public API the viewer uses too: ``list_trajectories`` (one page, newest
 first) and ``load_trajectory`` / ``load_steps`` / ``load_checkpoint``.
@@ -289,3 +289,17 @@ def _kind(value: Any) -> str:
 
 def _preview(encoded: str) -> str:
     return encoded if len(encoded) <= _PREVIEW_CHARS else encoded[: _PREVIEW_CHARS - 3] + "..."
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; not loopback needs a token.")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the viewer in the default browser.")
+@click.option("--token", envvar="FLE_DB_UI_TOKEN", default=None, help="Access token (default: random off loopback).")
+@json_option
+@click.pass_obj
+def ui(options: Options, host: str, port: int, open_browser: bool, token: str | None, as_json: bool) -> None:
+    """Serve a local read-only web viewer: trajectories, rewards, steps, diffs, trees, status."""
+    from ..ui.serve import run  # imported here: the web stack loads only for this command
+
+    run(options.url, host=host, port=port, open_browser=open_browser, token=token, as_json=as_json or options.json)

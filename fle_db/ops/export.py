@@ -25,7 +25,7 @@ canonical JSON of what was exported).
 ``{"messages": [...], "metadata": {...}}``. Messages: ``system`` with the trajectory's
 ``system_prompt`` key when it is a string; ``user`` with the trajectory's ``task`` when it is a
 string; then per step number in order an ``assistant`` turn with the agent output's ``code``
-(else the step's ``action``, when a string) and a ``user`` turn with the environment feedback's
+(else the step's ``code`` or ``action``: the first non-empty string) and a ``user`` turn with the environment feedback's
 ``stdout`` followed by ``"Error: " + error`` when ``error`` is a non-empty string (else the same
 fields of the step's ``observation``; a feedback with neither field is given as its JSON). Empty
 turns are left out. ``metadata``: ``trajectory_id``, ``task``, ``agent_type``, ``total_reward``,
