@@ -47,8 +47,8 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
-from .. import migrations
-from ..errors import (
+from ... import migrations
+from ...errors import (
     BackendUnavailableError,
     ConflictError,
     ConnectionTimeoutError,
@@ -59,7 +59,7 @@ from ..errors import (
     StorageFullError,
     ValidationError,
 )
-from ..schema import (
+from ...schema import (
     HISTORY,
     TRAJECTORY_CHILD_TABLES,
     VERSIONED_TABLES,
@@ -77,10 +77,10 @@ from ..schema import (
     trajectories,
     trajectory_metadata,
 )
-from ..storage.codec import CODEC_JSON
-from ..storage.engine import CODEC_MANIFEST, EncodedState, StoredBlob, manifest_id
-from . import history
-from .base import (
+from ...storage.codec import CODEC_JSON
+from ...storage.engine import CODEC_MANIFEST, EncodedState, StoredBlob, manifest_id
+from .. import history
+from ..base import (
     Backend,
     Blob,
     Checkpoint,
