@@ -10,10 +10,12 @@ from .errors import (
     DataIntegrityError,
     DependencyError,
     FleDBError,
+    MissingReferenceError,
     NotFoundError,
     PayloadTooLargeError,
     SchemaVersionError,
     StorageFullError,
+    UnsupportedError,
     ValidationError,
 )
 from .models import AgentOutput, EnvironmentFeedback, MetadataEntry, Step, Trajectory
@@ -32,6 +34,7 @@ __all__ = [
     "EnvironmentFeedback",
     "FleDBError",
     "MetadataEntry",
+    "MissingReferenceError",
     "NotFoundError",
     "PayloadTooLargeError",
     "SchemaVersionError",
@@ -39,5 +42,6 @@ __all__ = [
     "Step",
     "StorageFullError",
     "Trajectory",
+    "UnsupportedError",
     "ValidationError",
 ]

@@ -27,6 +27,16 @@ class NotFoundError(FleDBError, LookupError):
     """The trajectory, step or game state asked for does not exist."""
 
 
+class MissingReferenceError(NotFoundError):
+    """A write names a row that does not exist (a fork's parent step, a step's parent): the
+    database refused the reference. Nothing of the write was stored; retrying cannot help until
+    the referenced row exists. ``reference`` names what is missing when the backend knows it."""
+
+    def __init__(self, message: str, reference: str | None = None) -> None:
+        super().__init__(message)
+        self.reference = reference
+
+
 class ConflictError(FleDBError):
     """A different record already exists under the same key; nothing was changed."""
 
@@ -55,6 +65,15 @@ class StorageFullError(BackendUnavailableError):
     works again once space is freed."""
 
 
+class UnsupportedError(FleDBError):
+    """The backend in use does not implement the optional role a call needs (``role``: e.g.
+    ``"SearchStore"``); nothing was done. See :mod:`fle_db.backends.base` for the roles."""
+
+    def __init__(self, message: str, role: str) -> None:
+        super().__init__(message)
+        self.role = role
+
+
 class DataIntegrityError(FleDBError):
     """Stored data failed a checksum or could not be decoded: the store never returns wrong data."""
 
@@ -67,9 +86,11 @@ __all__ = [
     "DataIntegrityError",
     "DependencyError",
     "FleDBError",
+    "MissingReferenceError",
     "NotFoundError",
     "PayloadTooLargeError",
     "SchemaVersionError",
     "StorageFullError",
+    "UnsupportedError",
     "ValidationError",
 ]

@@ -308,6 +308,15 @@ class MySQLBackend(SQLBackend):
             self.engine.dialect.is_disconnect(exc, None, None)  # type: ignore[arg-type]
         )
 
+    def _missing_reference(self, exc: BaseException) -> str | None:
+        """Error 1452 ("cannot add or update a child row: a foreign key constraint fails"),
+        whose message names the constraint; 1451 (deleting a referenced row) is a conflict."""
+        args = getattr(exc, "args", ())
+        if not args or args[0] != 1452:
+            return None
+        detail = str(args[1]) if len(args) > 1 else ""
+        return detail.partition("fails")[2].strip(" ()") or "a foreign key's target"
+
     # -- operations -----------------------------------------------------------------------
     def _count(self, conn: Connection, table: Table) -> tuple[int, bool]:
         """Exact below :data:`EXACT_COUNT_LIMIT` rows; above, InnoDB's estimate."""

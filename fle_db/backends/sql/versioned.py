@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..schema import HISTORY, VERSIONED_TABLES, log_head, trajectories
+from ...schema import HISTORY, VERSIONED_TABLES, log_head, trajectories
 
 #: Tables whose rows reference rows of the same table through a "base" (delta) column: loading in
 #: chunks puts the rows without a base first, so every base exists before what needs it.
