@@ -140,6 +140,14 @@ class DatabaseClient:
         """The backend's point-in-time history (UnsupportedError if it lacks the role)."""
         return as_history(self._backend)
 
+    def _search_node_row(self, node: Mapping[str, Any] | None) -> NodeRow | None:
+        """The search node to create with a step (None without one). Raises UnsupportedError,
+        before anything is written, if the backend has no SearchStore role to keep it in."""
+        if node is None:
+            return None
+        as_search(self._backend)
+        return _node_row(node)
+
     # -- lifecycle ------------------------------------------------------------------------
     @property
     def settings(self) -> Settings:
@@ -261,7 +269,7 @@ class DatabaseClient:
             ValidationError: bad input (nothing written). ConflictError: a different record is
             stored under this ``(trajectory_id, step_number)`` (nothing written).
         """
-        node_row = _node_row(node) if node is not None else None
+        node_row = self._search_node_row(node)
         return self._save(
             lambda pending: [self._checkpoint(step, agent_output, environment_feedback, game_state, pending, node_row)]
         )[0]
@@ -416,7 +424,7 @@ class DatabaseClient:
         for key in _STEP_KEYS:
             if key in record and not (key == "trajectory_id" and record[key] == trajectory_id):
                 raise ValidationError(f"append_step numbers the step itself: do not give {key!r}")
-        node_row = _node_row(node) if node is not None else None
+        node_row = self._search_node_row(node)
 
         def attempt(pending: PendingBases) -> tuple[SaveResult, int | None]:
             def build(number: int) -> Checkpoint:

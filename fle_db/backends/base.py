@@ -46,11 +46,64 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.engine import URL
 
-from ..errors import UnsupportedError
+from ..errors import ConfigurationError, UnsupportedError
 from ..storage.engine import EncodedRecord, EncodedState, StoredBlob
 
 if TYPE_CHECKING:
-    from ..config import ConnectionOptions, Settings
+    from ..config import Settings
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """What a backend builds its URL from when it is selected by name (``FLE_DB_TYPE``): the
+    connection arguments given to :meth:`Settings.resolve` (None when not given) and the
+    environment they fall back to."""
+
+    backend: str
+    arguments: Mapping[str, Any]
+    env: Mapping[str, str]
+
+    def get(self, argument: str, variable: str, *, required: bool = False) -> Any:
+        """The argument if given, else the environment variable (None if neither).
+
+        Raises:
+            ConfigurationError: ``required`` and neither is set; the message names the variable.
+        """
+        value = self.arguments.get(argument)
+        if value is None:
+            value = self.env.get(variable)
+        if required and (value is None or str(value).strip() == ""):
+            raise ConfigurationError(
+                f"the {self.backend} backend was selected (FLE_DB_TYPE={self.backend}) but {variable} is not set; "
+                f"set it or pass a {self.backend}:// URL"
+            )
+        return value
+
+    def server_url(self, drivername: str, default_port: int) -> URL:
+        """The URL of a database server from ``SKILLS_DB_HOST/PORT/NAME/USER/PASSWORD`` (host,
+        name and user required) plus ``SKILLS_DB_SSLMODE/SSLROOTCERT`` as query parameters
+        ``sslmode``/``sslrootcert``, which the backend interprets.
+
+        Raises:
+            ConfigurationError: a required variable is missing or the port is not a port number.
+        """
+        raw_port = self.get("port", "SKILLS_DB_PORT")
+        try:
+            port = int(raw_port) if raw_port not in (None, "") else default_port
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"SKILLS_DB_PORT must be a port number, got {raw_port!r}") from None
+        if not 0 < port < 65536:
+            raise ConfigurationError(f"SKILLS_DB_PORT must be in 1..65535, got {port}")
+        tls = (("sslmode", "SKILLS_DB_SSLMODE"), ("sslrootcert", "SKILLS_DB_SSLROOTCERT"))
+        return URL.create(
+            drivername,
+            username=self.get("user", "SKILLS_DB_USER", required=True),
+            password=self.get("password", "SKILLS_DB_PASSWORD") or None,
+            host=self.get("host", "SKILLS_DB_HOST", required=True),
+            port=port,
+            database=self.get("database", "SKILLS_DB_NAME", required=True),
+            query={key: str(value) for key, variable in tls if (value := self.get(key, variable))},
+        )
 
 
 @dataclass(frozen=True, slots=True)

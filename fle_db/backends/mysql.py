@@ -39,7 +39,7 @@ some CPU per row, which is second order beside fle-db's encoding and the commit.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,7 +47,6 @@ from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cas
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import URL
 
-from ..config import ConnectionOptions
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -58,8 +57,7 @@ from ..errors import (
     ValidationError,
 )
 from ..schema import blobs, metadata
-from ..storage.engine import EncodedState
-from .base import Blob, Checkpoint, SaveResult, TrajectoryRow
+from .base import ConnectionOptions
 from .sql import SQLBackend
 
 #: Tables with at least this many rows (InnoDB's estimate) are counted approximately, as on
@@ -88,7 +86,7 @@ class MySQLBackend(SQLBackend):
 
     name = "mysql"
     dialect_insert = staticmethod(mysql_insert)
-    # Reads in autocommit: every consistent read is one statement (see SQLBackend._read).
+    # Reads in autocommit: every consistent read is one statement (see SQLCore._read).
     read_isolation = "AUTOCOMMIT"
     # A backup or copy reads every table in one snapshot (InnoDB: from its first read on).
     snapshot_isolation = "REPEATABLE READ"
@@ -155,33 +153,7 @@ class MySQLBackend(SQLBackend):
         return engine
 
     # -- writes: refuse what the server would drop the connection for -----------------------
-    def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[SaveResult]:
-        self._check_sizes(
-            body.body
-            for cp in checkpoints
-            for body in (cp.step.body if cp.step else None, cp.agent_output, cp.environment_feedback)
-            if body is not None
-        )
-        self._check_sizes(blob.body for cp in checkpoints if cp.game_state for blob in cp.game_state.blobs)
-        return super().save_checkpoints(checkpoints)
-
-    def save_game_state(self, state: EncodedState) -> None:
-        self._check_sizes(blob.body for blob in state.blobs)
-        super().save_game_state(state)
-
-    def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
-        self._check_sizes([value.body])
-        super().save_metadata(trajectory_id, key, value)
-
-    def save_trajectory(self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]) -> None:
-        def checked(stored: tuple[str, bytes]) -> TrajectoryRow:
-            row = build(stored)
-            self._check_sizes([row.body.body])
-            return row
-
-        super().save_trajectory(trajectory_id, checked)
-
-    def _check_sizes(self, bodies: Iterable[bytes]) -> None:
+    def _check_bodies(self, bodies: Iterable[bytes]) -> None:
         """Raise PayloadTooLargeError if a body would not fit in one ``max_allowed_packet``."""
         largest = max((len(body) for body in bodies), default=0)
         if largest == 0:
@@ -226,13 +198,18 @@ class MySQLBackend(SQLBackend):
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         """A ``READ ONLY`` transaction, always rolled back; PyMySQL sends one statement (no
-        multi-statement flag). Without parameters the text is not %-formatted (as psycopg)."""
+        multi-statement flag). Without parameters the text is not %-formatted (as psycopg).
+
+        The session is read-only too while the statement runs: DDL commits implicitly, which
+        would end a read-only transaction and run ``DROP``/``CREATE`` in the next one; a
+        read-only session refuses it (error 1792)."""
         import pymysql  # the optional driver, imported like the dialect does: only when used
 
         raw = conn.connection.dbapi_connection
         assert raw is not None
         cursor = raw.cursor()
         try:
+            cursor.execute("SET SESSION TRANSACTION READ ONLY")
             cursor.execute("START TRANSACTION READ ONLY")
             try:
                 cursor.execute(sql, params or None)
@@ -249,6 +226,15 @@ class MySQLBackend(SQLBackend):
         finally:
             cursor.close()
             raw.rollback()
+            reset = raw.cursor()
+            try:
+                reset.execute("SET SESSION TRANSACTION READ WRITE")
+            finally:
+                reset.close()
+
+    def _descending_nulls_last(self, column: ColumnElement[Any]) -> Any:
+        """MySQL has no ``NULLS LAST``; it sorts NULL below every value, so ``DESC`` puts it last."""
+        return column.desc()
 
     def _clock(self) -> ColumnElement[int]:
         """The server's clock, in microseconds: writers on many hosts share one time line for the

@@ -20,9 +20,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from ..config import ConnectionOptions
 from ..errors import ConfigurationError, ValidationError
 from ..schema import metadata
+from .base import ConnectionOptions
 from .sql import SQLBackend
 
 #: Tables with at least this many rows (by the planner's estimate) are counted approximately: an exact

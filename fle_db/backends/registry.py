@@ -18,12 +18,9 @@ from __future__ import annotations
 from functools import cache
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from .base import CheckpointStore
+from .base import CheckpointStore
 
 #: The group third-party distributions register backends in.
 ENTRY_POINT_GROUP = "fle_db.backends"
@@ -84,8 +81,6 @@ def backend_class(name: str) -> type[CheckpointStore]:
 
 @cache
 def _load(name: str) -> type[CheckpointStore]:
-    from .base import CheckpointStore
-
     target = available_backends().get(name)
     if target is None:
         raise unknown_backend(f"{name!r}")

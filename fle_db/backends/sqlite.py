@@ -27,9 +27,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
-from ..config import ConnectionOptions
 from ..errors import BackendUnavailableError, ConfigurationError, ValidationError
 from ..schema import metadata
+from .base import ConnectionOptions
 from .sql import SQLBackend
 
 log = logging.getLogger("fle_db")

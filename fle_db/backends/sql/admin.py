@@ -30,13 +30,12 @@ from ...schema import (
     steps,
     trajectories,
 )
-from ...storage.codec import CODEC_JSON
 from ...storage.engine import CODEC_MANIFEST, StoredBlob, manifest_id
 from ..base import (
     AdminStore,
     StoredStep,
 )
-from .checkpoints import _EMPTY_BODY, _RECORD_KINDS, SQLCheckpoints
+from .checkpoints import _RECORD_KINDS, SQLCheckpoints
 from .core import _VERIFY_CHUNK, _idempotent
 
 #: Tables whose rows :meth:`SQLAdmin.statistics` counts.
@@ -140,18 +139,7 @@ class SQLAdmin(SQLCheckpoints, AdminStore):
                 conn.execution_options(fle_write=True)
                 transaction = conn.begin()
                 try:
-                    self._raw_trajectory.run(
-                        conn,
-                        [
-                            {
-                                "id": probe,
-                                "codec": CODEC_JSON,
-                                "body": _EMPTY_BODY,
-                                "created_at": 0,
-                                "updated_at": 0,
-                            }
-                        ],
-                    )
+                    self._ensure_trajectories(conn, [probe], 0)
                     if not self._exists(conn, probe):
                         return {"status": "failing", "detail": "a row written was not read back"}
                 finally:

@@ -37,7 +37,7 @@ from ...schema import (
     trajectory_metadata,
 )
 from ...storage.codec import CODEC_JSON
-from ...storage.engine import CODEC_MANIFEST, EncodedState, StoredBlob
+from ...storage.engine import CODEC_MANIFEST, EncodedRecord, EncodedState, StoredBlob
 from ..base import (
     Blob,
     Checkpoint,
@@ -146,20 +146,22 @@ def _save_result(cp: Checkpoint, existed: set[tuple[str, int]]) -> SaveResult:
     )
 
 
+def _row(cp: Checkpoint, now: int, **columns: Any) -> dict[str, Any]:
+    """The row of one part of a checkpoint: its key, ``columns``, and the write's instant."""
+    return {"trajectory_id": cp.trajectory_id, "step_number": cp.step_number, **columns, "created_at": now}
+
+
 def _node_values(cp: Checkpoint, now: int) -> dict[str, Any]:
     node = cp.node
     assert node is not None
-    return {
-        "trajectory_id": cp.trajectory_id,
-        "step_number": cp.step_number,
-        "tree": node.tree,
-        "depth": node.depth,
-        "visits": node.visits,
-        "value": node.value,
-        "advantage": node.advantage,
-        "created_at": now,
-        "updated_at": now,
-    }
+    return _row(cp, now, tree=node.tree, depth=node.depth, visits=node.visits, value=node.value,
+                advantage=node.advantage, updated_at=now)  # fmt: skip
+
+
+def _record_values(cp: Checkpoint, record: EncodedRecord, now: int, **columns: Any) -> dict[str, Any]:
+    """The row of a step, agent output or feedback: ``record``'s encoded body and ``columns``."""
+    return _row(cp, now, **columns, digest=record.digest, codec=record.codec, body=record.body,
+                base_step_number=record.base)  # fmt: skip
 
 
 class SQLCheckpoints(SQLCore):
@@ -223,6 +225,7 @@ class SQLCheckpoints(SQLCore):
                 .with_for_update()
             ).one()
             row = build((old.codec, old.body))
+            self._check_bodies([row.body.body])
             if row.parent_trajectory_id is not None:
                 self._check_fork_point(conn, row)
             this = trajectories.c.id == trajectory_id
@@ -270,6 +273,13 @@ class SQLCheckpoints(SQLCore):
     def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[SaveResult]:
         if not checkpoints:
             return []
+        self._check_bodies(
+            body.body
+            for cp in checkpoints
+            for body in (cp.step.body if cp.step else None, cp.agent_output, cp.environment_feedback)
+            if body is not None
+        )
+        self._check_bodies(blob.body for cp in checkpoints if cp.game_state for blob in cp.game_state.blobs)
         now = now_us()
         with self._write() as conn:
             existed = self._write_checkpoints(conn, checkpoints, now, log=True)
@@ -283,19 +293,7 @@ class SQLCheckpoints(SQLCore):
         of the steps that were stored before (identical). ConflictError if any part differs."""
         step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
         record_rows = {
-            part: [
-                {
-                    "trajectory_id": cp.trajectory_id,
-                    "step_number": cp.step_number,
-                    "digest": blob.digest,
-                    "codec": blob.codec,
-                    "body": blob.body,
-                    "base_step_number": blob.base,
-                    "created_at": now,
-                }
-                for cp in checkpoints
-                if (blob := getattr(cp, part)) is not None
-            ]
+            part: [_record_values(cp, blob, now) for cp in checkpoints if (blob := getattr(cp, part)) is not None]
             for part in _STEP_RECORDS
         }
         node_rows = [_node_values(cp, now) for cp in checkpoints if cp.node is not None]
@@ -389,19 +387,10 @@ class SQLCheckpoints(SQLCore):
     def _step_values(cp: Checkpoint, now: int) -> dict[str, Any]:
         step = cp.step
         assert step is not None
-        return {
-            "trajectory_id": cp.trajectory_id,
-            "step_number": cp.step_number,
-            "parent_trajectory_id": step.parent_trajectory_id,
-            "parent_step_number": step.parent_step_number,
-            "reward": step.reward,
-            "game_state_id": cp.game_state.id if cp.game_state is not None else None,
-            "digest": step.body.digest,
-            "codec": step.body.codec,
-            "body": step.body.body,
-            "base_step_number": step.body.base,
-            "created_at": now,
-        }
+        state = cp.game_state.id if cp.game_state is not None else None
+        return _record_values(cp, step.body, now, parent_trajectory_id=step.parent_trajectory_id,
+                              parent_step_number=step.parent_step_number, reward=step.reward,
+                              game_state_id=state)  # fmt: skip
 
     def _verify_stored(
         self, conn: Connection, table: Table, rows: list[dict[str, Any]], now: int, what: str
@@ -437,11 +426,13 @@ class SQLCheckpoints(SQLCore):
 
     @_idempotent
     def save_game_state(self, state: EncodedState) -> None:
+        self._check_bodies(blob.body for blob in state.blobs)
         with self._commit() as conn:
             self._insert_states(conn, [state], now_us())
 
     @_idempotent
     def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
+        self._check_bodies([value.body])
         now = now_us()
         with self._commit() as conn:
             self._ensure_trajectories(conn, [trajectory_id], now)

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
@@ -254,6 +254,16 @@ class SQLCore(CheckpointStore):
     #: that checks foreign keys row by row (InnoDB) would refuse to delete a keyframe before the
     #: deltas that name it, in one DELETE.
     unlink_bases_before_delete = False
+
+    def _check_bodies(self, bodies: Iterable[bytes]) -> None:
+        """Refuse, before anything is sent, payload bodies the server could not take in one
+        statement (PayloadTooLargeError); every write calls it with the bodies it will store.
+        Default: every size is accepted."""
+
+    def _descending_nulls_last(self, column: ColumnElement[Any]) -> Any:
+        """An ORDER BY term: ``column`` highest first, NULLs after every value. Default:
+        ``DESC NULLS LAST``."""
+        return column.desc().nulls_last()
 
     def _clock(self) -> ColumnElement[int]:
         """Now, in integer microseconds, as a SQL expression: by default the client's clock,

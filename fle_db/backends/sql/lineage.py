@@ -52,8 +52,9 @@ _TALLIED = ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "
 _MAX_LINEAGE = 1_000_000
 
 
-def _selected(table: Any, criteria: TrajectoryFilter) -> list[Any]:
-    """The WHERE conditions of ``criteria`` on ``table`` (``trajectories`` or an alias of it)."""
+def _selected(table: Any, criteria: TrajectoryFilter | CleanupCriteria) -> list[Any]:
+    """The WHERE conditions of ``criteria`` on ``table`` (``trajectories`` or an alias of it): the
+    id, task and agent-type criteria both filters share, and an export's creation window."""
     conditions = []
     if criteria.trajectory_ids is not None:
         conditions.append(table.c.id.in_(criteria.trajectory_ids))
@@ -61,10 +62,11 @@ def _selected(table: Any, criteria: TrajectoryFilter) -> list[Any]:
         conditions.append(table.c.task == criteria.task)
     if criteria.agent_type is not None:
         conditions.append(table.c.agent_type == criteria.agent_type)
-    if criteria.since_us is not None:
-        conditions.append(table.c.created_at >= criteria.since_us)
-    if criteria.until_us is not None:
-        conditions.append(table.c.created_at < criteria.until_us)
+    if isinstance(criteria, TrajectoryFilter):
+        if criteria.since_us is not None:
+            conditions.append(table.c.created_at >= criteria.since_us)
+        if criteria.until_us is not None:
+            conditions.append(table.c.created_at < criteria.until_us)
     return conditions
 
 
@@ -111,13 +113,9 @@ class SQLLineage(SQLCore):
 
     def _select_for_cleanup(self, conn: Connection, criteria: CleanupCriteria) -> list[str]:
         """Ids of the trajectories every given criterion selects (AND)."""
-        query = select(trajectories.c.id, trajectories.c.task, trajectories.c.total_reward, trajectories.c.created_at)
-        if criteria.trajectory_ids is not None:
-            query = query.where(trajectories.c.id.in_(criteria.trajectory_ids))
-        if criteria.task is not None:
-            query = query.where(trajectories.c.task == criteria.task)
-        if criteria.agent_type is not None:
-            query = query.where(trajectories.c.agent_type == criteria.agent_type)
+        query = select(
+            trajectories.c.id, trajectories.c.task, trajectories.c.total_reward, trajectories.c.created_at
+        ).where(*_selected(trajectories, criteria))
         if criteria.before_us is not None:
             # Old = neither the trajectory nor any of its steps was written since the cutoff.
             query = query.where(

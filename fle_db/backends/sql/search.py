@@ -172,7 +172,7 @@ class SQLSearch(SQLCore, SearchStore):
         elif query.order == "step":
             select_nodes = select_nodes.order_by(n.step_number.desc())
         else:
-            select_nodes = select_nodes.order_by(n.value.desc().nulls_last(), n.id)
+            select_nodes = select_nodes.order_by(self._descending_nulls_last(n.value), n.id)
         if query.limit is not None:
             select_nodes = select_nodes.limit(query.limit)
         with self._read() as conn:
