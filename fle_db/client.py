@@ -12,7 +12,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -667,6 +667,35 @@ class DatabaseClient:
             self._require_trajectory(trajectory_id)
         return {str(row.key): codec.load(row.codec, row.body) for row in rows}
 
+    # -- read-only SQL --------------------------------------------------------------------
+    @_timed
+    def execute_query(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """Run one read-only SQL statement (a SELECT) and return its rows as dicts.
+
+        Parameters are always bound, never interpolated: write ``%s`` placeholders with a list or
+        tuple of values (``None``, bool, int, float, str), on every backend; ``%%`` is a literal
+        ``%`` when there are parameters (without parameters the text is sent as is). Reading is
+        all a query can do (see the README's Security section): SQLite runs it with
+        ``query_only`` and an authorizer allowing reads only; PostgreSQL and MySQL as a separate
+        SELECT-only login (``read_only_url``, else the login migration ``0007_read_only_login``
+        derives), on a connection opened for this call and closed after it, in a READ ONLY
+        transaction. Idempotent.
+
+        Raises:
+            ValidationError: the query or a parameter has a wrong type or a NUL byte, or the
+                statement writes, is not exactly one statement, or fails.
+            QueryTimeoutError: it ran longer than ``query_timeout`` seconds (default 5).
+            QueryLimitError: it returns more than ``query_max_rows`` rows (nothing is returned;
+                results are never truncated).
+            ConfigurationError: (PostgreSQL, MySQL) the SELECT-only login is missing or refused
+                (the message names the GRANTs to run), or it holds more than SELECT.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError(f"query must be a non-empty string, got {query!r:.80}")
+        if "\x00" in query:
+            raise ValidationError("query contains a NUL byte")
+        return self._admin.read_only_query(query, _query_params(params))
+
     # -- export and import ----------------------------------------------------------------
     @_timed
     def export_data(
@@ -1208,6 +1237,30 @@ def _node_dict(node: StoredNode) -> dict[str, Any]:
     }
 
 
+#: Range of an integer query parameter: what every backend stores (SQLite's and BIGINT's).
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _query_params(params: Any) -> tuple[Any, ...]:
+    """``execute_query``'s parameters as a tuple of scalars every backend binds alike."""
+    if params is None:
+        return ()
+    if isinstance(params, (str, bytes, Mapping)) or not isinstance(params, Sequence):
+        raise ValidationError(f"params must be a list or tuple of values, got {type(params).__name__}")
+    for value in params:
+        if isinstance(value, bool) or value is None or isinstance(value, float):
+            continue
+        if isinstance(value, int):
+            if not _INT64[0] <= value <= _INT64[1]:
+                raise ValidationError(f"an integer parameter must fit in 64 bits, got {value}")
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise ValidationError("a string parameter contains a NUL byte")
+        else:
+            raise ValidationError(f"a parameter must be None, bool, int, float or str, got {type(value).__name__}")
+    return tuple(params)
+
+
 def _check_id(value: Any, what: str) -> None:
     if not isinstance(value, str) or not _ID.fullmatch(value):  # match() lets '$' accept a final newline
         raise ValidationError(f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}")
@@ -1231,7 +1284,8 @@ def _validated(model: type[M], record: Any, what: str) -> dict[str, Any]:
         by_field: dict[str, list[str]] = {}
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else what
-            by_field.setdefault(field, []).append(err["msg"].removeprefix("Input should be "))
+            message = err["msg"].removeprefix("Input should be ").removeprefix("String should have ")
+            by_field.setdefault(field, []).append(message)
         problems = "; ".join(
             f"{field} should be {' or '.join(dict.fromkeys(msgs))}" for field, msgs in by_field.items()
         )

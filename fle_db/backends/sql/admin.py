@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import (
@@ -35,6 +36,7 @@ from ..base import (
     AdminStore,
     StoredStep,
 )
+from ..readonly import ReadOnlyLogin
 from .checkpoints import _RECORD_KINDS, SQLCheckpoints
 from .core import _VERIFY_CHUNK, _idempotent
 
@@ -55,16 +57,41 @@ def _manifest_problem(state_id: str | None, parts: list[tuple[str, str]]) -> lis
 class SQLAdmin(SQLCheckpoints, AdminStore):
     """Operations and validation; every method here reads, except :meth:`maintain`."""
 
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self._login = self._make_read_only_login()
+
+    def close(self) -> None:
+        if self._login is not None:
+            self._login.close()
+        super().close()
+
     @_idempotent
     def read_only_query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
-        with self._translate(), self.engine.connect() as conn:
+        if params:
+            sql = self.bind_placeholders(sql)
+        with self._translate(), self._read_only_connection() as conn:
             return self._read_only_rows(conn, sql, params)
+
+    def bind_placeholders(self, sql: str) -> str:
+        """``sql`` written with ``%s`` placeholders (``%%``: a literal ``%``) in the driver's
+        parameter style. Default: the driver's style is ``%s`` (psycopg, PyMySQL)."""
+        return sql
+
+    def _make_read_only_login(self) -> ReadOnlyLogin | None:
+        """The SELECT-only login read-only queries run as (see ``backends.readonly``); None
+        (the default): they run on a pooled connection, made read-only by the dialect."""
+        return None
+
+    def _read_only_connection(self) -> AbstractContextManager[Connection]:
+        return self._login.connect() if self._login is not None else self.engine.connect()
 
     @abstractmethod
     def _read_only_rows(
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
     ) -> list[dict[str, Any]]:
-        """Run one statement so that it cannot write (the dialect's means); rows as dicts."""
+        """Run one statement so that it cannot write (the dialect's means), stopped after
+        ``query_timeout``; at most ``query_max_rows`` rows, as dicts (``readonly.capped_rows``)."""
 
     @_idempotent
     def statistics(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +31,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     case,
+    event,
     insert,
     null,
     select,
@@ -168,6 +170,8 @@ class SQLCore(CheckpointStore):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.engine: Engine = self._create_engine()
+        self._in_transaction = threading.local()  # .conn: this thread's open write transaction
+        event.listen(self.engine, "checkout", self._refuse_second_connection)
         self._reached = False  # set by the first call that got an answer (see _retrying)
         dialect = self.engine.dialect
         # The commit sequence: bump the one-row head (its row lock orders writers) and log the
@@ -353,17 +357,34 @@ class SQLCore(CheckpointStore):
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """One write transaction: commits on success, rolls back on any error."""
+        """One write transaction: commits on success, rolls back on any error. While it is open,
+        this thread's reads run on its connection (see :meth:`_refuse_second_connection`)."""
         with self._translate(), self.engine.connect() as conn:
             conn.execution_options(fle_write=True)
             with conn.begin():
-                yield conn
+                self._in_transaction.conn = conn
+                try:
+                    yield conn
+                finally:
+                    self._in_transaction.conn = None
+
+    def _refuse_second_connection(self, *_args: Any) -> None:
+        """Pool checkout hook: a thread inside a write transaction never waits for a second
+        connection (with ``max_connections=1``, or a server at its connection limit, it would
+        wait on itself until ``connection_timeout``)."""
+        if getattr(self._in_transaction, "conn", None) is not None:
+            raise FleDBError("fle-db bug: a second connection was checked out inside a write transaction")
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A connection for reads. Every read that must be consistent is one statement (resume
         and load-state join the step, state, parts and bases), so a backend may read in
-        autocommit (:attr:`read_isolation`) and save the BEGIN/ROLLBACK round trips."""
+        autocommit (:attr:`read_isolation`) and save the BEGIN/ROLLBACK round trips. Inside this
+        thread's write transaction: that transaction's connection."""
+        held = getattr(self._in_transaction, "conn", None)
+        if held is not None:
+            yield held
+            return
         with self._translate(), self.engine.connect() as conn:
             if self.read_isolation is not None:
                 conn.execution_options(isolation_level=self.read_isolation)
