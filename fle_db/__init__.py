@@ -4,6 +4,7 @@ from .client import DatabaseClient
 from .config import Settings
 from .errors import (
     BackendUnavailableError,
+    ClientClosedError,
     ConfigurationError,
     ConflictError,
     ConnectionTimeoutError,
@@ -15,6 +16,7 @@ from .errors import (
     PayloadTooLargeError,
     QueryLimitError,
     QueryTimeoutError,
+    ReadOnlyError,
     SchemaVersionError,
     StorageFullError,
     UnsupportedError,
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentOutput",
     "BackendUnavailableError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "ConnectionTimeoutError",
@@ -41,6 +44,7 @@ __all__ = [
     "PayloadTooLargeError",
     "QueryLimitError",
     "QueryTimeoutError",
+    "ReadOnlyError",
     "SchemaVersionError",
     "Settings",
     "Step",

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 import pydantic
 
-from . import models
+from . import listing, models
 from .backends import (
     AdminStore,
     CheckpointStore,
@@ -38,6 +38,7 @@ from .backends.base import (
     NodeRow,
     SaveResult,
     StepRow,
+    StoredCheckpoint,
     StoredNode,
     StoredState,
     StoredStep,
@@ -50,9 +51,10 @@ from .errors import (
     DependencyError,
     MissingReferenceError,
     NotFoundError,
+    SchemaVersionError,
     ValidationError,
 )
-from .ops import backup, export
+from .ops import backup, export, importing
 from .ops.metrics import Metrics
 from .ops.validate import validate as validate_database
 from .storage import codec
@@ -60,6 +62,7 @@ from .storage.engine import BlobCache, EncodedRecord, PendingBases, StateDecoder
 
 _ID = re.compile(models.ID_PATTERN)
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=Callable[..., None])
 
 
 def _timed(method: F) -> F:
@@ -114,9 +117,16 @@ class DatabaseClient:
         self._backups = backup.BackupStore(self._settings)
         self._scheduler: backup.BackupScheduler | None = None
         try:
-            if self._settings.auto_migrate:
+            if self._settings.read_only:
+                status = self._backend.migration_status()
+                if not status.up_to_date:
+                    raise SchemaVersionError(
+                        f"{self._settings.safe_url()} needs migrating ({', '.join(status.pending)}) and was opened "
+                        "read-only: run `fle-db migrate` first"
+                    )
+            elif self._settings.auto_migrate:
                 self._backend.migrate()
-            if self._settings.backup_interval:
+            if self._settings.backup_interval and not self._settings.read_only:
                 self._scheduler = self.backup_scheduler(
                     self._settings.backup_interval, self._settings.backup_keep
                 ).start()
@@ -156,7 +166,8 @@ class DatabaseClient:
 
     def close(self) -> None:
         """Stop automated backups (waiting for one in progress) and release every pooled
-        connection. Idempotent."""
+        connection. Idempotent. Afterwards every call that needs the database raises
+        :class:`~fle_db.errors.ClientClosedError` (the client never reopens by itself)."""
         if self._scheduler is not None:
             self._scheduler.stop()
         self._backend.close()
@@ -289,7 +300,7 @@ class DatabaseClient:
             ValidationError: an element is invalid (its index is named). ConflictError: an
             element differs from a stored record.
         """
-        records = list(steps)
+        records = _as_list(steps, "steps")
 
         def build(pending: PendingBases) -> list[Checkpoint]:
             checkpoints = []
@@ -303,9 +314,11 @@ class DatabaseClient:
         return self._save(build)
 
     @_timed
-    def load_steps(self, trajectory_id: str) -> list[dict[str, Any]]:
+    def load_steps(self, trajectory_id: str, *, with_parts: bool = False) -> list[dict[str, Any]]:
         """All steps of a trajectory in ``step_number`` order, each as saved plus
-        ``game_state_id`` (None without a state).
+        ``game_state_id`` (None without a state). ``with_parts=True``: each step also carries
+        its ``agent_output`` and ``environment_feedback`` as entries (left out where the step has
+        none), as :meth:`save_step` accepts them (without the step's key fields).
 
         Raises:
             NotFoundError: no such trajectory (a trajectory without steps gives ``[]``).
@@ -314,8 +327,13 @@ class DatabaseClient:
         rows = self._backend.load_steps(trajectory_id)
         if not rows:
             self._require_trajectory(trajectory_id)
+        parts: dict[str, dict[int, Any]] = {}
+        if with_parts:
+            for name in ("agent_output", "environment_feedback"):
+                records = self._backend.load_step_records(name + "s", trajectory_id)
+                parts[name] = {r.step_number: v for r, v in zip(records, self._record_values(records), strict=True)}
         with codec.gc_paused():
-            return [
+            loaded = [
                 {
                     "trajectory_id": row.trajectory_id,
                     "step_number": row.step_number,
@@ -324,6 +342,11 @@ class DatabaseClient:
                 }
                 for row, value in zip(rows, self._record_values(rows), strict=True)
             ]
+        for name, by_number in parts.items():
+            for step in loaded:
+                if step["step_number"] in by_number:
+                    step[name] = by_number[step["step_number"]]
+        return loaded
 
     @_timed
     def load_step(self, trajectory_id: str, step_number: int) -> dict[str, Any]:
@@ -344,23 +367,70 @@ class DatabaseClient:
         }
 
     @_timed
-    def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
-        """The newest checkpoint (highest ``step_number``) as ``{"step": ..., "game_state": ...}``
-        (``game_state`` None if that step has none), read in one index lookup; None when the
-        trajectory has no step (or does not exist): start the run afresh.
+    def load_checkpoint(self, trajectory_id: str, step_number: int) -> dict[str, Any]:
+        """One checkpoint as saved: ``{"step", "agent_output", "environment_feedback",
+        "game_state"}``, each equal to what :meth:`save_step` was given (parts given as keyword
+        arguments or as entries of the step alike; the step with ``game_state_id`` added, the
+        parts without the step's key fields); absent parts are None. One query. Read-only.
+
+        Raises:
+            NotFoundError: no such step. ValidationError: malformed id or step number.
         """
         _check_id(trajectory_id, "trajectory_id")
-        found = self._backend.load_latest(trajectory_id)
+        found = self._backend.load_checkpoint(trajectory_id, _check_step_number(step_number))
         if found is None:
-            return None
-        row, state = found
-        step = {
-            "trajectory_id": row.trajectory_id,
-            "step_number": row.step_number,
-            **self._record_values([row])[0],
-            "game_state_id": row.game_state_id,
-        }
-        return {"step": step, "game_state": self._decode_state(state) if state else None}
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
+        return self._checkpoint_dict(found)
+
+    @_timed
+    def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
+        """The newest checkpoint (highest ``step_number``), as :meth:`load_checkpoint` gives it
+        (``{"step", "agent_output", "environment_feedback", "game_state"}``), read in one index
+        lookup; None when the trajectory has no step (or does not exist): start the run afresh.
+        """
+        _check_id(trajectory_id, "trajectory_id")
+        found = self._backend.load_checkpoint(trajectory_id, None)
+        return self._checkpoint_dict(found) if found is not None else None
+
+    @_timed
+    def list_trajectories(
+        self,
+        *,
+        task: str | None = None,
+        agent_type: str | None = None,
+        success: bool | None = None,
+        since: datetime | str | float | None = None,
+        until: datetime | str | float | None = None,
+        id_contains: str | None = None,
+        parent_trajectory_id: str | None = None,
+        order_by: str = "start_time",
+        descending: bool = True,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of trajectories: ``{"trajectories": [row, ...], "next_cursor": str | None}``,
+        each row ``{"id", "task", "agent_type", "steps", "total_reward", "success",
+        "start_time", "end_time", "parent_trajectory_id", "parent_step_number"}`` (missing
+        values None; ``start_time`` as saved, else when the trajectory was first saved, ISO 8601).
+
+        Filters (AND): ``task``, ``agent_type``, ``success``, ``since`` / ``until`` (first
+        saved at or after / before: aware datetime, ISO 8601 with offset, or epoch seconds),
+        ``id_contains`` (case-insensitive), ``parent_trajectory_id`` (its forks). ``order_by``:
+        ``id``, ``task``, ``agent_type``, ``steps``, ``total_reward``, ``success``,
+        ``start_time`` (first saved) or ``end_time``; missing values last, ties by id.
+        Keyset pagination: pass ``next_cursor`` back as ``cursor`` (with the same order and
+        filters) for the next page; None on the last page. Read-only.
+
+        Raises:
+            ValidationError: a bad filter, order or limit (1..1000), or a cursor that was altered
+            or belongs to another order or filters.
+        """
+        query = listing.build_query(
+            task=task, agent_type=agent_type, success=success, since=since, until=until, id_contains=id_contains,
+            parent_trajectory_id=parent_trajectory_id, order_by=order_by, descending=descending, limit=limit,
+            cursor=cursor,
+        )  # fmt: skip
+        return listing.page(query, self._backend.list_trajectories, self._backend.trajectory_bodies)
 
     # -- search trees ---------------------------------------------------------------------
     @_timed
@@ -617,9 +687,7 @@ class DatabaseClient:
             NotFoundError: an id does not exist (the message names it). DataIntegrityError:
             stored bytes are corrupt. ValidationError: a malformed id.
         """
-        wanted = list(dict.fromkeys(state_ids))
-        for state_id in wanted:
-            _check_id(state_id, "state_id")
+        wanted = list(dict.fromkeys(_check_ids(state_ids, "state_ids")))
         stored = self._backend.load_game_states(wanted)
         missing = [sid for sid in wanted if sid not in stored]
         if missing:
@@ -729,16 +797,21 @@ class DatabaseClient:
             ValidationError: unknown format, bad filter. ConfigurationError: ``parquet`` without
             pyarrow. Database errors propagate and leave no file.
         """
-        ids = None
-        if trajectory_ids is not None:
-            ids = (trajectory_ids,) if isinstance(trajectory_ids, str) else tuple(trajectory_ids)
-            for tid in ids:
-                _check_id(tid, "trajectory_ids")
+        ids = _check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
         criteria = TrajectoryFilter(
-            ids, task, agent_type, export.instant_us(since, "since"), export.instant_us(until, "until")
+            ids,
+            _check_text(task, "task"),
+            _check_text(agent_type, "agent_type"),
+            export.instant_us(since, "since"),
+            export.instant_us(until, "until"),
         )
         return export.export_data(
-            self, self._backend.iter_selected_trajectories(criteria), path, format, criteria, progress
+            self,
+            self._backend.iter_selected_trajectories(criteria),
+            path,
+            format,
+            criteria,
+            _check_callback(progress),
         )
 
     @_timed
@@ -759,12 +832,14 @@ class DatabaseClient:
         "seconds"}``.
 
         Raises:
-            ValidationError: not an fle-db export or a malformed record. SchemaVersionError: an
+            NotFoundError: no file at ``path``.
+            ValidationError: not an fle-db export or a malformed record (a record must name its
+            line's trajectory and step: an import never writes into another). SchemaVersionError: an
             unknown format version. DataIntegrityError: truncated, altered or corrupted file.
             ConflictError: the file disagrees with stored data. NotFoundError: a fork's parent
             step is missing.
         """
-        return export.import_data(self, path, progress)
+        return importing.import_data(self, path, _check_callback(progress))
 
     # -- maintenance ----------------------------------------------------------------------
     @_timed
@@ -799,16 +874,9 @@ class DatabaseClient:
         if older_than is not None and before is not None:
             raise ValidationError("cleanup: give older_than or before, not both")
         cutoff = _cutoff_us(older_than, before)
-        ids = None
-        if trajectory_ids is not None:
-            ids = tuple(trajectory_ids)
-            for tid in ids:
-                _check_id(tid, "trajectory_ids")
-        if keep_best_per_task is not None and (
-            isinstance(keep_best_per_task, bool) or not isinstance(keep_best_per_task, int) or keep_best_per_task < 0
-        ):
-            raise ValidationError(f"keep_best_per_task must be an integer >= 0, got {keep_best_per_task!r}")
-        criteria = CleanupCriteria(cutoff, ids, task, agent_type, keep_best_per_task)
+        ids = _check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
+        keep = _check_count(keep_best_per_task, "keep_best_per_task")
+        criteria = CleanupCriteria(cutoff, ids, _check_text(task, "task"), _check_text(agent_type, "agent_type"), keep)
         if criteria == CleanupCriteria():
             raise ValidationError("cleanup needs at least one criterion (it never deletes everything by default)")
         return self._backend.cleanup(criteria, dry_run)
@@ -849,7 +917,7 @@ class DatabaseClient:
         it takes time on large ones: ``progress(stage, done)`` is called along the way.
         """
         decoder = StateDecoder(BlobCache(16 * 1024 * 1024))  # its own cache: verify, don't trust
-        return validate_database(self._backend, decoder, self._record_values, progress)
+        return validate_database(self._backend, decoder, self._record_values, _check_callback(progress))
 
     # -- monitoring -----------------------------------------------------------------------
     @_timed
@@ -996,6 +1064,7 @@ class DatabaseClient:
         Raises:
             ConflictError: ``target`` is not empty.
         """
+        progress = _check_callback(progress)
         with backup.open_database(self._settings, target) as destination:
             return backup.copy_database(self._backend, destination, progress=progress)
 
@@ -1072,6 +1141,19 @@ class DatabaseClient:
             return got
 
         return [orjson.loads(resolve(row)) for row in rows]
+
+    def _checkpoint_dict(self, found: StoredCheckpoint) -> dict[str, Any]:
+        row = found.step
+        step = {
+            "trajectory_id": row.trajectory_id,
+            "step_number": row.step_number,
+            **self._record_values([row])[0],
+            "game_state_id": row.game_state_id,
+        }
+        output, feedback = (self._record_values([r])[0] if r is not None else None
+                            for r in (found.agent_output, found.environment_feedback))  # fmt: skip
+        state = self._decode_state(found.game_state) if found.game_state is not None else None
+        return {"step": step, "agent_output": output, "environment_feedback": feedback, "game_state": state}
 
     def _decode_state(self, stored: StoredState) -> dict[str, Any]:
         state: dict[str, Any] = self._decoder.state(stored.id, stored.codec, stored.body, stored.parts)
@@ -1160,6 +1242,8 @@ def _cutoff_us(older_than: timedelta | float | None, before: datetime | str | No
         seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
         if not 0 <= seconds < float("inf"):
             raise ValidationError(f"older_than must be a positive duration, got {older_than!r}")
+        if seconds > time.time():
+            raise ValidationError(f"older_than {older_than!r} reaches back before 1970")
         return int((time.time() - seconds) * 1_000_000)
     if before is None:
         return None
@@ -1170,7 +1254,10 @@ def _cutoff_us(older_than: timedelta | float | None, before: datetime | str | No
             raise ValidationError(f"before is not an ISO 8601 time: {before!r}") from None
     if not isinstance(before, datetime) or before.tzinfo is None:
         raise ValidationError("before must be a timezone-aware datetime or an ISO 8601 string with an offset")
-    return int(before.timestamp() * 1_000_000)
+    try:
+        return int(before.timestamp() * 1_000_000)
+    except (OverflowError, ValueError):  # beyond the ends of the datetime range once in UTC
+        raise ValidationError(f"before is outside the range of times: {before.isoformat()}") from None
 
 
 def _node_row(node: Mapping[str, Any]) -> NodeRow:
@@ -1205,8 +1292,17 @@ def _check_node_id(value: Any) -> int:
 def _check_count(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError(f"{what} must be an integer >= 0, got {value!r:.80}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValidationError(f"{what} must be an integer in 0 .. 2**63-1, got {value!r:.80}")
+    return value
+
+
+def _check_text(value: Any, what: str) -> str | None:
+    """A filter value: None or a string without NUL characters or lone surrogates."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValidationError(f"{what} must be a string without NUL characters, got {value!r:.80}")
     return value
 
 
@@ -1264,6 +1360,29 @@ def _query_params(params: Any) -> tuple[Any, ...]:
 def _check_id(value: Any, what: str) -> None:
     if not isinstance(value, str) or not _ID.fullmatch(value):  # match() lets '$' accept a final newline
         raise ValidationError(f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}")
+
+
+def _check_callback(progress: C | None) -> C | None:
+    """A progress callback must be callable (or None): checked before any work starts."""
+    if progress is not None and not callable(progress):
+        raise ValidationError(f"progress must be a function or None, got {type(progress).__name__}")
+    return progress
+
+
+def _as_list(values: Any, what: str) -> list[Any]:
+    """A list from any iterable but a string, bytes or mapping: a bare string would be read as
+    its characters (``"12"`` as the ids ``"1"`` and ``"2"``), a dict as its keys."""
+    if isinstance(values, (str, bytes, bytearray, Mapping)) or not isinstance(values, Iterable):
+        raise ValidationError(f"{what} must be a list, got {type(values).__name__} {values!r:.80}")
+    return list(values)
+
+
+def _check_ids(values: Any, what: str) -> tuple[str, ...]:
+    """A list of valid ids (see :func:`_as_list`)."""
+    ids = tuple(_as_list(values, what))
+    for value in ids:
+        _check_id(value, what)
+    return ids
 
 
 def _as_dict(record: Any, what: str) -> Mapping[str, Any]:

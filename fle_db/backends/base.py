@@ -48,22 +48,26 @@ from sqlalchemy.engine import URL
 from ..errors import UnsupportedError
 from ..storage.engine import EncodedState, StoredBlob
 from .rows import (
+    LIST_ORDERS,
     Blob,
     Checkpoint,
     CleanupCriteria,
     CommitPoint,
     ConnectionOptions,
+    ListedTrajectory,
     MigrationStatus,
     NodeQuery,
     NodeRow,
     SaveResult,
     Snapshot,
     StepRow,
+    StoredCheckpoint,
     StoredNode,
     StoredRecord,
     StoredState,
     StoredStep,
     TrajectoryFilter,
+    TrajectoryQuery,
     TrajectoryRow,
 )
 
@@ -233,8 +237,20 @@ class CheckpointStore(ABC):
         """All steps of a trajectory in ``step_number`` order."""
 
     @abstractmethod
-    def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
-        """The highest-numbered step with its game state, read in one snapshot; None if no step."""
+    def load_checkpoint(self, trajectory_id: str, step_number: int | None) -> StoredCheckpoint | None:
+        """A step with its agent output, environment feedback and game state (and the keyframes
+        their deltas need), read in one statement; ``step_number`` None: the highest-numbered
+        step. None if there is no such step."""
+
+    @abstractmethod
+    def list_trajectories(self, query: TrajectoryQuery) -> list[ListedTrajectory]:
+        """The page of trajectories :class:`TrajectoryQuery` selects, in its order. Step counts
+        are computed for the page's rows only, unless the order is by ``steps``."""
+
+    @abstractmethod
+    def trajectory_bodies(self, query: TrajectoryQuery) -> list[tuple[str, str, bytes]]:
+        """``(id, codec, body)`` of every trajectory the query's filters select (its order,
+        cursor and limit are ignored): for orders by keys that only the body holds."""
 
     @abstractmethod
     def load_step(self, trajectory_id: str, step_number: int) -> StoredStep | None:
@@ -486,6 +502,7 @@ def roles(backend: CheckpointStore | type[CheckpointStore]) -> dict[str, bool]:
 
 #: The row types are re-exported: backends and the client import them from here.
 __all__ = [
+    "LIST_ORDERS",
     "OPTIONAL_ROLES",
     "AdminStore",
     "Backend",
@@ -496,6 +513,7 @@ __all__ = [
     "CommitPoint",
     "ConnectionOptions",
     "HistoryStore",
+    "ListedTrajectory",
     "MigrationStatus",
     "NodeQuery",
     "NodeRow",
@@ -503,11 +521,13 @@ __all__ = [
     "SearchStore",
     "Snapshot",
     "StepRow",
+    "StoredCheckpoint",
     "StoredNode",
     "StoredRecord",
     "StoredState",
     "StoredStep",
     "TrajectoryFilter",
+    "TrajectoryQuery",
     "TrajectoryRow",
     "as_admin",
     "as_history",

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -41,13 +42,17 @@ from typing import Any
 import orjson
 
 from ..backends import CheckpointStore, as_history, open_backend
-from ..config import Settings
+from ..config import Settings, database_url
 from ..errors import ConfigurationError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
-from .files import atomic_file, fsync_dir
+from .files import atomic_file, check_replaceable, fsync_dir
 
 log = logging.getLogger("fle_db")
 
 MANIFEST_FORMAT = "fle-db-backup/1"
+#: What a backup id looks like (``create`` makes them: UTC time + 4 hex digits). Every backup
+#: path is derived from an id that matched this and the configured folder, never from a file's
+#: content: a manifest saying ``"id": "../data"`` names nothing.
+BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{4}")
 #: ``progress(table, rows_just_written, rows_of_that_table)``
 Progress = Callable[[str, int, int], None]
 
@@ -74,8 +79,14 @@ def parse_instant(value: Any) -> int:
         raise ValidationError(f"a point in time must be a datetime, ISO 8601 string or epoch seconds, got {value!r}")
     if value.tzinfo is None:
         raise ValidationError(f"{value.isoformat()} has no time zone; give an offset (e.g. 'Z' or '+00:00')")
-    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+    try:
+        delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before datetime.min in UTC
+        raise ValidationError(f"{value.isoformat()} is outside the range of times") from None
+    at_us = delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+    if not 0 <= at_us < 100_000_000_000_000_000:  # the epoch-seconds range above
+        raise ValidationError(f"{value.isoformat()} is outside 1970 .. 5138")
+    return at_us
 
 
 def _iso(at_us: int) -> str:
@@ -83,11 +94,11 @@ def _iso(at_us: int) -> str:
 
 
 @contextmanager
-def open_database(settings: Settings, url: str, migrate: bool = True) -> Iterator[CheckpointStore]:
-    """A backend on ``url`` (a URL, or a path for a SQLite file) with ``settings``' other
-    options, migrated to this library's schema unless ``migrate=False``; closed on exit."""
-    target = url if "://" in url else f"sqlite:///{Path(url).expanduser().resolve()}"
-    backend = open_backend(settings.with_url(target))
+def open_database(settings: Settings, url: str | Path, migrate: bool = True) -> Iterator[CheckpointStore]:
+    """A backend on ``url`` (a URL, or a path for a SQLite file: see
+    :func:`~fle_db.config.database_url`) with ``settings``' other options, migrated to this
+    library's schema unless ``migrate=False``; closed on exit."""
+    backend = open_backend(settings.with_url(database_url(url)))
     try:
         if migrate:
             backend.migrate()
@@ -140,11 +151,15 @@ def restore_to(
             report["safety_backup"] = store.create(backend)["id"]
         report["rows_changed"] = history.rewind(point.seq)
         return report
-    if "://" not in target and Path(target).exists():
-        raise ValidationError(f"restore target {target!r} exists; give a new SQLite path or an empty database's URL")
-    with open_database(settings, target) as destination:
+    url = database_url(target)
+    where = settings.with_url(url)
+    if where.backend == "sqlite" and where.database_exists():
+        raise ValidationError(
+            f"restore target {where.location!r} exists; give a new SQLite path or an empty database's URL"
+        )
+    with open_database(settings, url) as destination:
         report["rows"] = copy_database(backend, destination, point.seq)["rows"]
-    report["target"] = target if "://" not in target else settings.with_url(target).safe_url()
+    report["target"] = where.location
     return report
 
 
@@ -161,7 +176,12 @@ class BackupStore:
 
     # -- files -----------------------------------------------------------------------------
     def _prepare(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:  # a file in the way, no permission...
+            raise ConfigurationError(f"backup_dir {str(self.folder)!r} cannot be used as a folder: {exc}") from None
+        if not self.folder.is_dir():
+            raise ConfigurationError(f"backup_dir {str(self.folder)!r} is not a folder")
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -177,21 +197,43 @@ class BackupStore:
         """Remove what a stopped backup left (only ever called under the lock)."""
         for pattern in ("*.db.tmp*", "*.json.tmp"):
             for leftover in self.folder.glob(pattern):
-                log.warning("removing %s, left by a backup that was stopped", leftover)
-                leftover.unlink(missing_ok=True)
+                if leftover.is_file() and not leftover.is_symlink():
+                    log.warning("removing %s, left by a backup that was stopped", leftover)
+                    leftover.unlink(missing_ok=True)
 
-    def _manifest(self, backup_id: str) -> dict[str, Any]:
-        if not backup_id or "/" in backup_id or backup_id.startswith("."):
-            raise ValidationError(f"not a backup id: {backup_id!r}")
+    def _manifest(self, backup_id: Any) -> dict[str, Any]:
+        """The checked manifest of ``backup_id``: its file name, its ``id`` and its shape agree.
+
+        Raises:
+            ValidationError: not a backup id. NotFoundError: no such backup.
+            DataIntegrityError: the manifest is damaged or foreign.
+        """
+        if not isinstance(backup_id, str) or not BACKUP_ID.fullmatch(backup_id):
+            raise ValidationError(f"not a backup id: {backup_id!r:.80} (ids look like 20260101T000000000000Z-0a1b)")
         path = self.folder / f"{backup_id}.json"
         try:
-            manifest: dict[str, Any] = orjson.loads(path.read_bytes())
+            manifest: Any = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             raise NotFoundError(f"no backup {backup_id!r} in {self.folder}") from None
-        except orjson.JSONDecodeError as exc:
-            raise DataIntegrityError(f"the manifest of backup {backup_id!r} is damaged: {exc}") from None
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise DataIntegrityError(f"backup {backup_id!r} has an unknown manifest format {manifest.get('format')!r}")
+        except (orjson.JSONDecodeError, OSError) as exc:
+            raise DataIntegrityError(f"the manifest of backup {backup_id!r} is unreadable: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise DataIntegrityError(f"{path.name} is not an fle-db backup manifest ({MANIFEST_FORMAT})")
+        problems = [
+            key
+            for key, kind in (("id", str), ("timestamp", str), ("size", int), ("sha256", str))
+            if not isinstance(manifest.get(key), kind)
+        ]
+        if not problems and manifest["id"] != backup_id:
+            problems.append("id (it names another backup)")
+        if not problems:
+            try:
+                if datetime.fromisoformat(manifest["timestamp"]).tzinfo is None:
+                    problems.append("timestamp")
+            except ValueError:
+                problems.append("timestamp")
+        if problems:
+            raise DataIntegrityError(f"the manifest of backup {backup_id!r} is damaged: bad {', '.join(problems)}")
         return manifest
 
     # -- create ----------------------------------------------------------------------------
@@ -211,12 +253,13 @@ class BackupStore:
         backup_id = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
         work = self.folder / f"{backup_id}.db.tmp"
         started = time.perf_counter()
-        with open_database(self.settings, str(work)) as destination:
+        with open_database(self.settings, work) as destination:
             copied = copy_database(backend, destination)
         checks = _verify_file(work)
         _seal(work)
         final = self.folder / f"{backup_id}.db"
         digest = _sha256(work)
+        check_replaceable(final)
         os.replace(work, final)
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -245,13 +288,16 @@ class BackupStore:
         """Every complete backup, oldest first: ``id``, ``timestamp``, ``size``, ``backend``,
         ``schema_version``, ``verified`` (checked when written, and its file is still there with
         that size), ``path``, ``rows``, ``commit``."""
-        if not self.folder.is_dir():
+        if not self.folder.exists():
             return []
+        self._prepare()
         backups = []
         for path in sorted(self.folder.glob("*.json")):
+            if not BACKUP_ID.fullmatch(path.stem):
+                continue  # not a file fle-db writes
             try:
                 manifest = self._manifest(path.stem)
-            except DataIntegrityError as exc:
+            except (DataIntegrityError, NotFoundError) as exc:
                 log.warning("skipping %s: %s", path, exc)
                 continue
             db = self.folder / f"{path.stem}.db"
@@ -303,7 +349,7 @@ class BackupStore:
         with self._locked(), self._working_copy(manifest) as work:
             checks = _verify_file(work)
             report: dict[str, Any] = {"id": backup_id, "checks": checks}
-            with open_database(self.settings, str(work)) as source:
+            with open_database(self.settings, work) as source:
                 if target is None:
                     report["safety_backup"] = self._create(backend)["id"]
                     with as_history(source).snapshot() as snap:
@@ -319,7 +365,11 @@ class BackupStore:
         (the newest backup is always kept). Returns the ids deleted."""
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ValidationError(f"keep must be an integer >= 1, got {keep!r}")
-        if older_than is not None and (isinstance(older_than, bool) or not 0 <= older_than < float("inf")):
+        if older_than is not None and (
+            isinstance(older_than, bool)
+            or not isinstance(older_than, (int, float))
+            or not 0 <= older_than < float("inf")
+        ):
             raise ValidationError(f"older_than must be seconds >= 0, got {older_than!r}")
         if keep is None and older_than is None:
             raise ValidationError("prune needs keep or older_than")
@@ -353,8 +403,10 @@ class BackupScheduler:
     temporary files, which are never listed and are removed by the next backup."""
 
     def __init__(self, store: BackupStore, backend: CheckpointStore, interval: float, keep: int) -> None:
-        if interval <= 0:
-            raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r}")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < float("inf"):
+            raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r:.80}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ConfigurationError(f"backup_keep must be an integer >= 1, got {keep!r:.80}")
         self.store, self.backend, self.interval, self.keep = store, backend, interval, keep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fle-db-backups", daemon=True)
@@ -421,7 +473,7 @@ def _verify_file(path: Path) -> dict[str, Any]:
         raise DataIntegrityError(f"{path.name} is not a readable SQLite database: {exc}") from None
     if result != ["ok"]:
         raise DataIntegrityError(f"{path.name} fails integrity_check: {'; '.join(result[:5])}")
-    with DatabaseClient(f"sqlite:///{path}", backup_interval=0) as client:  # migrates an older backup
+    with DatabaseClient(database_url(path), backup_interval=0) as client:  # migrates an older backup
         report = client.validate()
     errors = [p for p in report["problems"] if p["severity"] == "error"]
     if errors:

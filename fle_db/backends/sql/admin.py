@@ -159,6 +159,8 @@ class SQLAdmin(SQLCheckpoints, AdminStore):
 
     def _write_probe(self) -> dict[str, Any]:
         """Insert and read back a probe row in a write transaction that is rolled back."""
+        if self.settings.read_only:
+            return {"status": "ok", "detail": "skipped: opened read-only"}
         probe = "fle-db-health-probe"
         started = time.perf_counter()
         try:

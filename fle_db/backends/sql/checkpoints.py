@@ -41,13 +41,16 @@ from ...storage.engine import CODEC_MANIFEST, EncodedRecord, EncodedState, Store
 from ..base import (
     Blob,
     Checkpoint,
+    ListedTrajectory,
     SaveResult,
+    StoredCheckpoint,
     StoredRecord,
     StoredState,
     StoredStep,
+    TrajectoryQuery,
     TrajectoryRow,
 )
-from . import versioned
+from . import browse, versioned
 from .core import _VERIFY_CHUNK, SQLCore, _idempotent, _Raw, _rowcount, now_us
 
 _EMPTY_BODY = b"{}"
@@ -72,9 +75,9 @@ def _stored_step(row: Sequence[Any]) -> StoredStep:
     return StoredStep(row[0], row[1], row[2], row[3], bytes(row[4]), row[5], row[6])
 
 
-def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, Any]:
-    """Resume and load-state queries: each reads a step and/or state with all its parts and
-    their bases in ONE round trip (one row per part)."""
+def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, _Raw, Any]:
+    """Resume, load-checkpoint and load-state queries: each reads a checkpoint and/or state with
+    all its parts and their bases in ONE round trip (one row per part)."""
     base = blobs.alias("base")
     state_columns = [
         game_states.c.codec, game_states.c.body, game_state_parts.c.key,
@@ -89,26 +92,6 @@ def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, Any]:
             .outerjoin(base, base.c.id == blobs.c.base_id)
         )
 
-    latest = (
-        select(*_step_columns(steps))
-        .where(steps.c.trajectory_id == bindparam("tid"))
-        .order_by(steps.c.step_number.desc())
-        .limit(1)
-        .subquery("latest")
-    )
-    base_step = steps.alias("base_step")
-    select_latest = select(
-        *latest.c, base_step.c.codec, base_step.c.body, base_step.c.digest, base_step.c.base_step_number,
-        *state_columns,
-    ).select_from(
-        with_parts(
-            latest.outerjoin(
-                base_step,
-                and_(base_step.c.trajectory_id == latest.c.trajectory_id,
-                     base_step.c.step_number == latest.c.base_step_number),
-            ).outerjoin(game_states, game_states.c.id == latest.c.game_state_id)
-        )
-    )  # fmt: skip
     select_state = (
         select(game_states.c.id, *state_columns)
         .select_from(with_parts(game_states))
@@ -119,7 +102,12 @@ def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, Any]:
         .select_from(with_parts(game_states))
         .where(game_states.c.id.in_(bindparam("sids", expanding=True)))
     )
-    return _Raw(select_latest, dialect), _Raw(select_state, dialect), select_states
+    return (
+        _Raw(browse.checkpoint_statement(latest=True), dialect),
+        _Raw(browse.checkpoint_statement(latest=False), dialect),
+        _Raw(select_state, dialect),
+        select_states,
+    )
 
 
 def _stored_state(state_id: str, rows: Sequence[Sequence[Any]]) -> StoredState | None:
@@ -195,7 +183,9 @@ class SQLCheckpoints(SQLCore):
         self._select_steps = (
             select(*_step_columns(steps)).where(steps.c.trajectory_id == bindparam("tid")).order_by(steps.c.step_number)
         )
-        self._select_latest, self._select_state, self._select_states = _read_statements(dialect)
+        self._select_latest, self._select_checkpoint, self._select_state, self._select_states = _read_statements(
+            dialect
+        )
 
     def _ensure_trajectories(self, conn: Connection, ids: Sequence[str], now: int) -> None:
         self._raw_trajectory.run(
@@ -472,41 +462,56 @@ class SQLCheckpoints(SQLCore):
         return [_stored_step(row) for row in rows]
 
     @_idempotent
-    def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
+    def load_checkpoint(self, trajectory_id: str, step_number: int | None) -> StoredCheckpoint | None:
         with self._read() as conn:
-            rows = self._select_latest.fetch(conn, {"tid": trajectory_id})
-            if not rows:
+            if step_number is None:
+                rows = self._select_latest.fetch(conn, {"tid": trajectory_id})
+            else:
+                rows = self._select_checkpoint.fetch(conn, {"tid": trajectory_id, "n": step_number})
+            if not rows or rows[0][3] is None:
                 return None
-            first = rows[0]
-            step = _stored_step(first)
-            if step.base_step_number is not None:
-                base = StoredStep(trajectory_id, step.base_step_number, None, first[7], bytes(first[8]), first[9],
-                                  first[10])  # fmt: skip
-                step = replace(step, base=self._with_bases(conn, base))
-            if step.game_state_id is None:
-                return step, None
-            state = _stored_state(step.game_state_id, [r[11:] for r in rows])
+            step, output, feedback = (
+                self._with_bases(conn, record, table) if record is not None else None
+                for record, table in zip(browse.records_of(rows[0]), browse.RECORD_TABLES, strict=True)
+            )
+        assert step is not None
+        if step.game_state_id is None:
+            return StoredCheckpoint(step, output, feedback, None)
+        state = _stored_state(step.game_state_id, [r[browse.STATE_OFFSET :] for r in rows])
         if state is None:
             raise DataIntegrityError(
                 f"step {step.step_number} of {trajectory_id!r} names game state {step.game_state_id}, which is missing"
             )
-        return step, state
+        return StoredCheckpoint(step, output, feedback, state)
 
-    def _with_bases(self, conn: Connection, step: StoredStep) -> StoredStep:
-        """Attach the keyframe a delta record needs; deeper links (rare: a retried keyframe that
-        was stored as a delta before) are read one by one."""
+    @_idempotent
+    def list_trajectories(self, query: TrajectoryQuery) -> list[ListedTrajectory]:
+        with self._read() as conn:
+            return [browse.listed(row) for row in conn.execute(browse.list_statement(query))]
+
+    @_idempotent
+    def trajectory_bodies(self, query: TrajectoryQuery) -> list[tuple[str, str, bytes]]:
+        with self._read() as conn:
+            return [(tid, codec, bytes(body)) for tid, codec, body in conn.execute(browse.bodies_statement(query))]
+
+    def _with_bases(self, conn: Connection, step: StoredStep, table: Table = steps) -> StoredStep:
+        """Attach the keyframe a delta record of ``table`` needs, unless attached already; deeper
+        links (rare: a retried keyframe that was stored as a delta before) are read one by one."""
         if step.base_step_number is None:
             return step
+        if step.base is not None:
+            return replace(step, base=self._with_bases(conn, step.base, table))
         row = conn.execute(
-            select(*_step_columns(steps)).where(
-                steps.c.trajectory_id == step.trajectory_id, steps.c.step_number == step.base_step_number
+            select(*_step_columns(table)).where(
+                table.c.trajectory_id == step.trajectory_id, table.c.step_number == step.base_step_number
             )
         ).first()
         if row is None:
             raise DataIntegrityError(
-                f"step {step.step_number} of {step.trajectory_id!r} is a delta of missing step {step.base_step_number}"
+                f"{table.name} record {step.step_number} of {step.trajectory_id!r} is a delta of missing record "
+                f"{step.base_step_number}"
             )
-        return replace(step, base=self._with_bases(conn, _stored_step(row)))
+        return replace(step, base=self._with_bases(conn, _stored_step(row), table))
 
     @_idempotent
     def load_step(self, trajectory_id: str, step_number: int) -> StoredStep | None:

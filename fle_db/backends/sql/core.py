@@ -42,12 +42,15 @@ from sqlalchemy import exc as sa_exc
 from ... import migrations
 from ...errors import (
     BackendUnavailableError,
+    ClientClosedError,
     ConflictError,
     ConnectionTimeoutError,
     FleDBError,
     MissingReferenceError,
+    ReadOnlyError,
     StorageFullError,
 )
+from ...redact import redact
 from ...schema import (
     blobs,
     commit_log,
@@ -170,6 +173,7 @@ class SQLCore(CheckpointStore):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.engine: Engine = self._create_engine()
+        self._closed = False
         self._in_transaction = threading.local()  # .conn: this thread's open write transaction
         event.listen(self.engine, "checkout", self._refuse_second_connection)
         self._reached = False  # set by the first call that got an answer (see _retrying)
@@ -277,7 +281,11 @@ class SQLCore(CheckpointStore):
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
-        """Turn driver errors into fle-db errors (messages carry no SQL parameters or passwords)."""
+        """Turn driver errors into fle-db errors (messages carry no SQL parameters or passwords).
+        Every connection is taken inside it, so it is also where a closed backend refuses (a
+        disposed engine would silently open new connections)."""
+        if self._closed:
+            raise ClientClosedError(f"the client of {self.settings.safe_url()} is closed; open a new one")
         try:
             yield
         except FleDBError:
@@ -294,7 +302,8 @@ class SQLCore(CheckpointStore):
             raise self._translate_driver(exc) from exc
 
     def _translate_driver(self, exc: BaseException | None) -> FleDBError:
-        detail = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
+        text = str(exc).strip() if exc is not None else ""
+        detail = redact(text.splitlines()[0]) if text else type(exc).__name__
         if "database is locked" in detail:
             return ConnectionTimeoutError(
                 "the database is locked by another connection (fle-db waits for it up to "
@@ -305,6 +314,8 @@ class SQLCore(CheckpointStore):
                 f"the disk holding {self.settings.safe_url()} is full: nothing of this write was stored; "
                 "free space (or run cleanup and optimize(vacuum=True)) and retry"
             )
+        if self.settings.read_only and any(w in detail.lower() for w in ("readonly", "read-only", "read only")):
+            return ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: {detail}")
         if isinstance(exc, self.engine.dialect.loaded_dbapi.IntegrityError):
             missing = self._missing_reference(exc)
             if missing is not None:
@@ -358,7 +369,12 @@ class SQLCore(CheckpointStore):
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction: commits on success, rolls back on any error. While it is open,
-        this thread's reads run on its connection (see :meth:`_refuse_second_connection`)."""
+        this thread's reads run on its connection (see :meth:`_refuse_second_connection`).
+
+        Raises ReadOnlyError at once on a read-only backend (whose connections refuse writes
+        anyway: this only saves taking a write lock for nothing)."""
+        if self.settings.read_only:
+            raise ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: nothing was written")
         with self._translate(), self.engine.connect() as conn:
             conn.execution_options(fle_write=True)
             with conn.begin():
@@ -411,6 +427,7 @@ class SQLCore(CheckpointStore):
         return int(self._raw_head.fetch(conn, {})[0][0])
 
     def close(self) -> None:
+        self._closed = True
         self.engine.dispose()
 
     @_idempotent
