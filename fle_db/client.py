@@ -54,6 +54,7 @@ from .errors import (
     SchemaVersionError,
     ValidationError,
 )
+from .explain import validation_message
 from .ops import backup, export, importing
 from .ops.metrics import Metrics
 from .ops.validate import validate as validate_database
@@ -1400,15 +1401,7 @@ def _validated(model: type[M], record: Any, what: str) -> dict[str, Any]:
     try:
         model.__pydantic_validator__.validate_python(data)
     except pydantic.ValidationError as exc:
-        by_field: dict[str, list[str]] = {}
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else what
-            message = err["msg"].removeprefix("Input should be ").removeprefix("String should have ")
-            by_field.setdefault(field, []).append(message)
-        problems = "; ".join(
-            f"{field} should be {' or '.join(dict.fromkeys(msgs))}" for field, msgs in by_field.items()
-        )
-        raise ValidationError(f"{what}: {problems}") from None
+        raise ValidationError(validation_message(model, data, exc)) from None
     return data
 
 

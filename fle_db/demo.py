@@ -27,12 +27,15 @@ from rich.text import Text
 
 from .client import DatabaseClient
 from .errors import DataIntegrityError, ValidationError
+from .units import iec_bytes
 from .workload import Workload
 
 log = logging.getLogger("fle_db")
 
 MAX_TRAJECTORIES = 10_000
 MAX_STEPS = 1_000_000
+#: The summary lists this many trajectory ids in full (the rest: ``fle-db list``).
+_IDS_SHOWN = 10
 
 
 class SimulatedCrash(BaseException):
@@ -114,13 +117,15 @@ def run_demo(
     latest checkpoint. Data is deterministic in ``seed`` (see :mod:`fle_db.workload`).
 
     Returns:
-        ``{"run_id", "backend", "database", "seed", "trajectories", "trajectory_ids",
+        ``{"run_id", "backend", "database", "existing_trajectories", "seed", "trajectories", "trajectory_ids",
         "steps_per_trajectory", "steps_written", "elapsed_s", "steps_per_s", "save_ms_mean",
         "interrupted_trajectory_id", "interrupted_after_step", "resumed_from_step",
         "continued_at_step", "resume_latency_ms", "resumed_state_verified",
         "successful_trajectories", "database_bytes"}``; ``database_bytes`` is the size the
         backend reports (``get_statistics()["size"]``: an SQLite file plus its ``-wal``, the
-        tables of a server database).
+        tables of a server database); ``existing_trajectories`` counts those the database held
+        before (the demo says when it adds to an existing database). Steps are dated today: the
+        simulated run, ~30 s per step, ends now.
 
     Raises:
         ValidationError: ``trajectories`` not in 1..10000 or ``steps`` not in 2..1000000.
@@ -131,13 +136,23 @@ def run_demo(
     _check_int("steps", steps, 2, MAX_STEPS)
     _check_int("seed", seed, -(2**63), 2**63 - 1)
     console = console if console is not None else Console()
-    workload = Workload(seed)
-    run_id = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    now = datetime.now(UTC)
+    # Dated today: the simulated run (~30 s per step) ends now.
+    workload = Workload(seed, start=int(now.timestamp()) - 30 * steps)
+    run_id = f"demo-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     ids = [f"{run_id}-{index}" for index in range(trajectories)]
     victim, crash_after = trajectories // 2, steps // 2 - 1
     saved: dict[str, dict[str, Any]] = {}  # the harness's record of the last save per trajectory
     save_seconds: list[float] = []
     log.info("demo %s: %d trajectories x %d steps on %s", run_id, trajectories, steps, client.settings.safe_url())
+    existing = client.get_statistics()["trajectories"]
+    if existing:
+        console.print(
+            f"adding {_count(trajectories, 'trajectory', 'trajectories')} to the existing database at "
+            f"{client.settings.location} ({_count(existing, 'trajectory', 'trajectories')} already there)",
+            markup=False,
+            highlight=False,
+        )
 
     columns = (
         TextColumn("[bold blue]{task.description}"),
@@ -161,7 +176,11 @@ def run_demo(
             client.save_metadata(trajectory_id, "model", workload.model(index))
             client.save_metadata(trajectory_id, "seed", seed)
             client.save_metadata(trajectory_id, "demo_run", run_id)
-            client.save_metadata(trajectory_id, "workload", {"seed": seed, "trajectory_index": index, "steps": steps})
+            client.save_metadata(
+                trajectory_id,
+                "workload",
+                {"seed": seed, "trajectory_index": index, "steps": steps, "start": workload.start},
+            )
             agent = _Agent(client, workload, trajectory_id, index)
             try:
                 agent.run(0, steps, crash_after=crash_after if index == victim else None, on_saved=on_saved)
@@ -184,7 +203,11 @@ def run_demo(
         params = client.load_metadata(victim_id)["workload"]
         resumed_from = _verify_resume(latest, saved[victim_id], workload, victim_id, victim, crash_after)
         agent = _Agent(
-            client, Workload(params["seed"]), victim_id, params["trajectory_index"], state=latest["game_state"]
+            client,
+            Workload(params["seed"], start=params["start"]),
+            victim_id,
+            params["trajectory_index"],
+            state=latest["game_state"],
         )
         progress.console.print(
             f"[green]resume[/] [bold]{victim_id}[/] from checkpoint step {resumed_from} "
@@ -199,6 +222,7 @@ def run_demo(
         "run_id": run_id,
         "backend": client.settings.backend,
         "database": client.settings.location,
+        "existing_trajectories": existing,
         "seed": seed,
         "trajectories": trajectories,
         "trajectory_ids": ids,
@@ -279,14 +303,11 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="fle-db demo", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    size_text = _human_bytes(summary["database_bytes"])
-    count = summary["trajectories"]
+    ids, before = summary["trajectory_ids"], summary["existing_trajectories"]
+    shown = ids if len(ids) <= _IDS_SHOWN else [*ids[: _IDS_SHOWN - 1], f"... ({len(ids) - _IDS_SHOWN + 1} more)"]
     rows = (
         ("database", f"{summary['backend']}: {summary['database']}"),
-        (
-            "trajectories",
-            f"{count}: {summary['run_id']}-{{0..{count - 1}}}, {summary['successful_trajectories']} successful",
-        ),
+        ("trajectories", f"{len(ids)}, {summary['successful_trajectories']} successful:\n" + "\n".join(shown)),
         (
             "steps written",
             f"{summary['steps_written']} ({summary['steps_per_trajectory']} per trajectory, all verified)",
@@ -303,20 +324,18 @@ def _summary_table(summary: dict[str, Any]) -> Table:
             "game state verified",
         ),
         ("resume latency", f"{summary['resume_latency_ms']:.2f} ms (load_latest_checkpoint)"),
-        ("database size", size_text),
+        (
+            "database size",
+            iec_bytes(summary["database_bytes"]) + (f" (with {before:,} earlier trajectories)" if before else ""),
+        ),
     )
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     return table
 
 
-def _human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
 
 
 def _ranges(numbers: list[int]) -> str:

@@ -358,16 +358,21 @@ class Workload:
 
     Every method is a pure function of ``(seed, trajectory_index, step_number)``; the instance
     only caches derived data for the ``cache_trajectories`` most recently used trajectories.
-    Not thread-safe: use one instance per thread.
+    Not thread-safe: use one instance per thread. ``start`` (epoch seconds) dates step 0 of every
+    trajectory at that instant (the demo: runs made today); by default clocks start within 30
+    days of 2025-01-01, so that data is the same whenever it is generated.
 
     Raises:
         ValueError: a negative index or step number, or ``cache_trajectories < 1``.
     """
 
-    def __init__(self, seed: int = 0, *, cache_trajectories: int = DEFAULT_CACHE_TRAJECTORIES) -> None:
+    def __init__(
+        self, seed: int = 0, *, cache_trajectories: int = DEFAULT_CACHE_TRAJECTORIES, start: int | None = None
+    ) -> None:
         if cache_trajectories < 1:
             raise ValueError(f"cache_trajectories must be >= 1, got {cache_trajectories}")
         self.seed = int(seed)
+        self.start = start
         self._cache_size = cache_trajectories
         self._cache: OrderedDict[int, _TrajectoryCache] = OrderedDict()
 
@@ -592,7 +597,7 @@ class Workload:
             entity_rng=_rng(self.seed, "entities", index),
             growth=rng.uniform(1.3, 1.7),
             score_factor=rng.uniform(0.6, 1.4),
-            clock=EPOCH + clock_rng.randrange(30 * 86400),
+            clock=self.start if self.start is not None else EPOCH + clock_rng.randrange(30 * 86400),
             agents=1 if rng.random() < 0.85 else 2,
         )
 

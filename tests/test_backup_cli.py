@@ -69,8 +69,10 @@ def test_restore_to_command_rewinds_into_a_target_or_in_place_with_yes(db_url: s
     time.sleep(0.002)
     with DatabaseClient(db_url, backup_interval=0) as db:
         db.delete_trajectory("t0")
-    refused = run(folder, "--url", db_url, "restore-to", at)
-    assert refused.exit_code == 2 and "Recovery window" in refused.stderr
+    window_only = run(folder, "--url", db_url, "restore-to", at)  # no --target, no --yes: nothing restored
+    assert window_only.exit_code == 0 and "point-in-time recovery window:" in window_only.stdout
+    with DatabaseClient(db_url, backup_interval=0) as db:
+        assert db.get_statistics()["trajectories"] == 0
     target = tmp_path / "past.db"
     ok_json(run(folder, "--url", db_url, "--json", "restore-to", at, "--target", str(target)))
     with DatabaseClient(f"sqlite:///{target}", backup_interval=0) as past:

@@ -52,8 +52,8 @@ def test_demo_writes_contiguous_steps_and_completes_the_resumed_trajectory(db_ur
     assert summary["resumed_from_step"] == summary["interrupted_after_step"] == 2
     assert summary["continued_at_step"] == 3
     assert summary["resumed_state_verified"] is True
-    workload = Workload(3)
     with DatabaseClient(db_url) as db:
+        workload = Workload(3, start=db.load_metadata(ids[0])["workload"]["start"])
         for index, tid in enumerate(ids):
             assert [s["step_number"] for s in db.load_steps(tid)] == list(range(6))
             assert [o["step_number"] for o in db.load_agent_outputs(tid)] == list(range(6))
@@ -62,7 +62,12 @@ def test_demo_writes_contiguous_steps_and_completes_the_resumed_trajectory(db_ur
             assert trajectory["end_time"] is not None
             assert isinstance(trajectory["total_reward"], float)
             assert isinstance(trajectory["success"], bool)
-            assert db.load_metadata(tid)["workload"] == {"seed": 3, "trajectory_index": index, "steps": 6}
+            assert db.load_metadata(tid)["workload"] == {
+                "seed": 3,
+                "trajectory_index": index,
+                "steps": 6,
+                "start": workload.start,
+            }
             latest = db.load_latest_checkpoint(tid)
             assert latest is not None
             assert latest["step"]["step_number"] == 5
@@ -252,7 +257,7 @@ def test_stats_reports_counts_and_sizes_as_json_and_as_a_table(db_url: str) -> N
     stats = json.loads(result.output)
     assert (stats["trajectories"], stats["steps"]) == (1, 5)
     table = CliRunner().invoke(main, ["--url", db_url, "stats"])
-    assert table.exit_code == 0 and "steps" in table.output and "MiB" in table.output
+    assert table.exit_code == 0 and "steps" in table.output and "KiB" in table.output
 
 
 def test_health_exits_zero_when_ok_and_one_when_failing(db_url: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from ..errors import ConfigurationError
+from ..redact import MASK, redact
 from ..storage.engine import EncodedRecord, EncodedState, StoredBlob
 
 
@@ -45,25 +46,65 @@ class ConnectionOptions:
         ``sslmode``/``sslrootcert``, which the backend interprets.
 
         Raises:
-            ConfigurationError: a required variable is missing or the port is not a port number.
+            ConfigurationError: required variables are missing (all of them named at once) or
+                the port is not a port number; the message echoes what was given, the password
+                masked.
         """
-        raw_port = self.get("port", "SKILLS_DB_PORT")
-        try:
-            port = int(raw_port) if raw_port not in (None, "") else default_port
-        except (TypeError, ValueError):
-            raise ConfigurationError(f"SKILLS_DB_PORT must be a port number, got {raw_port!r}") from None
-        if not 0 < port < 65536:
-            raise ConfigurationError(f"SKILLS_DB_PORT must be in 1..65535, got {port}")
-        tls = (("sslmode", "SKILLS_DB_SSLMODE"), ("sslrootcert", "SKILLS_DB_SSLROOTCERT"))
+        values = {argument: self.get(argument, variable) for argument, variable in _SERVER_VARIABLES.items()}
+        missing = [
+            _SERVER_VARIABLES[argument]
+            for argument in _REQUIRED_SERVER_ARGUMENTS
+            if values[argument] is None or not str(values[argument]).strip()
+        ]
+        problems = [f"{_and(missing)} {'is' if len(missing) == 1 else 'are'} not set"] if missing else []
+        raw_port = values["port"]
+        port = default_port
+        if raw_port not in (None, ""):
+            try:
+                port = int(raw_port)
+            except (TypeError, ValueError):
+                problems.append(f"SKILLS_DB_PORT must be a port number, got {raw_port!r}")
+            else:
+                if not 0 < port < 65536:
+                    problems.append(f"SKILLS_DB_PORT must be in 1..65535, got {port}")
+        if problems:
+            given = ", ".join(
+                f"{_SERVER_VARIABLES[argument]}={MASK if argument == 'password' else redact(repr(str(value)))}"
+                for argument, value in values.items()
+                if value not in (None, "")
+            )
+            raise ConfigurationError(
+                f"the {self.backend} backend was selected (FLE_DB_TYPE={self.backend}) but "
+                + "; ".join(problems)
+                + f"; set them or pass a {self.backend}:// URL (given: {given or 'none of the SKILLS_DB_* variables'})"
+            )
+        tls = ("sslmode", "sslrootcert")
         return URL.create(
             drivername,
-            username=self.get("user", "SKILLS_DB_USER", required=True),
-            password=self.get("password", "SKILLS_DB_PASSWORD") or None,
-            host=self.get("host", "SKILLS_DB_HOST", required=True),
+            username=values["user"],
+            password=values["password"] or None,
+            host=values["host"],
             port=port,
-            database=self.get("database", "SKILLS_DB_NAME", required=True),
-            query={key: str(value) for key, variable in tls if (value := self.get(key, variable))},
+            database=values["database"],
+            query={key: str(values[key]) for key in tls if values[key]},
         )
+
+
+#: Connection arguments of a server backend -> the environment variables they fall back to.
+_SERVER_VARIABLES = {
+    "host": "SKILLS_DB_HOST",
+    "port": "SKILLS_DB_PORT",
+    "database": "SKILLS_DB_NAME",
+    "user": "SKILLS_DB_USER",
+    "password": "SKILLS_DB_PASSWORD",
+    "sslmode": "SKILLS_DB_SSLMODE",
+    "sslrootcert": "SKILLS_DB_SSLROOTCERT",
+}
+_REQUIRED_SERVER_ARGUMENTS = ("host", "database", "user")
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ import re
 import shutil
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,8 +44,6 @@ from .base import ConnectionOptions, MigrationStatus
 from .readonly import capped_rows
 from .sql import SQLBackend
 
-log = logging.getLogger("fle_db")
-
 #: SQLite's WAL-reset bug (https://sqlite.org/wal.html, "WAL-reset bug"): two connections that
 #: write or checkpoint at the same moment can corrupt a WAL database. In 3.7.0 up to 3.51.2,
 #: fixed in 3.51.3 and the 3.44.6 and 3.50.7 patch releases. Python's stdlib sqlite3 links the
@@ -65,6 +62,9 @@ def wal_reset_bug_affects(version: tuple[int, ...]) -> bool:
 
 
 _warned = False
+#: The logger of the warning about the linked SQLite library (the CLI leaves it out of read-only
+#: commands: it concerns concurrent writers).
+SQLITE_LIBRARY_LOGGER = "fle_db.sqlite_library"
 #: SQLite VM instructions between two checks of a read-only query's deadline (~1 ms of work).
 PROGRESS_STEPS = 10_000
 #: FLE's placeholders: ``%s`` a parameter, ``%%`` a literal ``%``.
@@ -75,7 +75,7 @@ def _warn_wal_reset_bug() -> None:
     global _warned
     if not _warned and wal_reset_bug_affects(sqlite3.sqlite_version_info):
         _warned = True
-        log.warning(
+        logging.getLogger(SQLITE_LIBRARY_LOGGER).warning(
             "SQLite %s has the WAL-reset bug (fixed in 3.51.3): several processes writing one database "
             "file at once risk corrupting it. Use a Python linked with SQLite >= 3.51.3, or PostgreSQL, "
             "for many concurrent writer processes.",
@@ -142,27 +142,21 @@ class SQLiteBackend(SQLBackend):
                 pool_timeout=timeout,
                 creator=lambda: memory,
             )
-        elif settings.read_only:
-            # mode=ro: the file is opened read-only by the OS call (query_only below as well).
-            if not os.path.exists(path):
-                raise BackendUnavailableError(f"the SQLite database {path!r} does not exist (opened read-only)")
-            location = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-            engine = create_engine(
-                "sqlite://",
-                poolclass=QueuePool,
-                pool_size=settings.max_connections,
-                max_overflow=0,
-                pool_timeout=timeout,
-                creator=lambda: sqlite3.connect(location, uri=True, check_same_thread=False, timeout=timeout),
-            )
         else:
             _check_regular(path)
-            if settings.auto_migrate:
-                _create_owner_only(Path(path))
-            _warn_wal_reset_bug()
-            # mode=rw: a connection never creates the file (only migrate() does), so reading a
-            # missing database says so instead of leaving an empty one behind.
-            uri = f"file:{quote(os.path.abspath(path))}?mode=rw"
+            if settings.read_only:
+                # mode=ro: the file is opened read-only by the OS call (query_only below as well).
+                if not os.path.exists(path):
+                    raise BackendUnavailableError(f"the SQLite database {path!r} does not exist (opened read-only)")
+                mode = "ro"
+            else:
+                if settings.auto_migrate:
+                    _create_owner_only(Path(path))
+                _warn_wal_reset_bug()
+                # mode=rw: a connection never creates the file (only migrate() does), so reading a
+                # missing database says so instead of leaving an empty one behind.
+                mode = "rw"
+            uri = f"file:{quote(os.path.abspath(path))}?mode={mode}"
             engine = create_engine(
                 "sqlite://",
                 poolclass=QueuePool,

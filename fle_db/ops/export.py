@@ -25,7 +25,7 @@ canonical JSON of what was exported).
 ``{"messages": [...], "metadata": {...}}``. Messages: ``system`` with the trajectory's
 ``system_prompt`` key when it is a string; ``user`` with the trajectory's ``task`` when it is a
 string; then per step number in order an ``assistant`` turn with the agent output's ``code``
-(else the step's ``action``, when a string) and a ``user`` turn with the environment feedback's
+(else the step's ``code`` or ``action``: the first non-empty string) and a ``user`` turn with the environment feedback's
 ``stdout`` followed by ``"Error: " + error`` when ``error`` is a non-empty string (else the same
 fields of the step's ``observation``; a feedback with neither field is given as its JSON). Empty
 turns are left out. ``metadata``: ``trajectory_id``, ``task``, ``agent_type``, ``total_reward``,
@@ -69,6 +69,7 @@ from ..errors import (
     ConfigurationError,
     ValidationError,
 )
+from ..readable import agent_code, feedback_text
 from ..storage import codec
 from .backup import parse_instant
 from .files import atomic_file, checked_path
@@ -297,10 +298,10 @@ class _ChatSink:
         count = 0
         for cp in checkpoints:
             count += 1
-            code = _agent_code(cp)
+            code = agent_code(cp.step, cp.agent_output)
             if code:
                 messages.append({"role": "assistant", "content": code})
-            answer = _feedback_text(cp)
+            answer = feedback_text(cp.step, cp.environment_feedback)
             if answer:
                 messages.append({"role": "user", "content": answer})
         if not any(m["role"] == "assistant" for m in messages):
@@ -314,31 +315,6 @@ class _ChatSink:
 
     def finish(self, trajectories: int, checkpoints: int) -> None:
         return None
-
-
-def _agent_code(cp: _Checkpoint) -> str | None:
-    code = (cp.agent_output or {}).get("code")
-    if not isinstance(code, str):
-        code = (cp.step or {}).get("action")
-    return code if isinstance(code, str) else None
-
-
-def _feedback_text(cp: _Checkpoint) -> str | None:
-    source: Any = cp.environment_feedback
-    if source is None:
-        source = (cp.step or {}).get("observation")
-    if isinstance(source, str):
-        return source
-    if not isinstance(source, dict):
-        return None
-    stdout, error = source.get("stdout"), source.get("error")
-    if "stdout" not in source and "error" not in source:
-        rest = {k: v for k, v in source.items() if k not in ("trajectory_id", "step_number")}
-        return orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode() if rest else None
-    text = stdout if isinstance(stdout, str) else ""
-    if isinstance(error, str) and error:
-        text = f"{text}\n\nError: {error}" if text else f"Error: {error}"
-    return text or None
 
 
 class _ParquetSink:

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..client import DatabaseClient
 from ..errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
+from ..units import iec_bytes
 
 log = logging.getLogger("fle_db.ui")
 
@@ -70,15 +71,8 @@ def _python(code: str) -> Markup:
 
 
 def _size(n: int | float | None) -> str:
-    """Bytes in IEC units (KiB, MiB...)."""
-    if n is None:
-        return DASH
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+    """Bytes in IEC units (KiB, MiB...), as the CLI shows them."""
+    return DASH if n is None else iec_bytes(n)
 
 
 def _number(value: Any) -> str:

@@ -16,6 +16,7 @@ import orjson
 
 from ..client import DatabaseClient
 from ..errors import NotFoundError, ValidationError
+from ..readable import agent_code
 from .diff import decode_packed, diff_states, preview
 
 #: Steps per page of a trajectory's step list.
@@ -154,15 +155,6 @@ def _tokens(*records: Mapping[str, Any] | None) -> dict[str, Any]:
     return found
 
 
-def code_of(checkpoint: Mapping[str, Any]) -> str | None:
-    """The program a step ran: the agent output's ``code``, else a string ``action``."""
-    output = checkpoint.get("agent_output") or {}
-    for candidate in (output.get("code"), checkpoint["step"].get("code"), checkpoint["step"].get("action")):
-        if isinstance(candidate, str) and candidate:
-            return candidate
-    return None
-
-
 def step(client: DatabaseClient, trajectory_id: str, step_number: int, with_state: bool = False) -> dict[str, Any]:
     """A checkpoint (``load_checkpoint``) with what the page shows about it: its code, tokens,
     previous/next step numbers, search node and the size of each top-level game-state key
@@ -186,7 +178,7 @@ def step(client: DatabaseClient, trajectory_id: str, step_number: int, with_stat
         **{k: v for k, v in checkpoint.items() if k != "game_state" or with_state},
         "trajectory_id": trajectory_id,
         "step_number": step_number,
-        "code": code_of(checkpoint),
+        "code": agent_code(checkpoint["step"], checkpoint.get("agent_output")),
         "tokens": _tokens(checkpoint["step"], checkpoint["agent_output"]),
         "node": node,
         "state_keys": keys if checkpoint["game_state"] is not None else None,

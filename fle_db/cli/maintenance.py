@@ -1,0 +1,174 @@
+"""``fle-db stats``, ``health``, ``cleanup``, ``optimize``, ``validate``, ``metrics``: looking after a database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..schema import VERSIONED_TABLES
+from ._common import EXIT_ERROR, Options, echo_json, iec_bytes, json_option, open_client, print_table
+
+#: The tables that hold what users saved; the others (point-in-time history, the commit log)
+#: are fle-db's bookkeeping, shown by ``stats --all``.
+USER_TABLES = frozenset(table.name for table in VERSIONED_TABLES)
+_COUNTS = ("trajectories", "steps", "game_states", "agent_outputs", "environment_feedbacks", "search_nodes", "blobs")
+
+
+@click.command()
+@click.option("--all", "show_all", is_flag=True, help="Also list fle-db's internal tables (history, commit log).")
+@json_option
+@click.pass_obj
+def stats(options: Options, show_all: bool, as_json: bool) -> None:
+    """Show what the database holds: counts, sizes per table, game-state compression, step times."""
+    with open_client(options, writes=False) as client:
+        result = client.get_statistics()
+    if as_json or options.json:
+        echo_json(result)
+        return
+    state_bytes = result["game_state_bytes"]
+    ratio = state_bytes["ratio"]
+    estimate = "" if result["exact_counts"] else " (estimate)"
+    rows = [(key.replace("_", " "), f"{result[key]:,}{estimate}") for key in _COUNTS if key in result]
+    rows.append(("size", iec_bytes(result["size"])))
+    tables = sorted(result["tables"].items(), key=lambda kv: -kv[1])
+    rows += [(f"  {table}", iec_bytes(size)) for table, size in tables if show_all or table in USER_TABLES]
+    hidden = sum(size for table, size in tables if table not in USER_TABLES)
+    if not show_all and hidden:
+        rows.append(("  internal tables", f"{iec_bytes(hidden)} (history, commit log: --all lists them)"))
+    rows.append(
+        (
+            "state compression",
+            f"{iec_bytes(state_bytes['stored'])} stored for {iec_bytes(state_bytes['raw'])} of JSON"
+            + (f" ({ratio:.1%})" if ratio is not None else ""),
+        )
+    )
+    rows += [("oldest step", result["oldest_step_at"] or "-"), ("newest step", result["newest_step_at"] or "-")]
+    print_table(f"fle-db statistics ({result['backend']})", rows)
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def health(options: Options, as_json: bool) -> None:
+    """Check the database: connectivity, schema, a write probe (leaves no trace), disk and WAL
+    (SQLite), connection limits and replication (PostgreSQL). Exit code 1 when failing."""
+    with open_client(options, writes=False, auto_migrate=False) as client:  # the probe leaves no trace
+        result = client.health_check()
+    if as_json or options.json:
+        echo_json(result)
+    else:
+        rows = [("status", result["status"])]
+        rows += [(name, f"{check['status']}: {check['detail']}") for name, check in result["checks"].items()]
+        print_table(f"fle-db health ({result['backend']})", rows)
+    if result["status"] == "failing":
+        raise SystemExit(EXIT_ERROR)
+
+
+@click.command()
+@click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), help="No activity for this many days.")
+@click.option("--before", help="No activity since this ISO 8601 time (with offset).")
+@click.option("--id", "trajectory_ids", multiple=True, help="Only these trajectory ids (repeatable).")
+@click.option("--task", help="Only trajectories of this task.")
+@click.option("--agent", "agent_type", help="Only trajectories of this agent type.")
+@click.option("--keep-best", "keep_best_per_task", type=click.IntRange(min=0), help="Keep the N best per task.")
+@click.option("--yes", is_flag=True, help="Really delete; without it this is a dry run.")
+@json_option
+@click.pass_obj
+def cleanup(
+    options: Options,
+    older_than_days: float | None,
+    before: str | None,
+    trajectory_ids: tuple[str, ...],
+    task: str | None,
+    agent_type: str | None,
+    keep_best_per_task: int | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete trajectories matching every option given, lineage-aware (a trajectory a kept fork
+    descends from is kept). A dry run unless --yes: it reports what would go and the bytes freed."""
+    with open_client(options, writes=True) as client:
+        report = client.cleanup(
+            older_than_days * 86400 if older_than_days is not None else None,
+            before=before,
+            trajectory_ids=trajectory_ids or None,
+            task=task,
+            agent_type=agent_type,
+            keep_best_per_task=keep_best_per_task,
+            dry_run=not yes,
+        )
+    if as_json or options.json:
+        echo_json(report)
+        return
+    verb = "would delete" if report["dry_run"] else "deleted"
+    rows = [(verb, f"{len(report['trajectories'])} trajectories: {', '.join(report['trajectories'][:20]) or '-'}")]
+    rows += [(f"  {table}", f"{n:,}") for table, n in report["rows"].items() if n]
+    rows.append(("bytes freed", iec_bytes(report["bytes_freed"])))
+    if report["kept_for_lineage"]:
+        rows.append(("kept for lineage", ", ".join(report["kept_for_lineage"][:20])))
+    print_table("fle-db cleanup" + (" (dry run: pass --yes to delete)" if report["dry_run"] else ""), rows)
+
+
+@click.command()
+@click.option("--vacuum", is_flag=True, help="Also return free space to the filesystem (rewrites the database).")
+@click.option("--reindex", is_flag=True, help="Also rebuild the indexes.")
+@json_option
+@click.pass_obj
+def optimize(options: Options, vacuum: bool, reindex: bool, as_json: bool) -> None:
+    """Run the backend's maintenance (ANALYZE; SQLite WAL checkpoint; optionally VACUUM, REINDEX)."""
+    with open_client(options, writes=True) as client:
+        report = client.optimize(vacuum=vacuum, reindex=reindex)
+    if as_json or options.json:
+        echo_json(report)
+        return
+    rows = [(action["action"], f"{action['ms']:,.1f} ms") for action in report["actions"]]
+    rows.append(("size", f"{iec_bytes(report['size_before'])} -> {iec_bytes(report['size_after'])}"))
+    print_table("fle-db optimize", rows)
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def validate(options: Options, as_json: bool) -> None:
+    """Check everything (structure, checksums, states, records, lineage, numbering). Exit code 1
+    when a problem is an error."""
+    console = Console(stderr=True)
+    with (
+        open_client(options, writes=False, auto_migrate=False) as client,
+        console.status("validating...") as status,
+    ):
+        report = client.validate(progress=lambda stage, done: status.update(f"validating {stage}: {done:,}"))
+    if as_json or options.json:
+        echo_json(report)
+    else:
+        rows = [("result", "ok" if report["ok"] else "PROBLEMS FOUND")]
+        rows += [(f"checked {name}", f"{n:,}") for name, n in report["checked"].items()]
+        rows += [(f"{p['severity']}: {p['kind']}", f"{p['where']}: {p['detail']}") for p in report["problems"][:50]]
+        print_table("fle-db validate", rows)
+    if not report["ok"]:
+        raise SystemExit(EXIT_ERROR)
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def metrics(options: Options, as_json: bool) -> None:
+    """Probe the database (a health check and the statistics) and show the latencies measured
+    and the connection pool: a quick look at how fast it answers now."""
+    with open_client(options, writes=False, auto_migrate=False) as client:
+        client.health_check()
+        client.get_statistics()
+        result: dict[str, Any] = client.get_performance_metrics()
+    if as_json or options.json:
+        echo_json(result)
+        return
+    rows = [
+        (name, f"{op['count']} calls, p50 {op['p50_ms']:.2f} ms, p99 {op['p99_ms']:.2f} ms")
+        for name, op in result["operations"].items()
+    ]
+    rows.append(
+        ("pool", f"{result['pool']['in_use']} in use, {result['pool']['idle']} idle, max {result['pool']['max']}")
+    )
+    print_table("fle-db metrics", rows)
