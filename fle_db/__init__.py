@@ -11,6 +11,7 @@ from .errors import (
     DataIntegrityError,
     DependencyError,
     FleDBError,
+    MissingReferenceError,
     NotFoundError,
     PayloadTooLargeError,
     QueryLimitError,
@@ -18,6 +19,7 @@ from .errors import (
     ReadOnlyError,
     SchemaVersionError,
     StorageFullError,
+    UnsupportedError,
     ValidationError,
 )
 from .models import AgentOutput, EnvironmentFeedback, MetadataEntry, Step, Trajectory
@@ -37,6 +39,7 @@ __all__ = [
     "EnvironmentFeedback",
     "FleDBError",
     "MetadataEntry",
+    "MissingReferenceError",
     "NotFoundError",
     "PayloadTooLargeError",
     "QueryLimitError",
@@ -47,5 +50,6 @@ __all__ = [
     "Step",
     "StorageFullError",
     "Trajectory",
+    "UnsupportedError",
     "ValidationError",
 ]

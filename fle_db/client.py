@@ -20,7 +20,16 @@ import orjson
 import pydantic
 
 from . import listing, models
-from .backends import Backend, open_backend
+from .backends import (
+    AdminStore,
+    CheckpointStore,
+    HistoryStore,
+    SearchStore,
+    as_admin,
+    as_history,
+    as_search,
+    open_backend,
+)
 from .backends.base import (
     Blob,
     Checkpoint,
@@ -38,9 +47,9 @@ from .backends.base import (
 )
 from .config import Settings
 from .errors import (
-    ConflictError,
     DataIntegrityError,
     DependencyError,
+    MissingReferenceError,
     NotFoundError,
     SchemaVersionError,
     ValidationError,
@@ -105,7 +114,7 @@ class DatabaseClient:
         self._cache = BlobCache(self._settings.cache_max_bytes)
         self._decoder = StateDecoder(self._cache)
         self._metrics = Metrics(self._settings.slow_operation_ms)
-        self._backend: Backend = open_backend(self._settings)
+        self._backend: CheckpointStore = open_backend(self._settings)
         self._backups = backup.BackupStore(self._settings)
         self._scheduler: backup.BackupScheduler | None = None
         try:
@@ -125,6 +134,30 @@ class DatabaseClient:
         except BaseException:
             self._backend.close()
             raise
+
+    # -- the backend's optional roles -----------------------------------------------------
+    @property
+    def _search(self) -> SearchStore:
+        """The backend's search trees and FLE versions (UnsupportedError if it lacks the role)."""
+        return as_search(self._backend)
+
+    @property
+    def _admin(self) -> AdminStore:
+        """The backend's statistics, health, maintenance and scans (UnsupportedError if absent)."""
+        return as_admin(self._backend)
+
+    @property
+    def _history(self) -> HistoryStore:
+        """The backend's point-in-time history (UnsupportedError if it lacks the role)."""
+        return as_history(self._backend)
+
+    def _search_node_row(self, node: Mapping[str, Any] | None) -> NodeRow | None:
+        """The search node to create with a step (None without one). Raises UnsupportedError,
+        before anything is written, if the backend has no SearchStore role to keep it in."""
+        if node is None:
+            return None
+        as_search(self._backend)
+        return _node_row(node)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -248,7 +281,7 @@ class DatabaseClient:
             ValidationError: bad input (nothing written). ConflictError: a different record is
             stored under this ``(trajectory_id, step_number)`` (nothing written).
         """
-        node_row = _node_row(node) if node is not None else None
+        node_row = self._search_node_row(node)
         return self._save(
             lambda pending: [self._checkpoint(step, agent_output, environment_feedback, game_state, pending, node_row)]
         )[0]
@@ -455,14 +488,14 @@ class DatabaseClient:
 
         Raises:
             ValidationError: bad input (nothing written). NotFoundError: never (a missing
-            trajectory is created empty). ConflictError: a concurrent delete removed a base.
+            trajectory is created empty). ConflictError: the step conflicts with a stored one.
         """
         _check_id(trajectory_id, "trajectory_id")
         record = dict(_as_dict(step if step is not None else {}, "step"))
         for key in _STEP_KEYS:
             if key in record and not (key == "trajectory_id" and record[key] == trajectory_id):
                 raise ValidationError(f"append_step numbers the step itself: do not give {key!r}")
-        node_row = _node_row(node) if node is not None else None
+        node_row = self._search_node_row(node)
 
         def attempt(pending: PendingBases) -> tuple[SaveResult, int | None]:
             def build(number: int) -> Checkpoint:
@@ -477,8 +510,9 @@ class DatabaseClient:
         pending = PendingBases()
         try:
             result, node_id = attempt(pending)
-        except ConflictError:
-            # A delta's keyframe was deleted by another process meanwhile: write whole, once.
+        except MissingReferenceError:
+            # A delta's keyframe was deleted by another process meanwhile: write whole, once. A
+            # content conflict (ConflictError) is not retried: it would fail the same way.
             self._encoder.forget()
             pending = PendingBases()
             result, node_id = attempt(pending)
@@ -499,10 +533,10 @@ class DatabaseClient:
         if (node_id is None) == (trajectory_id is None):
             raise ValidationError("get_search_node: give node_id, or trajectory_id and step_number")
         if node_id is not None:
-            found = self._backend.load_node(node_id=_check_node_id(node_id))
+            found = self._search.load_node(node_id=_check_node_id(node_id))
         else:
             _check_id(trajectory_id, "trajectory_id")
-            found = self._backend.load_node(step=(str(trajectory_id), _check_step_number(step_number)))
+            found = self._search.load_node(step=(str(trajectory_id), _check_step_number(step_number)))
         if found is None:
             where = f"{node_id}" if node_id is not None else f"at step {step_number} of {trajectory_id!r}"
             raise NotFoundError(f"search node {where} does not exist")
@@ -532,7 +566,7 @@ class DatabaseClient:
         query = NodeQuery(tree, order=order, limit=_check_count(limit, "limit"), with_state=with_state,
                           with_value=with_value, with_advantage=with_advantage,
                           trajectory_id=trajectory_id)  # fmt: skip
-        return [_node_dict(node) for node in self._backend.find_nodes(query)]
+        return [_node_dict(node) for node in self._search.find_nodes(query)]
 
     @_timed
     def get_best_per_depth(self, tree: str, n: int = 1, *, with_state: bool = False) -> list[dict[str, Any]]:
@@ -541,7 +575,7 @@ class DatabaseClient:
         ``ix_search_nodes_tree``."""
         _check_id(tree, "tree")
         query = NodeQuery(tree, per_depth=_check_count(n, "n"), with_state=with_state)
-        return [_node_dict(node) for node in self._backend.find_nodes(query)]
+        return [_node_dict(node) for node in self._search.find_nodes(query)]
 
     @_timed
     def get_lineage(self, trajectory_id: str, step_number: int) -> list[dict[str, Any]]:
@@ -597,7 +631,7 @@ class DatabaseClient:
             raise ValidationError("update_search_stats: give add_visits or visits, not both")
         if isinstance(add_visits, bool) or not isinstance(add_visits, int):
             raise ValidationError(f"add_visits must be an integer, got {add_visits!r}")
-        node = self._backend.bump_search_stats(
+        node = self._search.bump_search_stats(
             _check_node_id(node_id),
             add_visits,
             _check_float(add_value, "add_value") or 0.0,
@@ -616,7 +650,7 @@ class DatabaseClient:
         Raises:
             NotFoundError: no such node.
         """
-        return _node_dict(self._backend.visit(_check_node_id(node_id), _check_count(children, "children") or 0))
+        return _node_dict(self._search.visit(_check_node_id(node_id), _check_count(children, "children") or 0))
 
     # -- game states ----------------------------------------------------------------------
     @_timed
@@ -729,7 +763,7 @@ class DatabaseClient:
             raise ValidationError(f"query must be a non-empty string, got {query!r:.80}")
         if "\x00" in query:
             raise ValidationError("query contains a NUL byte")
-        return self._backend.read_only_query(query, _query_params(params))
+        return self._admin.read_only_query(query, _query_params(params))
 
     # -- export and import ----------------------------------------------------------------
     @_timed
@@ -861,15 +895,15 @@ class DatabaseClient:
         about the database's size and blocks writers meanwhile); ``reindex=True`` rebuilds the
         indexes (PostgreSQL: concurrently). Safe to run at any time; idempotent.
         """
-        before = self._backend.statistics()["size"]
+        before = self._admin.statistics()["size"]
         cutoff = time.time_ns() // 1000 - int(self._settings.pitr_retention * 1_000_000)
-        pruned = self._backend.prune_history(cutoff)
-        actions = self._backend.maintain(vacuum, reindex)
+        pruned = self._history.prune_history(cutoff)
+        actions = self._admin.maintain(vacuum, reindex)
         return {
             "actions": actions,
             "history_pruned": pruned,
             "size_before": before,
-            "size_after": self._backend.statistics()["size"],
+            "size_after": self._admin.statistics()["size"],
         }
 
     @_timed
@@ -898,7 +932,7 @@ class DatabaseClient:
         ``game_state_bytes`` (``raw``: the states' JSON as saved; ``stored``: what the engine
         keeps; ``ratio``), ``oldest_step_at`` / ``newest_step_at`` (ISO 8601 UTC, None if empty).
         """
-        stats = self._backend.statistics()
+        stats = self._admin.statistics()
         state_bytes = stats["game_state_bytes"]
         state_bytes["ratio"] = state_bytes["stored"] / state_bytes["raw"] if state_bytes["raw"] else None
         for key in ("oldest_step", "newest_step"):
@@ -913,7 +947,7 @@ class DatabaseClient:
         read probe that leaves no trace, pool saturation, and per backend disk space and WAL size
         (SQLite) or server connection limits and replication/standby (PostgreSQL). Never raises
         for an unhealthy database: that is what ``failing`` reports."""
-        checks = self._backend.health_checks()
+        checks = self._admin.health_checks()
         worst = max((c["status"] for c in checks.values()), key=_SEVERITY.index)
         return {"status": worst, "backend": self._settings.backend, "checks": checks}
 
@@ -926,7 +960,7 @@ class DatabaseClient:
         (decoded-blob cache hits, misses, entries, bytes), ``slow_operations`` (the latest 100
         calls of at least ``slow_operation_ms``). Read-only; touches no database.
         """
-        pool = self._backend.pool_status()
+        pool = self._admin.pool_status()
         return {
             **self._metrics.snapshot(),
             "connection_count": pool["in_use"] + pool["idle"],
@@ -1015,7 +1049,7 @@ class DatabaseClient:
     def recovery_window(self) -> dict[str, Any]:
         """``{"from", "to"}`` (ISO 8601 UTC): the instants :meth:`restore_to` can reach, with
         ``from_seq``/``to_seq``, the commit numbers. Read-only."""
-        horizon, latest = self._backend.recovery_window()
+        horizon, latest = self._history.recovery_window()
         return {
             "from": _iso_us(horizon.committed_at),
             "to": _iso_us(latest.committed_at),
@@ -1062,7 +1096,8 @@ class DatabaseClient:
             checkpoints = build(pending)
         try:
             results = self._backend.save_checkpoints(checkpoints)
-        except ConflictError:
+        except MissingReferenceError:
+            # As in append_step: a keyframe deleted meanwhile; only deltas can name one.
             if not any(_has_delta(cp) for cp in checkpoints):
                 raise
             self._encoder.forget()

@@ -28,9 +28,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .backends import registry
+from .backends.base import ConnectionOptions as ConnectionOptions  # re-exported: plug-ins import it from here
 from .errors import ConfigurationError
 from .ops.files import checked_path
-from .redact import MASK, redact
+from .redact import redact
 
 DEFAULT_BACKEND = "sqlite"
 DEFAULT_MAX_CONNECTIONS = 10
@@ -301,99 +302,6 @@ def _number(value: Any, env: Mapping[str, str], name: str, var: str, default: fl
     if not 0 <= number < float("inf"):
         raise ConfigurationError(f"{source} must be a number >= 0, got {raw!r}")
     return number
-
-
-@dataclass(frozen=True)
-class ConnectionOptions:
-    """What a backend builds its URL from when it is selected by name (``FLE_DB_TYPE``): the
-    connection arguments given to :meth:`Settings.resolve` (None when not given) and the
-    environment they fall back to."""
-
-    backend: str
-    arguments: Mapping[str, Any]
-    env: Mapping[str, str]
-
-    def get(self, argument: str, variable: str, *, required: bool = False) -> Any:
-        """The argument if given, else the environment variable (None if neither).
-
-        Raises:
-            ConfigurationError: ``required`` and neither is set; the message names the variable.
-        """
-        value = self.arguments.get(argument)
-        if value is None:
-            value = self.env.get(variable)
-        if required and (value is None or str(value).strip() == ""):
-            raise ConfigurationError(
-                f"the {self.backend} backend was selected (FLE_DB_TYPE={self.backend}) but {variable} is not set; "
-                f"set it or pass a {self.backend}:// URL"
-            )
-        return value
-
-    def server_url(self, drivername: str, default_port: int) -> URL:
-        """The URL of a database server from ``SKILLS_DB_HOST/PORT/NAME/USER/PASSWORD`` (host,
-        name and user required) plus ``SKILLS_DB_SSLMODE/SSLROOTCERT`` as query parameters
-        ``sslmode``/``sslrootcert``, which the backend interprets.
-
-        Raises:
-            ConfigurationError: required variables are missing (all of them named at once) or
-                the port is not a port number; the message echoes what was given, the password
-                masked.
-        """
-        values = {argument: self.get(argument, variable) for argument, variable in _SERVER_VARIABLES.items()}
-        missing = [
-            _SERVER_VARIABLES[argument]
-            for argument in _REQUIRED_SERVER_ARGUMENTS
-            if values[argument] is None or not str(values[argument]).strip()
-        ]
-        problems = [f"{_and(missing)} {'is' if len(missing) == 1 else 'are'} not set"] if missing else []
-        raw_port = values["port"]
-        port = default_port
-        if raw_port not in (None, ""):
-            try:
-                port = int(raw_port)
-            except (TypeError, ValueError):
-                problems.append(f"SKILLS_DB_PORT must be a port number, got {raw_port!r}")
-            else:
-                if not 0 < port < 65536:
-                    problems.append(f"SKILLS_DB_PORT must be in 1..65535, got {port}")
-        if problems:
-            given = ", ".join(
-                f"{_SERVER_VARIABLES[argument]}={MASK if argument == 'password' else redact(repr(str(value)))}"
-                for argument, value in values.items()
-                if value not in (None, "")
-            )
-            raise ConfigurationError(
-                f"the {self.backend} backend was selected (FLE_DB_TYPE={self.backend}) but "
-                + "; ".join(problems)
-                + f"; set them or pass a {self.backend}:// URL (given: {given or 'none of the SKILLS_DB_* variables'})"
-            )
-        tls = ("sslmode", "sslrootcert")
-        return URL.create(
-            drivername,
-            username=values["user"],
-            password=values["password"] or None,
-            host=values["host"],
-            port=port,
-            database=values["database"],
-            query={key: str(values[key]) for key in tls if values[key]},
-        )
-
-
-#: Connection arguments of a server backend -> the environment variables they fall back to.
-_SERVER_VARIABLES = {
-    "host": "SKILLS_DB_HOST",
-    "port": "SKILLS_DB_PORT",
-    "database": "SKILLS_DB_NAME",
-    "user": "SKILLS_DB_USER",
-    "password": "SKILLS_DB_PASSWORD",
-    "sslmode": "SKILLS_DB_SSLMODE",
-    "sslrootcert": "SKILLS_DB_SSLROOTCERT",
-}
-_REQUIRED_SERVER_ARGUMENTS = ("host", "database", "user")
-
-
-def _and(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _backend_name(db_type: str | None, env: Mapping[str, str]) -> str:

@@ -166,7 +166,7 @@ class FLEDBClient:
         state = fields["state"]
         if state is not None:
             step["state_key_order"] = _key_order(state)
-        self.db._backend.register_version(version, fields["body"]["version_description"], fields["body"]["model"])
+        self.db._search.register_version(version, fields["body"]["version_description"], fields["body"]["model"])
         saved = self.db.append_step(
             trajectory_id(version, instance),
             step,
@@ -276,7 +276,7 @@ class FLEDBClient:
     def _sample_parent(self, version: int, compression_strength: float | None, adaptive_period: int) -> Any:
         tree = tree_id(version)
         if compression_strength is None:
-            count, _ = self.db._backend.tree_summary(tree)
+            count, _ = self.db._search.tree_summary(tree)
             compression_strength = (math.sin(2 * math.pi * count / adaptive_period) + 1) / 2
         recent = self.db.get_search_nodes(tree, order="recent", limit=SAMPLE_WINDOW, with_advantage=True)
         if not recent:
@@ -296,7 +296,7 @@ class FLEDBClient:
         return await self._run(self._largest_version)
 
     def _largest_version(self) -> int:
-        found = self.db._backend.load_version(None)
+        found = self.db._search.load_version(None)
         return found[0] if found is not None else 0
 
     async def get_largest_depth_in_version(self, version: int) -> int:
@@ -305,7 +305,7 @@ class FLEDBClient:
         return await self._run(self._largest_depth, version)
 
     def _largest_depth(self, version: int) -> int:
-        _, deepest = self.db._backend.tree_summary(tree_id(version))
+        _, deepest = self.db._search.tree_summary(tree_id(version))
         return deepest if deepest is not None else 0
 
     async def version_exists(self, version: int) -> bool:
@@ -313,7 +313,7 @@ class FLEDBClient:
         return await self._run(self._version_exists, version)
 
     def _version_exists(self, version: int) -> bool:
-        count, _ = self.db._backend.tree_summary(tree_id(version))
+        count, _ = self.db._search.tree_summary(tree_id(version))
         return count > 0
 
     async def get_version_metadata(self, version: int) -> dict[str, Any]:
@@ -322,13 +322,13 @@ class FLEDBClient:
         return await self._run(self._version_metadata, version)
 
     def _version_metadata(self, version: int) -> dict[str, Any]:
-        found = self.db._backend.load_version(_int(version, "version"))
+        found = self.db._search.load_version(_int(version, "version"))
         return {"version_description": found[1], "model": found[2]} if found is not None else {}
 
     async def get_all_program_rewards(self, version: int | None = None) -> list[float]:
         """Every program value (not None) of a version, or of all versions, oldest first."""
         tree = tree_id(version) if version is not None else None
-        return await self._run(self.db._backend.tree_values, TREE_PREFIX, tree)
+        return await self._run(self.db._search.tree_values, TREE_PREFIX, tree)
 
     async def execute_query(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         """Run one read-only SELECT and return its rows as dicts.
@@ -421,7 +421,7 @@ async def get_next_version() -> int:
     (concurrent callers, in any process, get distinct numbers)."""
     client = await create_db_client()
     try:
-        return await client._run(client.db._backend.allocate_version, None, None)
+        return await client._run(client.db._search.allocate_version, None, None)
     finally:
         await client.cleanup()
 

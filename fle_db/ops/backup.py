@@ -1,8 +1,8 @@
 """Backups, restores, point-in-time recovery and whole-database copies, on every backend alike.
 
-One mechanism underlies all of them: a backend's :meth:`~fle_db.backends.base.Backend.snapshot`
+One mechanism underlies all of them: a backend's :meth:`~fle_db.backends.base.HistoryStore.snapshot`
 (every table read in one consistent transaction, optionally as of a past commit) written into
-another database by :meth:`~fle_db.backends.base.Backend.load_snapshot`.
+another database by :meth:`~fle_db.backends.base.HistoryStore.load_snapshot`.
 
 * A **backup** is a snapshot written into a new SQLite file: portable (a PostgreSQL backup
   restores into SQLite and back), openable with any SQLite tool, and carrying the history and
@@ -16,7 +16,7 @@ another database by :meth:`~fle_db.backends.base.Backend.load_snapshot`.
   backup is older) before it touches the live database, takes a safety backup, then makes the
   backup's rows current in one transaction. The live database's history is kept, so the restore
   itself can be undone with :func:`restore_to`.
-* **Point-in-time recovery** needs no server configuration: see :mod:`fle_db.backends.history`.
+* **Point-in-time recovery** needs no server configuration: see :mod:`fle_db.backends.sql.versioned`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from ..backends import Backend, open_backend
+from ..backends import CheckpointStore, as_history, open_backend
 from ..config import Settings, database_url
 from ..errors import ConfigurationError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
 from .files import atomic_file, check_replaceable, fsync_dir
@@ -94,7 +94,7 @@ def _iso(at_us: int) -> str:
 
 
 @contextmanager
-def open_database(settings: Settings, url: str | Path, migrate: bool = True) -> Iterator[Backend]:
+def open_database(settings: Settings, url: str | Path, migrate: bool = True) -> Iterator[CheckpointStore]:
     """A backend on ``url`` (a URL, or a path for a SQLite file: see
     :func:`~fle_db.config.database_url`) with ``settings``' other options, migrated to this
     library's schema unless ``migrate=False``; closed on exit."""
@@ -108,7 +108,7 @@ def open_database(settings: Settings, url: str | Path, migrate: bool = True) -> 
 
 
 def copy_database(
-    source: Backend, target: Backend, seq: int | None = None, progress: Progress | None = None
+    source: CheckpointStore, target: CheckpointStore, seq: int | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Copy everything of ``source`` (as committed at ``seq``; None: now) into the empty
     ``target``, history and commit log included, in one target transaction.
@@ -117,7 +117,7 @@ def copy_database(
         ConflictError: ``target`` is not empty.
         SchemaVersionError: ``source`` is not at this library's schema revision (migrate it).
     """
-    with source.snapshot(seq) as snap:
+    with as_history(source).snapshot(seq) as snap:
         expected = target.migration_status().current_version
         if snap.revision != expected:
             raise SchemaVersionError(
@@ -131,24 +131,25 @@ def copy_database(
                 totals[table] = snap.count(table)
             progress(table, rows, totals[table])
 
-        rows = target.load_snapshot(snap, replace=False, progress=tell if progress is not None else None)
+        rows = as_history(target).load_snapshot(snap, replace=False, progress=tell if progress is not None else None)
         commit = {"seq": snap.head.seq, "committed_at": _iso(snap.head.committed_at)}
     return {"rows": rows, "commit": commit, "schema_version": snap.revision}
 
 
 def restore_to(
-    backend: Backend, settings: Settings, at: Any, target: str | None, store: BackupStore | None
+    backend: CheckpointStore, settings: Settings, at: Any, target: str | None, store: BackupStore | None
 ) -> dict[str, Any]:
     """The database exactly as committed at ``at`` (see :func:`parse_instant`): into ``target``
     (a new SQLite path or the URL of an empty database) or, with ``target=None``, in place as one
     new commit after a safety backup into ``store``."""
     at_us = parse_instant(at)
-    point = backend.commit_at(at_us)
+    history = as_history(backend)
+    point = history.commit_at(at_us)
     report: dict[str, Any] = {"at": _iso(at_us), "commit": {"seq": point.seq, "committed_at": _iso(point.committed_at)}}
     if target is None:
         if store is not None:
             report["safety_backup"] = store.create(backend)["id"]
-        report["rows_changed"] = backend.rewind(point.seq)
+        report["rows_changed"] = history.rewind(point.seq)
         return report
     url = database_url(target)
     where = settings.with_url(url)
@@ -236,7 +237,7 @@ class BackupStore:
         return manifest
 
     # -- create ----------------------------------------------------------------------------
-    def create(self, backend: Backend) -> dict[str, Any]:
+    def create(self, backend: CheckpointStore) -> dict[str, Any]:
         """Back up ``backend`` consistently (writers may keep writing); returns the manifest.
 
         Raises:
@@ -245,7 +246,7 @@ class BackupStore:
         with self._locked():
             return self._create(backend)
 
-    def _create(self, backend: Backend) -> dict[str, Any]:
+    def _create(self, backend: CheckpointStore) -> dict[str, Any]:
         """:meth:`create`, for a caller that holds the folder lock."""
         self._sweep_partial()
         now = time.time_ns() // 1000
@@ -334,7 +335,7 @@ class BackupStore:
             shutil.rmtree(folder, ignore_errors=True)
 
     # -- restore ---------------------------------------------------------------------------
-    def restore(self, backend: Backend, backup_id: str, target: str | None = None) -> dict[str, Any]:
+    def restore(self, backend: CheckpointStore, backup_id: str, target: str | None = None) -> dict[str, Any]:
         """Restore a backup into ``backend`` (``target=None``: after a safety backup, one new
         commit makes the backup's data current) or into ``target`` (a new SQLite path or the URL
         of an empty database: an exact copy, history included). A backup of an older schema is
@@ -351,8 +352,8 @@ class BackupStore:
             with open_database(self.settings, work) as source:
                 if target is None:
                     report["safety_backup"] = self._create(backend)["id"]
-                    with source.snapshot() as snap:
-                        report["rows"] = backend.load_snapshot(snap, replace=True)
+                    with as_history(source).snapshot() as snap:
+                        report["rows"] = as_history(backend).load_snapshot(snap, replace=True)
                 else:
                     with open_database(self.settings, target) as destination:
                         report["rows"] = copy_database(source, destination)["rows"]
@@ -401,7 +402,7 @@ class BackupScheduler:
     thread; :meth:`stop` waits for a backup in progress. A process killed mid-backup leaves only
     temporary files, which are never listed and are removed by the next backup."""
 
-    def __init__(self, store: BackupStore, backend: Backend, interval: float, keep: int) -> None:
+    def __init__(self, store: BackupStore, backend: CheckpointStore, interval: float, keep: int) -> None:
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < float("inf"):
             raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r:.80}")
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -422,7 +423,9 @@ class BackupScheduler:
         if age is None or age >= self.interval:
             manifest = self.store.create(self.backend)
             self.store.prune(keep=self.keep)
-        self.backend.prune_history(time.time_ns() // 1000 - int(self.store.settings.pitr_retention * 1_000_000))
+        as_history(self.backend).prune_history(
+            time.time_ns() // 1000 - int(self.store.settings.pitr_retention * 1_000_000)
+        )
         return manifest
 
     def _run(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..backends.base import Backend
+from ..backends.base import CheckpointStore, as_admin
 from ..errors import DataIntegrityError, FleDBError
 from ..storage.engine import StateDecoder
 
@@ -20,9 +20,14 @@ Progress = Callable[[str, int], None]
 
 
 def validate(
-    backend: Backend, decoder: StateDecoder, decode_records: Any, progress: Progress | None = None
+    store: CheckpointStore, decoder: StateDecoder, decode_records: Any, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Run every check; ``progress(stage, items_done)`` is told of long stages."""
+    """Run every check; ``progress(stage, items_done)`` is told of long stages.
+
+    Raises:
+        UnsupportedError: the backend does not implement the AdminStore role (its scans).
+    """
+    backend = as_admin(store)
     problems: list[dict[str, Any]] = []
 
     def report(severity: str, kind: str, where: str, detail: str) -> None:
