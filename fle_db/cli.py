@@ -26,9 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__
+from ._version import __version__
 from .client import DatabaseClient
-from .config import Settings
+from .config import Settings, target_url
 from .errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
 
 #: Exit code of a configuration or validation error (click uses 2 for usage errors as well).
@@ -612,8 +612,7 @@ def copy(options: _Options, source: str, target: str, as_json: bool) -> None:
     """Copy a whole database (history included) from SOURCE to TARGET, between any backends: URLs,
     or paths of SQLite files. TARGET must be new or empty. Shows a progress bar."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    url = source if "://" in source else f"sqlite:///{os.path.abspath(source)}"
-    with DatabaseClient(url) as client, Progress(*columns, console=Console(stderr=True)) as bar:
+    with DatabaseClient(target_url(source)) as client, Progress(*columns, console=Console(stderr=True)) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(table: str, rows: int, total: int) -> None:

@@ -1,12 +1,38 @@
 """Settings: constructor arguments first, then the environment, then defaults.
 
-The environment variables are the spec's, kept exactly:
+The environment variables are the spec's (FLE's), kept exactly; each maps to the
+:class:`DatabaseClient` argument of the same meaning (see :class:`Options`):
 
-``FLE_DB_BACKUP_DIR``      folder of backups                                ``.fle/backups``
-``FLE_DB_BACKUP_INTERVAL`` seconds between automated backups                off
-``FLE_DB_BACKUP_KEEP``     automated backups keep this many                 ``10``
-``FLE_DB_PITR_RETENTION``  seconds point-in-time recovery reaches back      ``604800`` (7 days)
-=========================  ===============================================  ===========
+==========================  =============================================  =======================
+variable (argument)         meaning                                        default
+==========================  =============================================  =======================
+``FLE_DB_TYPE``             ``sqlite``, ``postgres``, ``mysql`` or a       ``sqlite``
+(``db_type``)               registered third-party backend
+``SQLITE_DB_FILE``          path of the SQLite file (its folder is         ``.fle/data.db``
+(``sqlite_db_file``)        created)
+``SKILLS_DB_HOST/PORT``     database server host and port                  required / the
+(``host``, ``port``)                                                       backend's (5432, 3306)
+``SKILLS_DB_NAME/USER``     database and user on the server                required
+(``database``, ``user``)
+``SKILLS_DB_PASSWORD``      the user's password                            empty (trust/peer)
+(``password``)
+``SKILLS_DB_SSLMODE``       TLS mode (``require``, ``verify-ca``,          the driver's
+(``sslmode``)               ``verify-full``...)
+``SKILLS_DB_SSLROOTCERT``   CA certificate file for ``verify-ca/-full``    none
+(``sslrootcert``)
+``FLE_DB_BACKUP_DIR``       folder of backups                              ``.fle/backups``
+(``backup_dir``)
+``FLE_DB_BACKUP_INTERVAL``  seconds between automated backups              off
+(``backup_interval``)
+``FLE_DB_BACKUP_KEEP``      automated backups keep this many               ``10``
+(``backup_keep``)
+``FLE_DB_PITR_RETENTION``   seconds point-in-time recovery reaches back    ``604800`` (7 days)
+(``pitr_retention``)
+==========================  =============================================  =======================
+
+The other options (``max_connections``, ``connection_timeout``, ``auto_migrate``,
+``max_payload_bytes``, ``durability``, ``cache_max_bytes``, ``slow_operation_ms``,
+``retry_deadline``) are arguments only; :class:`Settings` documents each and its default.
 Which variables a backend reads is the backend's business (``Backend.url_from_options``); the
 registry (``fle_db.backends.registry``) decides which names and URL schemes exist. This is the
 only module that reads ``os.environ``: backends get it as a mapping. Passwords never appear in
@@ -19,13 +45,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .backends import registry
 from .errors import ConfigurationError
+from .validation import is_int, is_number
 
 DEFAULT_BACKEND = "sqlite"
 DEFAULT_MAX_CONNECTIONS = 10
@@ -44,6 +71,36 @@ DEFAULT_PITR_RETENTION = 7 * 86400.0
 #: may lose the last commits on power loss or a server crash, never corrupts, and never loses them
 #: on a client crash. Each backend maps them to its own settings.
 DURABILITY_LEVELS = ("full", "fast")
+
+
+class Options(TypedDict, total=False):
+    """The keyword arguments of :class:`~fle_db.DatabaseClient` and :meth:`Settings.resolve`,
+    typed for type checkers and IDEs. Their defaults and environment variables are
+    :meth:`Settings.resolve`'s (the module docstring has the table); a test keeps both lists equal.
+    """
+
+    db_type: str | None
+    sqlite_db_file: str | os.PathLike[str] | None
+    host: str | None
+    port: int | str | None
+    database: str | None
+    user: str | None
+    password: str | None
+    sslmode: str | None
+    sslrootcert: str | None
+    max_connections: int
+    connection_timeout: float
+    auto_migrate: bool
+    max_payload_bytes: int
+    durability: str
+    cache_max_bytes: int
+    slow_operation_ms: float
+    retry_deadline: float
+    backup_dir: str | os.PathLike[str] | None
+    backup_interval: float | None
+    backup_keep: int | None
+    pitr_retention: float | None
+    environ: Mapping[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -145,27 +202,19 @@ class Settings:
                 "sslrootcert": sslrootcert,
             }
             sa_url = registry.backend_class(backend).url_from_options(ConnectionOptions(backend, arguments, env))
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        if not is_int(max_connections) or max_connections < 1:
             raise ConfigurationError(f"max_connections must be an integer >= 1, got {max_connections!r}")
-        if (
-            isinstance(connection_timeout, bool)
-            or not isinstance(connection_timeout, (int, float))
-            or not 0 < connection_timeout < 86400
-        ):
+        if not is_number(connection_timeout) or not 0 < connection_timeout < 86400:
             raise ConfigurationError(
                 f"connection_timeout must be a number of seconds in (0, 86400), got {connection_timeout!r}"
             )
-        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 1024:
+        if not is_int(max_payload_bytes) or max_payload_bytes < 1024:
             raise ConfigurationError(f"max_payload_bytes must be an integer >= 1024, got {max_payload_bytes!r}")
-        if isinstance(cache_max_bytes, bool) or not isinstance(cache_max_bytes, int) or cache_max_bytes < 0:
+        if not is_int(cache_max_bytes) or cache_max_bytes < 0:
             raise ConfigurationError(f"cache_max_bytes must be an integer >= 0, got {cache_max_bytes!r}")
-        if (
-            isinstance(slow_operation_ms, bool)
-            or not isinstance(slow_operation_ms, (int, float))
-            or slow_operation_ms < 0
-        ):
+        if not is_number(slow_operation_ms) or slow_operation_ms < 0:
             raise ConfigurationError(f"slow_operation_ms must be a number >= 0, got {slow_operation_ms!r}")
-        if isinstance(retry_deadline, bool) or not isinstance(retry_deadline, (int, float)) or retry_deadline < 0:
+        if not is_number(retry_deadline) or retry_deadline < 0:
             raise ConfigurationError(f"retry_deadline must be a number of seconds >= 0, got {retry_deadline!r}")
         if durability not in DURABILITY_LEVELS:
             raise ConfigurationError(f"durability must be one of {sorted(DURABILITY_LEVELS)}, got {durability!r}")
@@ -263,6 +312,17 @@ class ConnectionOptions:
             database=self.get("database", "SKILLS_DB_NAME", required=True),
             query={key: str(value) for key, variable in tls if (value := self.get(key, variable))},
         )
+
+
+def is_url(target: str) -> bool:
+    """Whether ``target`` (a command-line or API argument) is a database URL, not a file path."""
+    return "://" in target
+
+
+def target_url(target: str) -> str:
+    """The URL of ``target``: a database URL as given, or the path of a SQLite file (``~``
+    expanded, made absolute) as a ``sqlite:///`` URL."""
+    return target if is_url(target) else f"sqlite:///{Path(target).expanduser().resolve()}"
 
 
 def _backend_name(db_type: str | None, env: Mapping[str, str]) -> str:

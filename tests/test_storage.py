@@ -111,16 +111,16 @@ def test_the_cache_serves_repeated_parts_and_stays_within_its_bound(db_url: str)
         saved = _write_run(db, trajectories=1, steps=12)
         for state_id, _ in saved.values():
             db.load_game_state(state_id)
-        first = db._cache.stats()  # type: ignore[attr-defined]
+        first = db._records.cache.stats()  # type: ignore[attr-defined]
         assert first["misses"] > 0 and first["hits"] > 0  # the research tree repeats between states
         for state_id, _ in saved.values():
             db.load_game_state(state_id)
-        second = db._cache.stats()  # type: ignore[attr-defined]
+        second = db._records.cache.stats()  # type: ignore[attr-defined]
         assert second["misses"] == first["misses"]
         assert second["hits"] == first["hits"] + 2 * len(saved)  # research + rest of each state
         for state_id, _ in _write_run(db, trajectories=3, steps=12).values():
             db.load_game_state(state_id)
-        assert db._cache.stats()["bytes"] <= bound  # type: ignore[attr-defined]
+        assert db._records.cache.stats()["bytes"] <= bound  # type: ignore[attr-defined]
 
 
 def test_deleting_trajectories_collects_their_states_and_blobs(db: DatabaseClient) -> None:

@@ -10,8 +10,8 @@ another database by :meth:`~fle_db.backends.base.Backend.load_snapshot`.
   under a temporary name, checked (``PRAGMA integrity_check``, then fle-db's own ``validate``:
   every blob's checksum and digest, which ``integrity_check`` cannot see), fsynced and renamed;
   its manifest (``<id>.json``: row counts, SHA-256, schema revision, commit) is written last, the
-  same way. A backup without a manifest is not listed; a stopped backup leaves only ``*.tmp``
-  files, removed by the next backup.
+  same way. A backup without a manifest is not listed; a stopped backup leaves only temporary
+  files (``*.db.tmp*``, ``.<id>.json.*.tmp``) and ``.work-*`` folders, removed by the next backup.
 * A **restore** checks the file's SHA-256 and validates a working copy (migrated forward if the
   backup is older) before it touches the live database, takes a safety backup, then makes the
   backup's rows current in one transaction. The live database's history is kept, so the restore
@@ -21,7 +21,6 @@ another database by :meth:`~fle_db.backends.base.Backend.load_snapshot`.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -33,17 +32,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from .._version import __version__
 from ..backends import Backend, open_backend
-from ..config import Settings
+from ..config import Settings, is_url, target_url
 from ..errors import ConfigurationError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
+from ..instants import ago_us, from_us, iso, now_us, parse_instant, to_seconds
+from ..validation import is_int
 from .files import atomic_file, fsync_dir
+from .validate import validate
 
 log = logging.getLogger("fle_db")
 
@@ -52,42 +53,11 @@ MANIFEST_FORMAT = "fle-db-backup/1"
 Progress = Callable[[str, int, int], None]
 
 
-def parse_instant(value: Any) -> int:
-    """An instant as epoch microseconds, from a timezone-aware ``datetime``, an ISO 8601 string
-    with an offset (``2026-11-27T20:15:00Z``), or epoch seconds (int or float).
-
-    Raises:
-        ValidationError: anything else, including naive times (ambiguous: which zone?).
-    """
-    if isinstance(value, bool):
-        raise ValidationError(f"a point in time must be a datetime, ISO 8601 string or epoch seconds, got {value!r}")
-    if isinstance(value, (int, float)):
-        if not 0 <= value < 1e11:
-            raise ValidationError(f"epoch seconds out of range: {value!r}")
-        return round(value * 1_000_000)
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValidationError(f"not an ISO 8601 time: {value!r}") from None
-    if not isinstance(value, datetime):
-        raise ValidationError(f"a point in time must be a datetime, ISO 8601 string or epoch seconds, got {value!r}")
-    if value.tzinfo is None:
-        raise ValidationError(f"{value.isoformat()} has no time zone; give an offset (e.g. 'Z' or '+00:00')")
-    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
-
-
-def _iso(at_us: int) -> str:
-    return datetime.fromtimestamp(at_us / 1_000_000, tz=UTC).isoformat()
-
-
 @contextmanager
 def open_database(settings: Settings, url: str, migrate: bool = True) -> Iterator[Backend]:
     """A backend on ``url`` (a URL, or a path for a SQLite file) with ``settings``' other
     options, migrated to this library's schema unless ``migrate=False``; closed on exit."""
-    target = url if "://" in url else f"sqlite:///{Path(url).expanduser().resolve()}"
-    backend = open_backend(settings.with_url(target))
+    backend = open_backend(settings.with_url(target_url(url)))
     try:
         if migrate:
             backend.migrate()
@@ -121,7 +91,7 @@ def copy_database(
             progress(table, rows, totals[table])
 
         rows = target.load_snapshot(snap, replace=False, progress=tell if progress is not None else None)
-        commit = {"seq": snap.head.seq, "committed_at": _iso(snap.head.committed_at)}
+        commit = {"seq": snap.head.seq, "committed_at": iso(snap.head.committed_at)}
     return {"rows": rows, "commit": commit, "schema_version": snap.revision}
 
 
@@ -131,19 +101,19 @@ def restore_to(
     """The database exactly as committed at ``at`` (see :func:`parse_instant`): into ``target``
     (a new SQLite path or the URL of an empty database) or, with ``target=None``, in place as one
     new commit after a safety backup into ``store``."""
-    at_us = parse_instant(at)
+    at_us = parse_instant(at, "the point in time")
     point = backend.commit_at(at_us)
-    report: dict[str, Any] = {"at": _iso(at_us), "commit": {"seq": point.seq, "committed_at": _iso(point.committed_at)}}
+    report: dict[str, Any] = {"at": iso(at_us), "commit": {"seq": point.seq, "committed_at": iso(point.committed_at)}}
     if target is None:
         if store is not None:
             report["safety_backup"] = store.create(backend)["id"]
         report["rows_changed"] = backend.rewind(point.seq)
         return report
-    if "://" not in target and Path(target).exists():
+    if not is_url(target) and Path(target).exists():
         raise ValidationError(f"restore target {target!r} exists; give a new SQLite path or an empty database's URL")
     with open_database(settings, target) as destination:
         report["rows"] = copy_database(backend, destination, point.seq)["rows"]
-    report["target"] = target if "://" not in target else settings.with_url(target).safe_url()
+    report["target"] = settings.with_url(target).safe_url() if is_url(target) else target
     return report
 
 
@@ -164,20 +134,26 @@ class BackupStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        # filelock: fcntl.flock on POSIX, LockFileEx on Windows; imported here because on POSIX
+        # it imports fcntl, and `import fle_db` must work where fcntl does not exist.
+        from filelock import FileLock
+
         self._prepare()
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with FileLock(self.folder / ".lock", mode=0o600):
             yield
-        finally:
-            os.close(fd)
 
     def _sweep_partial(self) -> None:
-        """Remove what a stopped backup left (only ever called under the lock)."""
-        for pattern in ("*.db.tmp*", "*.json.tmp"):
+        """Remove what a stopped backup, verification or restore left: the database copy
+        (``<id>.db.tmp`` and its journal), the manifest's temporary file (``atomic_file``:
+        ``.<id>.json.XXXX.tmp``) and working copies (``.work-*`` folders). Only ever called
+        under the lock, so nothing in progress is removed."""
+        for pattern in ("*.db.tmp*", ".*.json.*.tmp", ".work-*"):
             for leftover in self.folder.glob(pattern):
                 log.warning("removing %s, left by a backup that was stopped", leftover)
-                leftover.unlink(missing_ok=True)
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
 
     def _manifest(self, backup_id: str) -> dict[str, Any]:
         if not backup_id or "/" in backup_id or backup_id.startswith("."):
@@ -206,13 +182,13 @@ class BackupStore:
     def _create(self, backend: Backend) -> dict[str, Any]:
         """:meth:`create`, for a caller that holds the folder lock."""
         self._sweep_partial()
-        now = time.time_ns() // 1000
-        backup_id = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
+        now = now_us()
+        backup_id = from_us(now).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
         work = self.folder / f"{backup_id}.db.tmp"
         started = time.perf_counter()
         with open_database(self.settings, str(work)) as destination:
             copied = copy_database(backend, destination)
-        checks = _verify_file(work)
+        checks = _verify_file(self.settings, work)
         _seal(work)
         final = self.folder / f"{backup_id}.db"
         digest = _sha256(work)
@@ -220,11 +196,11 @@ class BackupStore:
         manifest = {
             "format": MANIFEST_FORMAT,
             "id": backup_id,
-            "timestamp": _iso(now),
+            "timestamp": iso(now),
             "backend": backend.name,
             "source": self.settings.safe_url(),
             "schema_version": copied["schema_version"],
-            "fle_db_version": version("fle-db"),
+            "fle_db_version": __version__,
             "size": final.stat().st_size,
             "sha256": digest,
             "rows": copied["rows"],
@@ -266,7 +242,7 @@ class BackupStore:
         """
         manifest = self._manifest(backup_id)
         with self._working_copy(manifest) as work:
-            checks = _verify_file(work)
+            checks = _verify_file(self.settings, work)
         return {"id": backup_id, "ok": True, "checks": checks}
 
     @contextmanager
@@ -300,7 +276,7 @@ class BackupStore:
         """
         manifest = self._manifest(backup_id)
         with self._locked(), self._working_copy(manifest) as work:
-            checks = _verify_file(work)
+            checks = _verify_file(self.settings, work)
             report: dict[str, Any] = {"id": backup_id, "checks": checks}
             with open_database(self.settings, str(work)) as source:
                 if target is None:
@@ -316,7 +292,7 @@ class BackupStore:
     def prune(self, keep: int | None = None, older_than: float | None = None) -> list[str]:
         """Delete backups beyond the ``keep`` newest and those older than ``older_than`` seconds
         (the newest backup is always kept). Returns the ids deleted."""
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        if keep is not None and (not is_int(keep) or keep < 1):
             raise ValidationError(f"keep must be an integer >= 1, got {keep!r}")
         if older_than is not None and (isinstance(older_than, bool) or not 0 <= older_than < float("inf")):
             raise ValidationError(f"older_than must be seconds >= 0, got {older_than!r}")
@@ -329,7 +305,7 @@ class BackupStore:
                 doomed |= {b["id"] for b in backups[:-keep]}
             if older_than is not None:
                 cutoff = time.time() - older_than
-                doomed |= {b["id"] for b in backups[:-1] if datetime.fromisoformat(b["timestamp"]).timestamp() < cutoff}
+                doomed |= {b["id"] for b in backups[:-1] if to_seconds(b["timestamp"]) < cutoff}
             for backup_id in sorted(doomed):
                 (self.folder / f"{backup_id}.json").unlink(missing_ok=True)  # unlisted first
                 (self.folder / f"{backup_id}.db").unlink(missing_ok=True)
@@ -341,7 +317,7 @@ class BackupStore:
         backups = self.entries()
         if not backups:
             return None
-        return time.time() - datetime.fromisoformat(backups[-1]["timestamp"]).timestamp()
+        return time.time() - to_seconds(backups[-1]["timestamp"])
 
 
 class BackupScheduler:
@@ -370,7 +346,7 @@ class BackupScheduler:
         if age is None or age >= self.interval:
             manifest = self.store.create(self.backend)
             self.store.prune(keep=self.keep)
-        self.backend.prune_history(time.time_ns() // 1000 - int(self.store.settings.pitr_retention * 1_000_000))
+        self.backend.prune_history(ago_us(self.store.settings.pitr_retention))
         return manifest
 
     def _run(self) -> None:
@@ -405,11 +381,10 @@ def _seal(path: Path) -> None:
         os.close(fd)
 
 
-def _verify_file(path: Path) -> dict[str, Any]:
+def _verify_file(settings: Settings, path: Path) -> dict[str, Any]:
     """SQLite's structure check, then fle-db's validation (checksums and digests of everything)
-    on a database file. Raises DataIntegrityError naming the first problems."""
-    from ..client import DatabaseClient  # the client's decoders; imported here (client imports ops)
-
+    on a database file (migrated first if it is an older backup). Raises DataIntegrityError
+    naming the first problems."""
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
             result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
@@ -418,8 +393,8 @@ def _verify_file(path: Path) -> dict[str, Any]:
         raise DataIntegrityError(f"{path.name} is not a readable SQLite database: {exc}") from None
     if result != ["ok"]:
         raise DataIntegrityError(f"{path.name} fails integrity_check: {'; '.join(result[:5])}")
-    with DatabaseClient(f"sqlite:///{path}", backup_interval=0) as client:  # migrates an older backup
-        report = client.validate()
+    with open_database(settings, str(path)) as backend:
+        report = validate(backend)
     errors = [p for p in report["problems"] if p["severity"] == "error"]
     if errors:
         shown = "; ".join(f"{p['where']}: {p['detail']}" for p in errors[:3])

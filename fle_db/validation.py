@@ -1,0 +1,123 @@
+"""Argument validation for the public API: ids, numbers, records, node descriptions.
+
+Every check raises :class:`~fle_db.errors.ValidationError` (or the error class a caller passes,
+e.g. ``ConfigurationError`` for settings) naming the argument, and never echoes more than 80
+characters of a hostile value. A ``bool`` is never accepted as a number: Python counts it as an
+``int``, a caller passing ``True`` for a count made a mistake.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeGuard, TypeVar
+
+import pydantic
+
+from . import models
+from .backends.base import NodeRow
+from .errors import ValidationError
+
+_ID = re.compile(models.ID_PATTERN)
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is an ``int`` and not a ``bool``."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    """Whether ``value`` is an ``int`` or ``float`` and not a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_id(value: Any, what: str) -> str:
+    """``value`` if it is a valid id (1-200 letters, digits and ``_ . : -``)."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):  # match() lets '$' accept a final newline
+        raise ValidationError(f"{what} must be 1-200 characters of letters, digits and _ . : - ; got {value!r:.80}")
+    return value
+
+
+def check_ids(values: Iterable[str], what: str) -> tuple[str, ...]:
+    """A tuple of valid ids (a single string is one id, not its characters)."""
+    ids = (values,) if isinstance(values, str) else tuple(values)
+    for value in ids:
+        check_id(value, what)
+    return ids
+
+
+def check_step_number(value: Any, what: str = "step_number") -> int:
+    """``value`` if it is an integer in ``0 .. 2**63-1``."""
+    if not is_int(value) or not 0 <= value < 2**63:
+        raise ValidationError(f"{what} must be an integer in 0 .. 2**63-1, got {value!r:.80}")
+    return int(value)
+
+
+def check_node_id(value: Any) -> int:
+    """``value`` if it is a positive 64-bit integer."""
+    if not is_int(value) or not 0 < value < 2**63:
+        raise ValidationError(f"node_id must be a positive integer, got {value!r:.80}")
+    return int(value)
+
+
+def check_count(value: Any, what: str) -> int | None:
+    """``value`` if it is None or an integer ``>= 0``."""
+    if value is None:
+        return None
+    if not is_int(value) or value < 0:
+        raise ValidationError(f"{what} must be an integer >= 0, got {value!r:.80}")
+    return int(value)
+
+
+def check_float(value: Any, what: str) -> float | None:
+    """``value`` as a float if it is None or a finite number."""
+    if value is None:
+        return None
+    if not is_number(value) or not math.isfinite(value):
+        raise ValidationError(f"{what} must be a finite number, got {value!r:.80}")
+    return float(value)
+
+
+def as_dict(record: Any, what: str) -> Mapping[str, Any]:
+    """A record given as a mapping or a pydantic model (only the fields set) as a mapping."""
+    if isinstance(record, pydantic.BaseModel):
+        return record.model_dump(exclude_unset=True)
+    if not isinstance(record, Mapping):
+        raise ValidationError(f"{what} must be a dict, got {type(record).__name__}")
+    return record
+
+
+def validated(model: type[M], record: Any, what: str) -> dict[str, Any]:
+    """Check the known fields of ``record`` strictly; return it as a plain dict, keys as given
+    (a new dict unless ``record`` already is a plain dict the caller owns)."""
+    data = record if type(record) is dict else dict(as_dict(record, what))
+    try:
+        model.__pydantic_validator__.validate_python(data)
+    except pydantic.ValidationError as exc:
+        by_field: dict[str, list[str]] = {}
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else what
+            by_field.setdefault(field, []).append(err["msg"].removeprefix("Input should be "))
+        problems = "; ".join(
+            f"{field} should be {' or '.join(dict.fromkeys(msgs))}" for field, msgs in by_field.items()
+        )
+        raise ValidationError(f"{what}: {problems}") from None
+    return data
+
+
+def node_row(node: Mapping[str, Any]) -> NodeRow:
+    """Validate a node description: ``tree`` (an id), ``depth`` (int >= 0), optional ``value``
+    and ``advantage`` (finite numbers)."""
+    if not isinstance(node, Mapping):
+        raise ValidationError(f"node must be a dict, got {type(node).__name__}")
+    unknown = set(node) - {"tree", "depth", "value", "advantage"}
+    if unknown:
+        raise ValidationError(f"node: unknown keys {sorted(unknown)}")
+    return NodeRow(
+        tree=check_id(node.get("tree"), "node['tree']"),
+        depth=check_step_number(node.get("depth"), "node['depth']"),
+        value=check_float(node.get("value"), "node['value']"),
+        advantage=check_float(node.get("advantage"), "node['advantage']"),
+    )
