@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -575,11 +576,25 @@ def backup_schedule(options: _Options, interval: str, keep: int, once: bool) -> 
             return
         click.echo(f"backing up {_location(client.settings)} every {seconds:g} s into {client.settings.backup_dir}")
         scheduler.start()
+        # SIGTERM (systemd, docker stop, kill) stops like Ctrl-C: the handler raises in the main
+        # thread, which then waits for a backup in progress to finish before exiting 0.
+        previous = signal.signal(signal.SIGTERM, _raise_stop)
         try:
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Stopped):
             scheduler.stop()
+            click.echo("stopped")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_stop(_signum: int, _frame: object) -> None:
+    raise _Stopped
 
 
 @main.command("restore-to")
