@@ -498,7 +498,7 @@ class DatabaseClient(SearchTrees):
         self,
         older_than: timedelta | float | None = None,
         *,
-        before: datetime | str | None = None,
+        before: datetime | str | float | None = None,
         trajectory_ids: Iterable[str] | None = None,
         task: str | None = None,
         agent_type: str | None = None,
@@ -509,7 +509,8 @@ class DatabaseClient(SearchTrees):
 
         Selects the trajectories matching EVERY criterion given: no activity (trajectory or
         step written) for ``older_than`` (a ``timedelta`` or seconds) or since ``before`` (an
-        aware datetime or ISO 8601 string), the ids ``trajectory_ids``, ``task``,
+        aware datetime, ISO 8601 string with offset, or epoch seconds, as :meth:`restore_to`
+        takes), the ids ``trajectory_ids`` (a single string is one id), ``task``,
         ``agent_type``, and with ``keep_best_per_task=N`` all but the N highest
         ``total_reward`` of each task. A selected trajectory that a surviving one forks from is
         kept (``kept_for_lineage``), so no fork ever points at a deleted step. States and blobs
