@@ -331,11 +331,10 @@ class DatabaseClient(SearchTrees):
 
         def attempt(pending: PendingBases) -> tuple[SaveResult, int | None]:
             def build(number: int) -> Checkpoint:
-                with codec.gc_paused():
-                    return self._records.checkpoint(
-                        {**record, "trajectory_id": trajectory_id, "step_number": number},
-                        agent_output, environment_feedback, game_state, pending, node_fields,
-                    )  # fmt: skip
+                return self._records.checkpoint(
+                    {**record, "trajectory_id": trajectory_id, "step_number": number},
+                    agent_output, environment_feedback, game_state, pending, node_fields,
+                )  # fmt: skip
 
             return self._backend.append_checkpoint(trajectory_id, build)
 
@@ -742,9 +741,7 @@ class DatabaseClient(SearchTrees):
         """Encode with ``build`` and write in one transaction (see :meth:`Records.write`)."""
 
         def attempt(pending: PendingBases) -> list[SaveResult]:
-            with codec.gc_paused():  # encoding allocates many short-lived objects, no cycles
-                checkpoints = build(pending)
-            return self._backend.save_checkpoints(checkpoints)
+            return self._backend.save_checkpoints(build(pending))
 
         return [ids(result) for result in self._records.write(attempt)]
 
