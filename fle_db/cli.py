@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import click
@@ -57,8 +57,16 @@ class _Group(click.Group):
 
 
 def _json_option(command: Any) -> Any:
-    """``--json`` on a command too, so ``fle-db status --json`` works like ``fle-db --json status``."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON (same as the global --json).")(command)
+    """``--json`` on a command too, so ``fle-db status --json`` works like ``fle-db --json status``:
+    either sets ``json`` of the options the command receives."""
+
+    def switch_on(ctx: click.Context, _param: click.Parameter, given: bool) -> None:
+        if given:
+            ctx.obj = replace(ctx.obj, json=True)
+
+    return click.option(
+        "--json", is_flag=True, expose_value=False, callback=switch_on, help="Print JSON (same as the global --json)."
+    )(command)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,7 +95,7 @@ def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated data.")
 @_json_option
 @click.pass_obj
-def demo(options: _Options, trajectories: int, steps: int, seed: int, as_json: bool) -> None:
+def demo(options: _Options, trajectories: int, steps: int, seed: int) -> None:
     """Simulate FLE agent runs: checkpoint every step, crash one run and resume it.
 
     Writes new trajectories (ids demo-<time>-<random>-<i>) to the database, creating and migrating
@@ -95,11 +103,10 @@ def demo(options: _Options, trajectories: int, steps: int, seed: int, as_json: b
     """
     from .demo import run_demo  # imported here: `fle-db --help` stays fast
 
-    as_json = as_json or options.json
-    console = Console(stderr=True) if as_json else Console()
+    console = Console(stderr=True) if options.json else Console()
     with DatabaseClient(options.url) as client:
         summary = run_demo(client, trajectories=trajectories, steps=steps, console=console, seed=seed)
-    if as_json:
+    if options.json:
         _echo_json(summary)
 
 
@@ -113,11 +120,11 @@ def _migrate(options: _Options) -> tuple[Settings, list[str], dict[str, Any]]:
 @main.command()
 @_json_option
 @click.pass_obj
-def init(options: _Options, as_json: bool) -> None:
+def init(options: _Options) -> None:
     """Create the database (if needed) and bring its schema up to date; print where it is."""
     settings, applied, status = _migrate(options)
     location = _location(settings)
-    if as_json or options.json:
+    if options.json:
         _echo_json({"backend": settings.backend, "location": location, "applied": applied, **status})
         return
     done = f"applied {', '.join(applied)}" if applied else "already up to date"
@@ -128,10 +135,10 @@ def init(options: _Options, as_json: bool) -> None:
 @main.command()
 @_json_option
 @click.pass_obj
-def migrate(options: _Options, as_json: bool) -> None:
+def migrate(options: _Options) -> None:
     """Apply pending schema migrations; print the revisions applied."""
     _settings, applied, status = _migrate(options)
-    if as_json or options.json:
+    if options.json:
         _echo_json({"applied": applied, **status})
     elif applied:
         click.echo(f"Applied {len(applied)} migration(s): {', '.join(applied)}")
@@ -143,7 +150,7 @@ def migrate(options: _Options, as_json: bool) -> None:
 @main.command()
 @_json_option
 @click.pass_obj
-def status(options: _Options, as_json: bool) -> None:
+def status(options: _Options) -> None:
     """Show the schema version: current, latest, pending migrations (read-only)."""
     settings = Settings.resolve(options.url)
     if not settings.database_exists():
@@ -162,7 +169,7 @@ def status(options: _Options, as_json: bool) -> None:
             result = client.get_migration_status()
         exists = True
     result = {"location": _location(settings), "exists": exists, **result}
-    if as_json or options.json:
+    if options.json:
         _echo_json(result)
         return
     _print_table(
@@ -180,7 +187,7 @@ def status(options: _Options, as_json: bool) -> None:
 @main.command()
 @_json_option
 @click.pass_obj
-def config(options: _Options, as_json: bool) -> None:
+def config(options: _Options) -> None:
     """Show the resolved settings (the password is never shown). Does not connect."""
     settings = Settings.resolve(options.url)
     shown: dict[str, Any] = {
@@ -194,7 +201,7 @@ def config(options: _Options, as_json: bool) -> None:
         "durability": settings.durability,
         "source": "--url" if options.url is not None else "environment / defaults",
     }
-    if as_json or options.json:
+    if options.json:
         _echo_json(shown)
         return
     _print_table("fle-db settings", [(key, str(value)) for key, value in shown.items() if value is not None])
@@ -203,11 +210,11 @@ def config(options: _Options, as_json: bool) -> None:
 @main.command()
 @_json_option
 @click.pass_obj
-def stats(options: _Options, as_json: bool) -> None:
+def stats(options: _Options) -> None:
     """Show what the database holds: counts, sizes per table, game-state compression, step times."""
     with DatabaseClient(options.url) as client:
         result = client.get_statistics()
-    if as_json or options.json:
+    if options.json:
         _echo_json(result)
         return
     state_bytes = result["game_state_bytes"]
@@ -236,12 +243,12 @@ def _mib(size: int) -> str:
 @main.command()
 @_json_option
 @click.pass_obj
-def health(options: _Options, as_json: bool) -> None:
+def health(options: _Options) -> None:
     """Check the database: connectivity, schema, a write probe (leaves no trace), disk and WAL
     (SQLite), connection limits and replication (PostgreSQL). Exit code 1 when failing."""
     with DatabaseClient(options.url, auto_migrate=False) as client:
         result = client.health_check()
-    if as_json or options.json:
+    if options.json:
         _echo_json(result)
     else:
         rows = [("status", result["status"])]
@@ -270,7 +277,6 @@ def cleanup(
     agent_type: str | None,
     keep_best_per_task: int | None,
     yes: bool,
-    as_json: bool,
 ) -> None:
     """Delete trajectories matching every option given, lineage-aware (a trajectory a kept fork
     descends from is kept). A dry run unless --yes: it reports what would go and the bytes freed."""
@@ -284,7 +290,7 @@ def cleanup(
             keep_best_per_task=keep_best_per_task,
             dry_run=not yes,
         )
-    if as_json or options.json:
+    if options.json:
         _echo_json(report)
         return
     verb = "would delete" if report["dry_run"] else "deleted"
@@ -301,11 +307,11 @@ def cleanup(
 @click.option("--reindex", is_flag=True, help="Also rebuild the indexes.")
 @_json_option
 @click.pass_obj
-def optimize(options: _Options, vacuum: bool, reindex: bool, as_json: bool) -> None:
+def optimize(options: _Options, vacuum: bool, reindex: bool) -> None:
     """Run the backend's maintenance (ANALYZE; SQLite WAL checkpoint; optionally VACUUM, REINDEX)."""
     with DatabaseClient(options.url) as client:
         report = client.optimize(vacuum=vacuum, reindex=reindex)
-    if as_json or options.json:
+    if options.json:
         _echo_json(report)
         return
     rows = [(action["action"], f"{action['ms']:,.1f} ms") for action in report["actions"]]
@@ -316,13 +322,13 @@ def optimize(options: _Options, vacuum: bool, reindex: bool, as_json: bool) -> N
 @main.command()
 @_json_option
 @click.pass_obj
-def validate(options: _Options, as_json: bool) -> None:
+def validate(options: _Options) -> None:
     """Check everything (structure, checksums, states, records, lineage, numbering). Exit code 1
     when a problem is an error."""
     console = Console(stderr=True)
     with DatabaseClient(options.url, auto_migrate=False) as client, console.status("validating...") as status:
         report = client.validate(progress=lambda stage, done: status.update(f"validating {stage}: {done:,}"))
-    if as_json or options.json:
+    if options.json:
         _echo_json(report)
     else:
         rows = [("result", "ok" if report["ok"] else "PROBLEMS FOUND")]
@@ -336,14 +342,14 @@ def validate(options: _Options, as_json: bool) -> None:
 @main.command()
 @_json_option
 @click.pass_obj
-def metrics(options: _Options, as_json: bool) -> None:
+def metrics(options: _Options) -> None:
     """Probe the database (a health check and the statistics) and show the latencies measured
     and the connection pool: a quick look at how fast it answers now."""
     with DatabaseClient(options.url, auto_migrate=False) as client:
         client.health_check()
         client.get_statistics()
         result = client.get_performance_metrics()
-    if as_json or options.json:
+    if options.json:
         _echo_json(result)
         return
     rows = [
@@ -382,7 +388,6 @@ def export_command(
     agent_type: str | None,
     since: str | None,
     until: str | None,
-    as_json: bool,
 ) -> None:
     """Export trajectories (steps, outputs, feedbacks, states, metadata) matching every option
     to PATH, streaming; the file appears complete or not at all."""
@@ -397,7 +402,7 @@ def export_command(
             until=until,
             progress=lambda trajectories, _bytes: advance(trajectories, f"{trajectories:,} trajectories"),
         )
-    if as_json or options.json:
+    if options.json:
         _echo_json(report)
         return
     rows = [(key, f"{value:,}" if isinstance(value, int) else str(value)) for key, value in report.items()]
@@ -408,14 +413,14 @@ def export_command(
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @_json_option
 @click.pass_obj
-def import_command(options: _Options, path: str, as_json: bool) -> None:
+def import_command(options: _Options, path: str) -> None:
     """Import a jsonl export (plain or .zst). Idempotent: what is already stored is counted as
     present; data that differs from the stored data is refused (exit code 1), never overwritten."""
     with DatabaseClient(options.url) as client, _progress("importing", os.path.getsize(path)) as advance:
         report = client.import_data(
             path, progress=lambda trajectories, done: advance(done, f"{trajectories:,} trajectories")
         )
-    if as_json or options.json:
+    if options.json:
         _echo_json(report)
         return
     rows = [
@@ -441,7 +446,7 @@ def _progress(what: str, total: int | None) -> Iterator[Callable[[int, str], Non
 @click.argument("trajectory_id")
 @_json_option
 @click.pass_obj
-def show(options: _Options, trajectory_id: str, as_json: bool) -> None:
+def show(options: _Options, trajectory_id: str) -> None:
     """Show a trajectory: its record, metadata, number of steps and latest step number."""
     settings = Settings.resolve(options.url)
     location = _location(settings)
@@ -463,7 +468,7 @@ def show(options: _Options, trajectory_id: str, as_json: bool) -> None:
         "latest_step_number": numbers[-1] if numbers else None,
         "contiguous": numbers == list(range(len(numbers))),
     }
-    if as_json or options.json:
+    if options.json:
         _echo_json(result)
         return
     rows = [(key, _text(value)) for key, value in trajectory.items()]
@@ -485,12 +490,12 @@ def backup() -> None:
 @backup.command("create")
 @_json_option
 @click.pass_obj
-def backup_create(options: _Options, as_json: bool) -> None:
+def backup_create(options: _Options) -> None:
     """Back up the whole database now (consistent while writers write); prints the backup's id."""
     with DatabaseClient(options.url) as client, Console(stderr=True).status("backing up..."):
         backup_id = client.create_backup()
         entry = next(b for b in client.list_backups() if b["id"] == backup_id)
-    if as_json or options.json:
+    if options.json:
         _echo_json(entry)
         return
     _print_table(f"backup {backup_id}", [(key, _text(entry[key])) for key in ("path", "size", "rows", "commit")])
@@ -499,11 +504,11 @@ def backup_create(options: _Options, as_json: bool) -> None:
 @backup.command("list")
 @_json_option
 @click.pass_obj
-def backup_list(options: _Options, as_json: bool) -> None:
+def backup_list(options: _Options) -> None:
     """List the backups (oldest first) and the point-in-time recovery window."""
     with DatabaseClient(options.url) as client:
         backups, window = client.list_backups(), client.recovery_window()
-    if as_json or options.json:
+    if options.json:
         _echo_json({"backups": backups, "recovery_window": window})
         return
     table = Table(title=Text(f"backups in {client.settings.backup_dir}"), title_justify="left")
@@ -523,11 +528,11 @@ def backup_list(options: _Options, as_json: bool) -> None:
 @click.argument("backup_id")
 @_json_option
 @click.pass_obj
-def backup_verify(options: _Options, backup_id: str, as_json: bool) -> None:
+def backup_verify(options: _Options, backup_id: str) -> None:
     """Re-check a backup fully (SHA-256, integrity_check, validation of a copy); exit 1 if damaged."""
     with DatabaseClient(options.url) as client:
         report = client.verify_backup(backup_id)
-    _report(options, as_json, f"backup {backup_id} verified", report)
+    _report(options, f"backup {backup_id} verified", report)
 
 
 @backup.command("restore")
@@ -536,7 +541,7 @@ def backup_verify(options: _Options, backup_id: str, as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="Really replace the live data (a safety backup is taken first).")
 @_json_option
 @click.pass_obj
-def backup_restore(options: _Options, backup_id: str, target: str | None, yes: bool, as_json: bool) -> None:
+def backup_restore(options: _Options, backup_id: str, target: str | None, yes: bool) -> None:
     """Restore a backup, after checking it, into the live database (needs --yes) or into --target."""
     if target is None and not yes:
         raise ValidationError(
@@ -544,7 +549,7 @@ def backup_restore(options: _Options, backup_id: str, target: str | None, yes: b
         )
     with DatabaseClient(options.url) as client, Console(stderr=True).status("restoring..."):
         report = client.restore_backup(backup_id, target=target)
-    _report(options, as_json, f"restored backup {backup_id}", report)
+    _report(options, f"restored backup {backup_id}", report)
 
 
 @backup.command("prune")
@@ -552,11 +557,11 @@ def backup_restore(options: _Options, backup_id: str, target: str | None, yes: b
 @click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), help="Delete backups older than N days.")
 @_json_option
 @click.pass_obj
-def backup_prune(options: _Options, keep: int | None, older_than_days: float | None, as_json: bool) -> None:
+def backup_prune(options: _Options, keep: int | None, older_than_days: float | None) -> None:
     """Delete old backups (the newest is always kept)."""
     with DatabaseClient(options.url) as client:
         deleted = client.prune_backups(keep, older_than_days * 86400 if older_than_days is not None else None)
-    _report(options, as_json, "fle-db backup prune", {"deleted": deleted})
+    _report(options, "fle-db backup prune", {"deleted": deleted})
 
 
 @backup.command("schedule")
@@ -603,7 +608,7 @@ def _raise_stop(_signum: int, _frame: object) -> None:
 @click.option("--yes", is_flag=True, help="Really rewind the live database (a safety backup is taken first).")
 @_json_option
 @click.pass_obj
-def restore_to(options: _Options, timestamp: str, target: str | None, yes: bool, as_json: bool) -> None:
+def restore_to(options: _Options, timestamp: str, target: str | None, yes: bool) -> None:
     """Point-in-time recovery: the database exactly as committed at TIMESTAMP (ISO 8601 with an
     offset, e.g. 2026-11-27T20:15:00Z, or epoch seconds), into --target or in place (--yes)."""
     at: str | float = float(timestamp) if timestamp.replace(".", "", 1).isdigit() else timestamp
@@ -615,7 +620,7 @@ def restore_to(options: _Options, timestamp: str, target: str | None, yes: bool,
                 f"or --target to restore elsewhere. Recovery window: {window['from']} to {window['to']}"
             )
         report = client.restore_to(at, target=target)
-    _report(options, as_json, f"restored to {report['at']}", report)
+    _report(options, f"restored to {report['at']}", report)
 
 
 @main.command()
@@ -623,7 +628,7 @@ def restore_to(options: _Options, timestamp: str, target: str | None, yes: bool,
 @click.argument("target")
 @_json_option
 @click.pass_obj
-def copy(options: _Options, source: str, target: str, as_json: bool) -> None:
+def copy(options: _Options, source: str, target: str) -> None:
     """Copy a whole database (history included) from SOURCE to TARGET, between any backends: URLs,
     or paths of SQLite files. TARGET must be new or empty. Shows a progress bar."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -636,7 +641,7 @@ def copy(options: _Options, source: str, target: str, as_json: bool) -> None:
             bar.advance(tasks[table], rows)
 
         report = client.copy_to(target, progress=progress)
-    _report(options, as_json, "fle-db copy", report)
+    _report(options, "fle-db copy", report)
 
 
 def _duration(text: str) -> float:
@@ -652,8 +657,8 @@ def _duration(text: str) -> float:
     return seconds
 
 
-def _report(options: _Options, as_json: bool, title: str, report: dict[str, Any]) -> None:
-    if as_json or options.json:
+def _report(options: _Options, title: str, report: dict[str, Any]) -> None:
+    if options.json:
         _echo_json(report)
     else:
         _print_table(title, [(key, _text(value)) for key, value in report.items()])
