@@ -64,6 +64,7 @@ import pydantic
 from .client import DatabaseClient
 from .errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
 from .instants import from_us
+from .validation import is_int
 
 log = logging.getLogger("fle_db")
 T = TypeVar("T")
@@ -440,7 +441,7 @@ _BODY_FIELDS = ("code", "response", "raw_reward", "holdout_value", "prompt_token
 
 
 def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ValidationError(f"{what} must be an integer, got {value!r:.80}")

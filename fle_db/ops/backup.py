@@ -41,9 +41,9 @@ from .._version import __version__
 from ..backends import Backend, open_backend
 from ..config import Settings, is_url, target_url
 from ..errors import ConfigurationError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
-from ..instants import ago_us, from_us, iso, now_us, parse_instant, to_seconds
+from ..instants import ago_us, from_us, iso, now_us, parse_duration, parse_instant, to_seconds
 from ..validation import is_int
-from .files import atomic_file, fsync_dir
+from .files import atomic_file, fsync
 from .validate import validate
 
 log = logging.getLogger("fle_db")
@@ -211,7 +211,7 @@ class BackupStore:
         }
         with atomic_file(self.folder / f"{backup_id}.json") as file:
             file.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        fsync_dir(self.folder)
+        fsync(self.folder)
         log.info("backup %s of %s: %d bytes", backup_id, self.settings.safe_url(), manifest["size"])
         return manifest
 
@@ -294,8 +294,8 @@ class BackupStore:
         (the newest backup is always kept). Returns the ids deleted."""
         if keep is not None and (not is_int(keep) or keep < 1):
             raise ValidationError(f"keep must be an integer >= 1, got {keep!r}")
-        if older_than is not None and (isinstance(older_than, bool) or not 0 <= older_than < float("inf")):
-            raise ValidationError(f"older_than must be seconds >= 0, got {older_than!r}")
+        if older_than is not None:
+            older_than = parse_duration(older_than, "older_than")
         if keep is None and older_than is None:
             raise ValidationError("prune needs keep or older_than")
         with self._locked():
@@ -309,7 +309,7 @@ class BackupStore:
             for backup_id in sorted(doomed):
                 (self.folder / f"{backup_id}.json").unlink(missing_ok=True)  # unlisted first
                 (self.folder / f"{backup_id}.db").unlink(missing_ok=True)
-            fsync_dir(self.folder)
+            fsync(self.folder)
         return sorted(doomed)
 
     def newest_age(self) -> float | None:
@@ -374,11 +374,7 @@ def _seal(path: Path) -> None:
         conn.execute("PRAGMA journal_mode=DELETE")
     conn.close()
     os.chmod(path, 0o600)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync(path)
 
 
 def _verify_file(settings: Settings, path: Path) -> dict[str, Any]:

@@ -9,10 +9,7 @@ renamed over ``path``: a reader never sees a partial export, and a failed one le
 Memory holds one trajectory's records (without game states) plus 64 game states at a time,
 whatever the number of trajectories exported.
 
-Import (:func:`import_data`, ``jsonl`` only) goes one trajectory at a time, **the trajectory
-being the unit**: its lines are read and verified (shapes, step order, count and digest) before
-anything of it is written, then it is compared with what the database holds and written through
-the client's validated save paths. See :func:`import_data` for the exact rules.
+Import (:func:`import_data`, ``jsonl`` only, one verified trajectory at a time): see :mod:`.importer`.
 """
 
 from __future__ import annotations

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..._version import __version__
 from ...backends.base import TrajectoryFilter
-from ...instants import optional_iso
+from ...instants import iso, now_us, optional_iso
 from .common import Checkpoint, Writable, line
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ def header(client: DatabaseClient, criteria: TrajectoryFilter) -> dict[str, Any]
         "fle_db_version": __version__,
         "schema_version": client.get_migration_status()["current_version"],
         "backend": client.settings.backend,
-        "created_at": datetime.now(UTC).isoformat(),
+        "created_at": iso(now_us()),
         "filters": {
             "trajectory_ids": list(criteria.trajectory_ids) if criteria.trajectory_ids is not None else None,
             "task": criteria.task,
