@@ -517,7 +517,7 @@ class DatabaseClient(SearchTrees):
         report (``trajectories`` deleted, ``kept_for_lineage``, ``rows`` deleted per table,
         payload ``bytes_freed``) is exact. The deleted rows stay restorable (:meth:`restore_to`)
         until ``pitr_retention`` has passed and :meth:`optimize` prunes them; space returns to the
-        filesystem only after that, with ``optimize(vacuum=True)`` (SQLite) or VACUUM FULL.
+        filesystem only after that, with ``optimize(vacuum=True)`` (SQLite, MySQL) or VACUUM FULL.
 
         Raises:
             ValidationError: no criterion, or a bad one (both ``older_than`` and ``before``...).
@@ -543,10 +543,11 @@ class DatabaseClient(SearchTrees):
         First, point-in-time history older than ``pitr_retention`` is pruned
         (``history_pruned``: rows per table). SQLite: ANALYZE, then ``wal_checkpoint(TRUNCATE)``
         (the WAL shrinks to zero bytes);
-        PostgreSQL: ANALYZE of fle-db's tables. ``vacuum=True`` also rewrites the database to
+        PostgreSQL: ANALYZE of fle-db's tables; MySQL: ANALYZE TABLE. ``vacuum=True`` also rewrites the database to
         return free pages to the filesystem (after :meth:`cleanup`; it needs free disk space of
         about the database's size and blocks writers meanwhile); ``reindex=True`` rebuilds the
-        indexes (PostgreSQL: concurrently). Safe to run at any time; idempotent.
+        indexes (PostgreSQL: concurrently; MySQL: both are ``OPTIMIZE TABLE``). Safe to run at any
+        time; idempotent.
         """
         before = self._backend.statistics()["size"]
         pruned = self._backend.prune_history(instants.ago_us(self._settings.pitr_retention))
@@ -561,7 +562,7 @@ class DatabaseClient(SearchTrees):
     @timed
     def validate(self, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
         """Check everything: structure (SQLite ``integrity_check`` and ``foreign_key_check``,
-        PostgreSQL ``amcheck`` where installed), every blob's checksum and digest, every state's
+        PostgreSQL ``amcheck`` where installed, MySQL ``CHECK TABLE``), every blob's checksum and digest, every state's
         parts, every step, output and feedback, lineage references, step numbering.
 
         Returns ``{"ok": bool, "problems": [{"severity", "kind", "where", "detail"}], "checked":
@@ -579,7 +580,7 @@ class DatabaseClient(SearchTrees):
         ``trajectories``, ``steps``, ``game_states``, ``agent_outputs``,
         ``environment_feedbacks``, ``blobs`` (row counts; PostgreSQL estimates tables over 50,000
         rows, and ``exact_counts`` is then False), ``size`` (bytes: the SQLite file and its WAL,
-        or fle-db's PostgreSQL tables), ``tables`` (bytes per table with its indexes),
+        or fle-db's tables on the server), ``tables`` (bytes per table with its indexes),
         ``game_state_bytes`` (``raw``: the states' JSON as saved; ``stored``: what the engine
         keeps; ``ratio``), ``oldest_step_at`` / ``newest_step_at`` (ISO 8601 UTC, None if empty).
         """
@@ -596,7 +597,8 @@ class DatabaseClient(SearchTrees):
         """``{"status": "ok" | "degraded" | "failing", "checks": {...}}``: the worst of the
         checks, each with a status and a detail — connectivity, schema up to date, a write-and-
         read probe that leaves no trace, pool saturation, and per backend disk space and WAL size
-        (SQLite) or server connection limits and replication/standby (PostgreSQL). Never raises
+        (SQLite), server connection limits and replication/standby (PostgreSQL), connection limit,
+        read-only mode, durability and ``max_allowed_packet`` (MySQL). Never raises
         for an unhealthy database: that is what ``failing`` reports."""
         checks = self._backend.health_checks()
         worst = max((c["status"] for c in checks.values()), key=_SEVERITY.index)
