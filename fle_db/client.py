@@ -19,18 +19,17 @@ from typing import Any, Unpack
 
 from . import instants, models
 from .backends import Backend, open_backend
-from .backends.base import Checkpoint, CleanupCriteria, SaveResult, TrajectoryFilter, TrajectoryRow
+from .backends.base import Checkpoint, CleanupCriteria, SaveResult, TrajectoryFilter
 from .config import Options, Settings
-from .errors import DependencyError, NotFoundError, ValidationError
+from .errors import NotFoundError, ValidationError
 from .ops import backup, export
 from .ops.metrics import Metrics, timed
 from .ops.validate import validate as validate_database
 from .recovery import Recovery
 from .search import SearchTrees
-from .storage import codec
 from .storage.engine import PendingBases
 from .storage.records import STEP_KEYS, Records, ids
-from .validation import as_dict, check_count, check_id, check_ids, check_step_number, node_row, validated
+from .validation import as_dict, check_count, check_id, check_ids, check_step_number, node_row
 
 _SEVERITY = ["ok", "degraded", "failing"]
 
@@ -111,32 +110,7 @@ class DatabaseClient(SearchTrees, Recovery):
             ValidationError: bad field, id or value. NotFoundError: the fork's parent step does
             not exist. DependencyError: the lineage would change or form a cycle.
         """
-        record = validated(models.Trajectory, dict(as_dict(trajectory, "trajectory")), "trajectory")
-        trajectory_id: str = record["id"]
-        fields = {k: v for k, v in record.items() if k != "id"}
-        self._records.value(fields, f"trajectory {trajectory_id!r}")  # reject bad input before the transaction
-
-        def build(stored: tuple[str, bytes]) -> TrajectoryRow:
-            old = codec.load(*stored)
-            for key in ("parent_trajectory_id", "parent_step_number"):
-                if old.get(key) is not None and key in fields and fields[key] != old[key]:
-                    raise DependencyError(
-                        f"trajectory {trajectory_id!r} was forked from {old.get('parent_trajectory_id')!r} "
-                        f"step {old.get('parent_step_number')}; its lineage cannot change"
-                    )
-            merged = {**old, **fields}
-            reward = merged.get("total_reward")
-            return TrajectoryRow(
-                id=trajectory_id,
-                body=self._records.value(merged, f"trajectory {trajectory_id!r}"),
-                agent_type=merged.get("agent_type"),
-                task=merged.get("task"),
-                total_reward=float(reward) if reward is not None else None,
-                success=merged.get("success"),
-                parent_trajectory_id=merged.get("parent_trajectory_id"),
-                parent_step_number=merged.get("parent_step_number"),
-            )
-
+        trajectory_id, build = self._records.trajectory(trajectory)
         self._backend.save_trajectory(trajectory_id, build)
         return trajectory_id
 
@@ -150,7 +124,7 @@ class DatabaseClient(SearchTrees, Recovery):
         stored = self._backend.load_trajectory(check_id(trajectory_id, "trajectory_id"))
         if stored is None:
             raise NotFoundError(f"trajectory {trajectory_id!r} does not exist")
-        return {"id": trajectory_id, **codec.load(stored.codec, stored.body)}
+        return {"id": trajectory_id, **self._records.load(stored.codec, stored.body)}
 
     @timed
     def delete_trajectory(self, trajectory_id: str, *, cascade: bool = False) -> list[str]:
@@ -421,7 +395,7 @@ class DatabaseClient(SearchTrees, Recovery):
         rows = self._backend.load_metadata(check_id(trajectory_id, "trajectory_id"))
         if not rows:
             self._require_trajectory(trajectory_id)
-        return {str(row.key): codec.load(row.codec, row.body) for row in rows}
+        return {str(row.key): self._records.load(row.codec, row.body) for row in rows}
 
     # -- export and import ----------------------------------------------------------------
     @timed

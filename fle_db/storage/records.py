@@ -2,7 +2,8 @@
 
 :class:`Records` holds one client's storage engine (its :class:`~.engine.StateEncoder` with the
 keyframes it remembers, its :class:`~.engine.BlobCache` and decoder). It validates and encodes
-checkpoints (step, agent output, environment feedback, game state) into the rows a backend
+trajectories (merged with what is stored) and checkpoints (step, agent output, environment
+feedback, game state) into the rows a backend
 stores, decodes stored rows into the dicts the client returns, and runs writes through
 :meth:`Records.write`: a delta may name a keyframe this process remembers but another process
 deleted since; such a write fails on the foreign key, and is written once more, whole.
@@ -17,8 +18,8 @@ import orjson
 import pydantic
 
 from .. import models
-from ..backends.base import Blob, Checkpoint, NodeRow, SaveResult, StepRow, StoredState, StoredStep
-from ..errors import ConflictError, DataIntegrityError, ValidationError
+from ..backends.base import Blob, Checkpoint, NodeRow, SaveResult, StepRow, StoredState, StoredStep, TrajectoryRow
+from ..errors import ConflictError, DataIntegrityError, DependencyError, ValidationError
 from ..validation import as_dict, validated
 from . import codec
 from .engine import BlobCache, EncodedRecord, PendingBases, StateDecoder, StateEncoder
@@ -65,6 +66,45 @@ class Records:
             result = attempt(pending)
         self.encoder.committed(pending)
         return result
+
+    def trajectory(
+        self, trajectory: Mapping[str, Any] | models.Trajectory
+    ) -> tuple[str, Callable[[tuple[str, bytes]], TrajectoryRow]]:
+        """Validate a trajectory to save (its keys encodable, checked now) and return its id and
+        the builder of its row from the stored ``(codec, body)`` it merges into.
+
+        Raises:
+            ValidationError / PayloadTooLargeError: now. DependencyError: from the builder, when
+            the lineage would change.
+        """
+        record = validated(models.Trajectory, dict(as_dict(trajectory, "trajectory")), "trajectory")
+        trajectory_id: str = record["id"]
+        fields = {k: v for k, v in record.items() if k != "id"}
+        what = f"trajectory {trajectory_id!r}"
+        self.value(fields, what)  # reject bad input before the transaction
+
+        def build(stored: tuple[str, bytes]) -> TrajectoryRow:
+            old = codec.load(*stored)
+            for key in ("parent_trajectory_id", "parent_step_number"):
+                if old.get(key) is not None and key in fields and fields[key] != old[key]:
+                    raise DependencyError(
+                        f"trajectory {trajectory_id!r} was forked from {old.get('parent_trajectory_id')!r} "
+                        f"step {old.get('parent_step_number')}; its lineage cannot change"
+                    )
+            merged = {**old, **fields}
+            reward = merged.get("total_reward")
+            return TrajectoryRow(
+                id=trajectory_id,
+                body=self.value(merged, what),
+                agent_type=merged.get("agent_type"),
+                task=merged.get("task"),
+                total_reward=float(reward) if reward is not None else None,
+                success=merged.get("success"),
+                parent_trajectory_id=merged.get("parent_trajectory_id"),
+                parent_step_number=merged.get("parent_step_number"),
+            )
+
+        return trajectory_id, build
 
     def value(self, value: Any, what: str) -> Blob:
         """A JSON value (trajectory body, metadata value) as a tagged, compressed blob."""
@@ -140,6 +180,10 @@ class Records:
         return build
 
     # -- reads ------------------------------------------------------------------------------
+    def load(self, codec_tag: str, body: bytes) -> Any:
+        """A stored JSON value (trajectory body, metadata value). Raises DataIntegrityError."""
+        return codec.load(codec_tag, body)
+
     def values(self, rows: list[StoredStep]) -> list[Any]:
         """The decoded values of step-scoped rows of one trajectory and table."""
         return decode_records(self.decoder, rows)
