@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Unpack
 
@@ -29,7 +29,16 @@ from .recovery import Recovery
 from .search import SearchTrees
 from .storage.engine import PendingBases
 from .storage.records import STEP_KEYS, Records, ids
-from .validation import as_dict, check_count, check_id, check_ids, check_step_number, node_row
+from .validation import (
+    as_dict,
+    check_count,
+    check_id,
+    check_ids,
+    check_query,
+    check_query_params,
+    check_step_number,
+    node_row,
+)
 
 _SEVERITY = ["ok", "degraded", "failing"]
 
@@ -396,6 +405,31 @@ class DatabaseClient(SearchTrees, Recovery):
         if not rows:
             self._require_trajectory(trajectory_id)
         return {str(row.key): self._records.load(row.codec, row.body) for row in rows}
+
+    # -- read-only SQL --------------------------------------------------------------------
+    @timed
+    def execute_query(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """Run one read-only SQL statement (a SELECT) and return its rows as dicts.
+
+        Parameters are always bound, never interpolated: write ``%s`` placeholders with a list or
+        tuple of values (``None``, bool, int, float, str), on every backend; ``%%`` is a literal
+        ``%`` when there are parameters (without parameters the text is sent as is). Reading is
+        all a query can do (see the README's Security section): SQLite runs it with
+        ``query_only`` and an authorizer allowing reads only; PostgreSQL and MySQL as a separate
+        SELECT-only login (``read_only_url``, else the login migration ``0007_read_only_login``
+        derives), on a connection opened for this call and closed after it, in a READ ONLY
+        transaction. Idempotent.
+
+        Raises:
+            ValidationError: the query or a parameter has a wrong type or a NUL byte, or the
+                statement writes, is not exactly one statement, or fails.
+            QueryTimeoutError: it ran longer than ``query_timeout`` seconds (default 5).
+            QueryLimitError: it returns more than ``query_max_rows`` rows (nothing is returned;
+                results are never truncated).
+            ConfigurationError: (PostgreSQL, MySQL) the SELECT-only login is missing or refused
+                (the message names the GRANTs to run), or it holds more than SELECT.
+        """
+        return self._backend.read_only_query(check_query(query), check_query_params(params))
 
     # -- export and import ----------------------------------------------------------------
     @timed

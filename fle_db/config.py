@@ -20,6 +20,8 @@ variable (argument)         meaning                                        defau
 (``sslmode``)               ``verify-full``...)
 ``SKILLS_DB_SSLROOTCERT``   CA certificate file for ``verify-ca/-full``    none
 (``sslrootcert``)
+``SKILLS_DB_READONLY_URL``  SELECT-only login of ``execute_query``         derived (migration
+(``read_only_url``)         (servers)                                      0007)
 ``FLE_DB_BACKUP_DIR``       folder of backups                              ``.fle/backups``
 (``backup_dir``)
 ``FLE_DB_BACKUP_INTERVAL``  seconds between automated backups              off
@@ -28,6 +30,10 @@ variable (argument)         meaning                                        defau
 (``backup_keep``)
 ``FLE_DB_PITR_RETENTION``   seconds point-in-time recovery reaches back    ``604800`` (7 days)
 (``pitr_retention``)
+``FLE_DB_QUERY_TIMEOUT``    seconds one ``execute_query`` may run          ``5``
+(``query_timeout``)
+``FLE_DB_QUERY_MAX_ROWS``   rows one ``execute_query`` may return          ``100000``
+(``query_max_rows``)
 ==========================  =============================================  =======================
 
 The other options (``max_connections``, ``connection_timeout``, ``auto_migrate``,
@@ -59,11 +65,17 @@ DEFAULT_MAX_CONNECTIONS = 10
 DEFAULT_CONNECTION_TIMEOUT = 30.0
 #: Largest encoded (uncompressed JSON) size of one record: step, state, output, feedback or value.
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+#: Largest ``max_payload_bytes``: the schema's ``raw_size`` is an INTEGER (32-bit on the servers).
+MAX_PAYLOAD_LIMIT = 2**31 - 1
 DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SLOW_OPERATION_MS = 100.0
 DEFAULT_RETRY_DEADLINE = 30.0
 DEFAULT_BACKUP_DIR = ".fle/backups"
 DEFAULT_BACKUP_KEEP = 10
+#: Longest run of one read-only query (``execute_query``), in seconds.
+DEFAULT_QUERY_TIMEOUT = 5.0
+#: Most rows one read-only query may return (more is a QueryLimitError, never a truncation).
+DEFAULT_QUERY_MAX_ROWS = 100_000
 #: How far back point-in-time recovery reaches (seconds): 7 days.
 DEFAULT_PITR_RETENTION = 7 * 86400.0
 
@@ -100,6 +112,9 @@ class Options(TypedDict, total=False):
     backup_interval: float | None
     backup_keep: int | None
     pitr_retention: float | None
+    query_timeout: float | None
+    query_max_rows: int | None
+    read_only_url: str | None
     environ: Mapping[str, str] | None
 
 
@@ -131,6 +146,13 @@ class Settings:
     #: Seconds of history kept for point-in-time recovery (pruned by optimize, cleanup and
     #: automated backups).
     pitr_retention: float = DEFAULT_PITR_RETENTION
+    #: Seconds one read-only query (``execute_query``) may run before it is stopped.
+    query_timeout: float = DEFAULT_QUERY_TIMEOUT
+    #: Rows one read-only query may return; more raises QueryLimitError.
+    query_max_rows: int = DEFAULT_QUERY_MAX_ROWS
+    #: The SELECT-only login ``execute_query`` uses on a database server; None: the login
+    #: migration ``0007_read_only_login`` derives from the database URL (see ``backends.readonly``).
+    read_only_url: URL | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -178,6 +200,9 @@ class Settings:
         backup_interval: float | None = None,
         backup_keep: int | None = None,
         pitr_retention: float | None = None,
+        query_timeout: float | None = None,
+        query_max_rows: int | None = None,
+        read_only_url: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then defaults.
@@ -208,8 +233,11 @@ class Settings:
             raise ConfigurationError(
                 f"connection_timeout must be a number of seconds in (0, 86400), got {connection_timeout!r}"
             )
-        if not is_int(max_payload_bytes) or max_payload_bytes < 1024:
-            raise ConfigurationError(f"max_payload_bytes must be an integer >= 1024, got {max_payload_bytes!r}")
+        if not is_int(max_payload_bytes) or not 1024 <= max_payload_bytes <= MAX_PAYLOAD_LIMIT:
+            raise ConfigurationError(
+                f"max_payload_bytes must be an integer in [1024, {MAX_PAYLOAD_LIMIT}] (a record's size is stored "
+                f"in a 32-bit INTEGER on PostgreSQL and MySQL), got {max_payload_bytes!r}"
+            )
         if not is_int(cache_max_bytes) or cache_max_bytes < 0:
             raise ConfigurationError(f"cache_max_bytes must be an integer >= 0, got {cache_max_bytes!r}")
         if not is_number(slow_operation_ms) or slow_operation_ms < 0:
@@ -223,6 +251,17 @@ class Settings:
         if keep is None or keep < 1 or keep != int(keep):
             raise ConfigurationError(f"backup_keep (FLE_DB_BACKUP_KEEP) must be an integer >= 1, got {keep!r}")
         retention = _number(pitr_retention, env, "pitr_retention", "FLE_DB_PITR_RETENTION", DEFAULT_PITR_RETENTION)
+        timeout = _number(query_timeout, env, "query_timeout", "FLE_DB_QUERY_TIMEOUT", DEFAULT_QUERY_TIMEOUT)
+        if not timeout or timeout > 86400:
+            raise ConfigurationError(
+                f"query_timeout (FLE_DB_QUERY_TIMEOUT) must be a number of seconds in (0, 86400], got {timeout!r}"
+            )
+        max_rows = _number(query_max_rows, env, "query_max_rows", "FLE_DB_QUERY_MAX_ROWS", DEFAULT_QUERY_MAX_ROWS)
+        if max_rows is None or max_rows < 1 or max_rows != int(max_rows):
+            raise ConfigurationError(
+                f"query_max_rows (FLE_DB_QUERY_MAX_ROWS) must be an integer >= 1, got {max_rows!r}"
+            )
+        read_only = _read_only_url(read_only_url, env, backend)
         folder = backup_dir if backup_dir is not None else env.get("FLE_DB_BACKUP_DIR") or DEFAULT_BACKUP_DIR
         return cls(
             backend=backend,
@@ -239,12 +278,31 @@ class Settings:
             backup_interval=interval,
             backup_keep=int(keep),
             pitr_retention=float(retention or 0.0),
+            query_timeout=float(timeout),
+            query_max_rows=int(max_rows),
+            read_only_url=read_only,
         )
 
     def with_url(self, url: str) -> Settings:
-        """A copy of these settings pointing at another database URL."""
+        """A copy of these settings pointing at another database URL (without ``read_only_url``,
+        which names a login of this database)."""
         backend, sa_url = _from_url(url)
-        return replace(self, backend=backend, url=sa_url)
+        return replace(self, backend=backend, url=sa_url, read_only_url=None)
+
+
+def _read_only_url(value: str | None, env: Mapping[str, str], backend: str) -> URL | None:
+    """The configured SELECT-only login (argument, else ``SKILLS_DB_READONLY_URL``): a URL of the
+    same backend as the database's."""
+    variable = "SKILLS_DB_READONLY_URL"
+    source, raw = ("read_only_url", value) if value is not None else (variable, env.get(variable))
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise ConfigurationError(f"{source} must be a database URL string, got {type(raw).__name__}")
+    other, url = _from_url(raw)
+    if other != backend:
+        raise ConfigurationError(f"{source} must be a {backend} URL like the database's, got a {other} URL")
+    return url
 
 
 def _number(value: Any, env: Mapping[str, str], name: str, var: str, default: float | None) -> float | None:

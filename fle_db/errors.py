@@ -23,6 +23,16 @@ class PayloadTooLargeError(ValidationError):
     """An encoded record exceeds the configured ``max_payload_bytes``."""
 
 
+class QueryLimitError(ValidationError):
+    """A read-only query (``execute_query``) would return more than ``query_max_rows`` rows; no
+    rows are returned (never a silently truncated result). Narrow the query or add a LIMIT."""
+
+
+class QueryTimeoutError(QueryLimitError, TimeoutError):
+    """A read-only query ran longer than ``query_timeout`` seconds and was stopped by the server
+    (SQLite: by a progress handler); nothing changed."""
+
+
 class NotFoundError(FleDBError, LookupError):
     """The trajectory, step or game state asked for does not exist."""
 
@@ -69,6 +79,8 @@ __all__ = [
     "FleDBError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "QueryLimitError",
+    "QueryTimeoutError",
     "SchemaVersionError",
     "StorageFullError",
     "ValidationError",

@@ -64,6 +64,7 @@ import pydantic
 from .client import DatabaseClient
 from .errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
 from .instants import from_us
+from .models import TEXT_LENGTH
 from .validation import is_int
 
 log = logging.getLogger("fle_db")
@@ -334,26 +335,19 @@ class FLEDBClient:
         """Run one read-only SELECT and return its rows as dicts.
 
         Parameters are always bound, never interpolated: write ``%s`` placeholders (FLE's style)
-        with a tuple, on both backends (on SQLite they are translated to ``?``; ``%%`` is a
-        literal ``%``, as in psycopg). Query the view ``fle_programs``: one row per program, shaped
-        like FLE's ``programs`` table without its payloads — ``id``, ``version``, ``instance``,
-        ``parent_id``, ``depth``, ``value``, ``visits``, ``advantage``, ``reward`` (the value at
-        creation), ``has_state`` (0/1), ``model``, ``version_description``, ``created_at`` (epoch
-        microseconds), ``trajectory_id``, ``step_number``; fle-db's tables are readable too. Code,
+        with a tuple, on every backend (``%%`` is a literal ``%``, as in psycopg). Query the view
+        ``fle_programs``: one row per program, shaped like FLE's ``programs`` table without its
+        payloads — ``id``, ``version``, ``instance``, ``parent_id``, ``depth``, ``value``,
+        ``visits``, ``advantage``, ``reward`` (the value at creation), ``has_state`` (0/1),
+        ``model``, ``version_description``, ``created_at`` (epoch microseconds),
+        ``trajectory_id``, ``step_number``; fle-db's tables are readable too. Code,
         conversations and states are stored compressed: load programs through the methods.
 
-        Raises:
-            ValidationError: the statement writes, is not exactly one statement, or returns no
-            rows (SQLite: ``query_only`` + an authorizer; PostgreSQL: a READ ONLY transaction).
+        Raises: as :meth:`fle_db.DatabaseClient.execute_query` (which this runs): ValidationError
+            for a write or not exactly one statement, QueryTimeoutError, QueryLimitError, and on
+            PostgreSQL/MySQL ConfigurationError when the SELECT-only login is missing.
         """
-        return await self._run(self._execute_query, query, tuple(params or ()))
-
-    def _execute_query(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        if not isinstance(query, str):
-            raise ValidationError(f"query must be a string, got {type(query).__name__}")
-        if params and self.db.settings.backend == "sqlite":
-            query = _PLACEHOLDER.sub(lambda m: "?" if m.group(0) == "%s" else "%", query)
-        return self.db._backend.read_only_query(query, params)
+        return await self._run(self.db.execute_query, query, params)
 
     async def cleanup(self) -> None:
         """Release every connection and the thread pool. Idempotent; the client is unusable after."""
@@ -434,7 +428,6 @@ async def get_next_version() -> int:
 
 
 # -- helpers --------------------------------------------------------------------------------
-_PLACEHOLDER = re.compile(r"%[s%]")
 _TRAJECTORY = re.compile(rf"^{TREE_PREFIX}(-?\d+)-i(-?\d+)$")
 _BODY_FIELDS = ("code", "response", "raw_reward", "holdout_value", "prompt_token_usage", "completion_token_usage",
                 "token_usage", "version_description", "model", "meta", "achievements", "ticks")  # fmt: skip
@@ -482,6 +475,8 @@ def _read_program(program: Any) -> dict[str, Any]:
     body = {name: _get(program, name) for name in _BODY_FIELDS}
     body["version_description"] = body["version_description"] if body["version_description"] is not None else ""
     body["model"] = body["model"] if body["model"] is not None else "gpt-4o"
+    if not isinstance(body["model"], str) or len(body["model"]) > TEXT_LENGTH or "\x00" in body["model"]:
+        raise ValidationError(f"program model must be a string of at most {TEXT_LENGTH} characters without NUL")
     body["meta"] = body["meta"] or {}
     body["achievements"] = body["achievements"] or {}
     body["ticks"] = body["ticks"] or 0

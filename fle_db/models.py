@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,200}$"
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 StepNumber = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: Longest free text stored in a bounded column (``task``, ``agent_type``, FLE's ``model``): the
+#: ``VARCHAR(200)`` of ``schema`` (``ID_LENGTH``, checked equal by the tests), in characters as
+#: PostgreSQL and MySQL count them. No NUL byte: PostgreSQL refuses it in any text. Checked here
+#: so that SQLite, which bounds nothing, refuses what the servers would.
+TEXT_LENGTH = 200
+ShortText = Annotated[str, StringConstraints(max_length=TEXT_LENGTH, pattern=r"^[^\x00]*$")]
 Number = int | float
 
 
@@ -29,8 +35,8 @@ class Trajectory(_Record):
     """A run of an agent on a task. Saving the same ``id`` again merges the given keys in."""
 
     id: Id
-    agent_type: str | None = None
-    task: str | None = None
+    agent_type: ShortText | None = None
+    task: ShortText | None = None
     start_time: str | None = None
     end_time: str | None = None
     total_reward: Number | None = None

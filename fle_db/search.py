@@ -13,11 +13,9 @@ from typing import Any
 
 from .backends.base import Backend, NodeQuery, StoredNode
 from .errors import NotFoundError, ValidationError
+from .models import TEXT_LENGTH
 from .ops.metrics import Metrics, timed
 from .validation import check_count, check_float, check_id, check_node_id, check_step_number, is_int
-
-#: Longest model name a version records (the column holds 200 characters).
-MODEL_MAX = 200
 
 
 class SearchTrees:
@@ -226,8 +224,8 @@ class SearchTrees:
 def _version_fields(description: Any, model: Any) -> tuple[str | None, str | None]:
     if description is not None and (not isinstance(description, str) or "\x00" in description):
         raise ValidationError(f"description must be a string without NUL characters, got {description!r:.80}")
-    if model is not None and (not isinstance(model, str) or len(model) > MODEL_MAX or "\x00" in model):
-        raise ValidationError(f"model must be a string of at most {MODEL_MAX} characters, got {model!r:.80}")
+    if model is not None and (not isinstance(model, str) or len(model) > TEXT_LENGTH or "\x00" in model):
+        raise ValidationError(f"model must be a string of at most {TEXT_LENGTH} characters, got {model!r:.80}")
     return description, model
 
 

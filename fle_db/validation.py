@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeGuard, TypeVar
 
 import pydantic
@@ -99,7 +99,8 @@ def validated(model: type[M], record: Any, what: str) -> dict[str, Any]:
         by_field: dict[str, list[str]] = {}
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else what
-            by_field.setdefault(field, []).append(err["msg"].removeprefix("Input should be "))
+            message = err["msg"].removeprefix("Input should be ").removeprefix("String should have ")
+            by_field.setdefault(field, []).append(message)
         problems = "; ".join(
             f"{field} should be {' or '.join(dict.fromkeys(msgs))}" for field, msgs in by_field.items()
         )
@@ -121,3 +122,36 @@ def node_row(node: Mapping[str, Any]) -> NodeRow:
         value=check_float(node.get("value"), "node['value']"),
         advantage=check_float(node.get("advantage"), "node['advantage']"),
     )
+
+
+#: Range of an integer query parameter: what every backend stores (SQLite's and BIGINT's).
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def check_query(query: Any) -> str:
+    """``execute_query``'s SQL text: a non-empty string without NUL."""
+    if not isinstance(query, str) or not query.strip():
+        raise ValidationError(f"query must be a non-empty string, got {query!r:.80}")
+    if "\x00" in query:
+        raise ValidationError("query contains a NUL byte")
+    return query
+
+
+def check_query_params(params: Any) -> tuple[Any, ...]:
+    """``execute_query``'s parameters as a tuple of scalars every backend binds alike."""
+    if params is None:
+        return ()
+    if isinstance(params, (str, bytes, Mapping)) or not isinstance(params, Sequence):
+        raise ValidationError(f"params must be a list or tuple of values, got {type(params).__name__}")
+    for value in params:
+        if isinstance(value, bool) or value is None or isinstance(value, float):
+            continue
+        if isinstance(value, int):
+            if not _INT64[0] <= value <= _INT64[1]:
+                raise ValidationError(f"an integer parameter must fit in 64 bits, got {value}")
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise ValidationError("a string parameter contains a NUL byte")
+        else:
+            raise ValidationError(f"a parameter must be None, bool, int, float or str, got {type(value).__name__}")
+    return tuple(params)

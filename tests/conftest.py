@@ -23,6 +23,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url as parse_url
 
 from fle_db import DatabaseClient
+from fle_db.backends import readonly
 
 ADMIN_URL = os.environ.get("FLE_DB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MYSQL_ADMIN_URL = os.environ.get("FLE_DB_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/")
@@ -91,14 +92,17 @@ def make_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         return _url_with_db(name)
 
     yield make
+    # Each database's SELECT-only login (migration 0007) is server-wide: dropped with it.
     if created:
         with _admin() as conn:
             for name in created:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(readonly.login_name(name))))
     if created_mysql:
         with mysql_admin() as conn, conn.cursor() as cursor:
             for name in created_mysql:
                 cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                cursor.execute(f"DROP USER IF EXISTS '{readonly.login_name(name)}'@'%'")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -139,3 +142,58 @@ def test_a_sqlite_with_the_wal_reset_bug_is_warned_about_once(make_url, monkeypa
     DatabaseClient(make_url("sqlite")).close()
     warnings = [r for r in caplog.records if "WAL-reset bug" in r.getMessage()]
     assert len(warnings) == 1
+
+
+@pytest.mark.parametrize("server", ["postgres", "mysql"])
+def test_no_write_method_waits_for_a_second_connection_with_max_connections_1(
+    server: str, make_url: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A write transaction never checks out a second connection: with one pooled connection it
+    would wait on itself for ``connection_timeout`` (MySQL's first save_trajectory did)."""
+    with DatabaseClient(make_url(server), max_connections=1, connection_timeout=2, retry_deadline=0) as db:
+        nodes: list[int] = []
+        writes: list[tuple[str, Callable[[], Any]]] = [
+            ("save_trajectory", lambda: db.save_trajectory({"id": "t", "task": "x"})),
+            (
+                "save_step",
+                lambda: db.save_step(
+                    {"trajectory_id": "t", "step_number": 0, "action": "a"},
+                    agent_output={"o": 1},
+                    environment_feedback={"f": 1},
+                    game_state={"s": [1, 2]},
+                ),
+            ),
+            (
+                "batch_save_steps",
+                lambda: db.batch_save_steps([{"trajectory_id": "t", "step_number": 1, "action": "b"}]),
+            ),
+            (
+                "append_step",
+                lambda: nodes.append(
+                    db.append_step("t", {"action": "c"}, node={"tree": "tr", "depth": 0, "value": 1.0})["node_id"]
+                ),
+            ),
+            ("fork_trajectory", lambda: db.fork_trajectory("t", 1, "f")),
+            ("save_game_state", lambda: db.save_game_state({"g": 1})),
+            ("save_agent_output", lambda: db.save_agent_output({"trajectory_id": "t", "step_number": 1, "o": 2})),
+            (
+                "save_environment_feedback",
+                lambda: db.save_environment_feedback({"trajectory_id": "t", "step_number": 1, "f": 2}),
+            ),
+            ("save_metadata", lambda: db.save_metadata("t", "k", {"v": 1})),
+            ("update_search_stats", lambda: db.update_search_stats(node_id(), add_visits=1, add_value=0.5)),
+            ("visit_search_node", lambda: db.visit_search_node(node_id())),
+            ("export_data", lambda: db.export_data(tmp_path / "out.jsonl")),
+            ("delete_trajectory", lambda: db.delete_trajectory("f")),
+            ("import_data", lambda: db.import_data(tmp_path / "out.jsonl")),
+            ("cleanup", lambda: db.cleanup(trajectory_ids=["t"])),
+            ("optimize", lambda: db.optimize()),
+        ]
+
+        def node_id() -> int:
+            return int(nodes[0])
+
+        for name, write in writes:
+            started = time.monotonic()
+            write()
+            assert time.monotonic() - started < 2, name

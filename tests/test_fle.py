@@ -343,3 +343,9 @@ def test_importing_the_fle_module_does_not_import_fle() -> None:
 def test_key_order_restores_any_objects_json_text_exactly(value: dict[str, Any]) -> None:
     stored = json.loads(json.dumps(value, sort_keys=True))  # what a store that keeps values, not order, returns
     assert json.dumps(_reordered(stored, _key_order(value))) == json.dumps(value)
+
+
+def test_a_program_model_over_the_column_limit_is_refused_up_front(fle: FLEDBClient) -> None:
+    with pytest.raises(ValidationError, match=r"model.*200"):
+        run(fle.create_program(program(model="m" * 201)))
+    assert run(fle.execute_query("SELECT count(*) AS n FROM search_nodes")) == [{"n": 0}]

@@ -431,9 +431,11 @@ class Backend(ABC):
 
     @abstractmethod
     def read_only_query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Run one parameterised SELECT in a read-only context (SQLite: ``query_only`` and an
-        authorizer allowing reads only; PostgreSQL: a READ ONLY transaction, rolled back).
-        ValidationError if it tries to write or is not one statement."""
+        """Run one SELECT written with ``%s`` placeholders (``%%``: a literal ``%`` when there are
+        parameters) so that it can do nothing but read, stopped after ``query_timeout`` and
+        refused beyond ``query_max_rows`` rows; nothing a query changes in its session may
+        outlive the call. ValidationError if it tries to write or is not one statement;
+        QueryTimeoutError, QueryLimitError past the limits."""
 
     # -- operations -----------------------------------------------------------------------
     @abstractmethod

@@ -46,6 +46,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, event, func, text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
 
 from ..config import ConnectionOptions
 from ..errors import (
@@ -54,12 +55,14 @@ from ..errors import (
     ConnectionTimeoutError,
     FleDBError,
     PayloadTooLargeError,
+    QueryTimeoutError,
     StorageFullError,
     ValidationError,
 )
 from ..schema import blobs, metadata
 from ..storage.engine import EncodedState
 from .base import Blob, Checkpoint, SaveResult, TrajectoryRow
+from .readonly import ReadOnlyLogin, capped_rows
 from .sql import SQLBackend
 
 #: Tables with at least this many rows (InnoDB's estimate) are counted approximately, as on
@@ -77,6 +80,10 @@ ER_LOCK_DEADLOCK = 1213
 ER_NET_PACKET_TOO_LARGE = 1153
 ER_RECORD_FILE_FULL = 1114
 ER_DISK_FULL = 1021
+#: A statement stopped by MariaDB's max_statement_time / MySQL's max_execution_time.
+ER_QUERY_TIMEOUTS = {1969, 3024}
+#: Refused by a read-only transaction or a missing privilege (FILE, a write, a table).
+ER_READ_ONLY = {1792, 1045, 1044, 1142, 1143, 1227, 1370}
 #: Bytes of a statement besides its largest body (SQL text, keys, other columns).
 STATEMENT_OVERHEAD = 64 * 1024
 #: The TLS modes of ``SKILLS_DB_SSLMODE`` / ``?sslmode=`` this backend understands.
@@ -99,6 +106,9 @@ class MySQLBackend(SQLBackend):
         super().__init__(settings)
         self._max_packet: int | None = None  # the server's max_allowed_packet, read on first need
 
+    def _make_read_only_login(self) -> ReadOnlyLogin:
+        return MySQLReadOnlyLogin(self.settings)
+
     # -- configuration --------------------------------------------------------------------
     @classmethod
     def url_from_options(cls, options: ConnectionOptions) -> URL:
@@ -118,41 +128,16 @@ class MySQLBackend(SQLBackend):
 
     # -- engine ---------------------------------------------------------------------------
     def _create_engine(self) -> Engine:
-        settings = self.settings
-        try:
-            from pymysql.constants import CLIENT
-        except ImportError as exc:
-            raise ConfigurationError("the mysql backend needs the PyMySQL driver: pip install 'fle-db[mysql]'") from exc
-        url = settings.url
-        query = {key: str(value) for key, value in url.query.items()}
-        tls = _tls_context(query.get("sslmode"), query.get("sslrootcert"))
-        timeout = max(1, round(settings.connection_timeout))
-        engine = create_engine(
-            url.difference_update_query(["sslmode", "sslrootcert"]),
-            pool_size=settings.max_connections,
+        return _engine(
+            self.settings,
+            self.settings.url,
+            pool_size=self.settings.max_connections,
             max_overflow=0,
-            pool_timeout=settings.connection_timeout,
+            pool_timeout=self.settings.connection_timeout,
             pool_pre_ping=True,
             pool_recycle=POOL_RECYCLE_S,
             isolation_level="READ COMMITTED",
-            connect_args={"connect_timeout": timeout, **({"ssl": tls} if tls is not None else {})},
         )
-
-        @event.listens_for(engine, "do_connect")
-        def _without_found_rows(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
-            # Row counts must count inserted rows only (see the module docstring).
-            cparams["client_flag"] = cparams.get("client_flag", 0) & ~CLIENT.FOUND_ROWS
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            with dbapi_conn.cursor() as cursor:
-                cursor.execute(
-                    "SET SESSION sql_mode = 'TRADITIONAL,NO_ENGINE_SUBSTITUTION', "
-                    "innodb_lock_wait_timeout = %s, time_zone = '+00:00'",
-                    (timeout,),
-                )
-
-        return engine
 
     # -- writes: refuse what the server would drop the connection for -----------------------
     def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[SaveResult]:
@@ -225,7 +210,8 @@ class MySQLBackend(SQLBackend):
     def _read_only_rows(
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
     ) -> list[dict[str, Any]]:
-        """A ``READ ONLY`` transaction, always rolled back; PyMySQL sends one statement (no
+        """A ``READ ONLY`` transaction, always rolled back, on the SELECT-only login's connection
+        (whose statements stop after ``query_timeout``); PyMySQL sends one statement (no
         multi-statement flag). Without parameters the text is not %-formatted (as psycopg)."""
         import pymysql  # the optional driver, imported like the dialect does: only when used
 
@@ -236,16 +222,18 @@ class MySQLBackend(SQLBackend):
             cursor.execute("START TRANSACTION READ ONLY")
             try:
                 cursor.execute(sql, params or None)
-            except pymysql.err.ProgrammingError as exc:  # syntax, unknown names
-                raise ValidationError(f"execute_query runs one SELECT: {exc}") from exc
-            except pymysql.err.InternalError as exc:
-                raise ValidationError(f"execute_query is read-only: {exc}") from exc
-            except pymysql.err.OperationalError as exc:
-                if exc.args and exc.args[0] == 1792:  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+                return capped_rows(cursor, self.settings.query_max_rows)
+            except pymysql.err.MySQLError as exc:
+                code = exc.args[0] if exc.args else None
+                if code in ER_QUERY_TIMEOUTS:
+                    raise QueryTimeoutError(
+                        f"execute_query ran longer than query_timeout={self.settings.query_timeout:g} s and was stopped"
+                    ) from exc
+                if code in ER_READ_ONLY or isinstance(exc, pymysql.err.InternalError):
                     raise ValidationError(f"execute_query is read-only: {exc}") from exc
+                if isinstance(exc, (pymysql.err.ProgrammingError, pymysql.err.DataError)):
+                    raise ValidationError(f"execute_query runs one SELECT: {exc}") from exc  # syntax, unknown names
                 raise
-            columns = [d[0] for d in cursor.description or ()]
-            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
         finally:
             cursor.close()
             raw.rollback()
@@ -402,3 +390,69 @@ def _tls_context(mode: str | None, root_cert: str | None) -> ssl.SSLContext | No
     elif mode == "verify-ca":
         context.check_hostname = False
     return context
+
+
+def _engine(settings: Any, url: URL, *, statement_timeout: float | None = None, **options: Any) -> Engine:
+    """An engine of ``url`` whose sessions are strict (``TRADITIONAL``), UTC, with lock waits
+    bounded by ``connection_timeout``, and, given ``statement_timeout``, statements stopped after
+    it (MariaDB ``max_statement_time``, MySQL ``max_execution_time``)."""
+    try:
+        from pymysql.constants import CLIENT
+    except ImportError as exc:
+        raise ConfigurationError("the mysql backend needs the PyMySQL driver: pip install 'fle-db[mysql]'") from exc
+    query = {key: str(value) for key, value in url.query.items()}
+    tls = _tls_context(query.get("sslmode"), query.get("sslrootcert"))
+    timeout = max(1, round(settings.connection_timeout))
+    connect_args: dict[str, Any] = {"connect_timeout": timeout, **({"ssl": tls} if tls is not None else {})}
+    if statement_timeout is not None:
+        # The client stops waiting a little after the server should have stopped the statement.
+        connect_args["read_timeout"] = round(statement_timeout) + timeout
+    bare = url.difference_update_query(["sslmode", "sslrootcert"])
+    engine = create_engine(bare, connect_args=connect_args, **options)
+
+    @event.listens_for(engine, "do_connect")
+    def _without_found_rows(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        # Row counts must count inserted rows only (see the module docstring).
+        cparams["client_flag"] = cparams.get("client_flag", 0) & ~CLIENT.FOUND_ROWS
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute(
+                "SET SESSION sql_mode = 'TRADITIONAL,NO_ENGINE_SUBSTITUTION', "
+                "innodb_lock_wait_timeout = %s, time_zone = '+00:00'",
+                (timeout,),
+            )
+            if statement_timeout is not None:
+                if "MariaDB" in dbapi_conn.get_server_info():
+                    cursor.execute("SET SESSION max_statement_time = %s", (statement_timeout,))
+                else:
+                    cursor.execute("SET SESSION max_execution_time = %s", (round(statement_timeout * 1000),))
+
+    return engine
+
+
+class MySQLReadOnlyLogin(ReadOnlyLogin):
+    """MySQL's SELECT-only login: sessions whose statements stop after ``query_timeout``."""
+
+    dialect = "mysql"
+
+    def build_engine(self, url: URL) -> Engine:
+        return _engine(self.settings, url, statement_timeout=self.settings.query_timeout, poolclass=NullPool)
+
+    def refused(self, exc: BaseException | None) -> bool:
+        return _error_code(exc) in ER_LOGIN_REFUSED
+
+    def excess_privileges(self, conn: Connection) -> list[str]:
+        # information_schema lists the current login's own privileges (all logins' for a
+        # privileged one, which is then refused anyway).
+        return list(conn.execute(text(_PRIVILEGES)).scalars())
+
+
+#: Access denied for the login, or to the database.
+ER_LOGIN_REFUSED = {1044, 1045, 1698}
+_PRIVILEGES = """
+SELECT DISTINCT privilege_type FROM information_schema.user_privileges WHERE privilege_type <> 'USAGE'
+UNION SELECT DISTINCT privilege_type FROM information_schema.schema_privileges
+WHERE table_schema = DATABASE() AND privilege_type NOT IN ('SELECT', 'SHOW VIEW')
+"""

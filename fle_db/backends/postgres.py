@@ -19,10 +19,12 @@ from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cas
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from ..config import ConnectionOptions
-from ..errors import ConfigurationError, ValidationError
+from ..errors import ConfigurationError, QueryTimeoutError, ValidationError
 from ..schema import metadata
+from .readonly import ReadOnlyLogin, capped_rows
 from .sql import SQLBackend
 
 #: Tables with at least this many rows (by the planner's estimate) are counted approximately: an exact
@@ -45,6 +47,9 @@ class PostgresBackend(SQLBackend):
     read_isolation = "AUTOCOMMIT"
     # A backup or copy reads every table in one snapshot.
     snapshot_isolation = "REPEATABLE READ"
+
+    def _make_read_only_login(self) -> ReadOnlyLogin:
+        return PostgresReadOnlyLogin(self.settings)
 
     @classmethod
     def url_from_options(cls, options: ConnectionOptions) -> URL:
@@ -183,7 +188,8 @@ class PostgresBackend(SQLBackend):
     def _read_only_rows(
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
     ) -> list[dict[str, Any]]:
-        """A READ ONLY transaction, always rolled back. The statement always goes through the
+        """A READ ONLY transaction, always rolled back, on the SELECT-only login's connection
+        (whose ``statement_timeout`` is ``query_timeout``). The statement always goes through the
         extended protocol (``binary=True``; psycopg would send a query without parameters as a
         simple query, which runs ``SELECT 1; COMMIT; DELETE ...`` as three statements), so it is
         exactly one statement, and it must return rows."""
@@ -196,12 +202,67 @@ class PostgresBackend(SQLBackend):
                 try:
                     # No parameters: None, so that a literal % needs no escaping (as in psycopg).
                     cursor.execute(sql, params or None, prepare=False, binary=True)
-                    columns = [d.name for d in cursor.description or ()]
-                    rows = cursor.fetchall()
-                except psycopg.errors.ReadOnlySqlTransaction as exc:
+                    return capped_rows(cursor, self.settings.query_max_rows)
+                except psycopg.errors.QueryCanceled as exc:
+                    raise QueryTimeoutError(
+                        f"execute_query ran longer than query_timeout={self.settings.query_timeout:g} s and was stopped"
+                    ) from exc
+                except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege) as exc:
                     raise ValidationError(f"execute_query is read-only: {exc}".strip()) from exc
-                except psycopg.ProgrammingError as exc:  # syntax, unknown names, several statements, no rows
+                except (psycopg.ProgrammingError, psycopg.DataError) as exc:
+                    # syntax, unknown names, several statements, no rows, a bad cast
                     raise ValidationError(f"execute_query runs one SELECT: {exc}".strip()) from exc
-                return [dict(zip(columns, row, strict=True)) for row in rows]
         finally:
             raw.rollback()
+
+
+class PostgresReadOnlyLogin(ReadOnlyLogin):
+    """PostgreSQL's SELECT-only login: sessions with ``statement_timeout = query_timeout`` and
+    ``default_transaction_read_only``."""
+
+    dialect = "postgresql"
+
+    def build_engine(self, url: URL) -> Engine:
+        settings = self.settings
+        options = (
+            f"-c statement_timeout={max(1, round(settings.query_timeout * 1000))} -c default_transaction_read_only=on"
+        )
+        return create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={
+                "connect_timeout": max(1, round(settings.connection_timeout)),
+                "application_name": "fle-db read-only",
+                "options": options,
+            },
+        )
+
+    def refused(self, exc: BaseException | None) -> bool:
+        return isinstance(exc, psycopg.OperationalError) and any(word in str(exc) for word in _REFUSALS)
+
+    def excess_privileges(self, conn: Connection) -> list[str]:
+        row = conn.execute(text(_PRIVILEGES)).one()
+        return [name for name, held in zip(_PRIVILEGE_NAMES, row, strict=True) if held]
+
+
+#: Messages of a refused login (libpq reports them without a SQLSTATE).
+_REFUSALS = ("password authentication failed", "does not exist", "permission denied", "no pg_hba.conf entry")
+_PRIVILEGE_NAMES = (
+    "superuser",
+    "CREATEROLE",
+    "CREATEDB",
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+    "writes to fle-db's tables",
+    "CREATE in the schema",
+)
+_PRIVILEGES = """
+SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb,
+       pg_has_role(current_user, 'pg_read_server_files', 'MEMBER'),
+       pg_has_role(current_user, 'pg_write_server_files', 'MEMBER'),
+       pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'),
+       coalesce(has_table_privilege(to_regclass('steps'), 'INSERT, UPDATE, DELETE, TRUNCATE'), false),
+       has_schema_privilege(current_schema(), 'CREATE')
+FROM pg_roles r WHERE r.rolname = current_user
+"""

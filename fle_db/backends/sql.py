@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 import time
 from abc import abstractmethod
 from collections import Counter
@@ -34,6 +35,7 @@ from sqlalchemy import (
     case,
     cast,
     delete,
+    event,
     exists,
     func,
     insert,
@@ -97,6 +99,7 @@ from .base import (
     TrajectoryFilter,
     TrajectoryRow,
 )
+from .readonly import ReadOnlyLogin
 
 log = logging.getLogger("fle_db")
 T = TypeVar("T")
@@ -368,6 +371,9 @@ class SQLBackend(Backend):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.engine: Engine = self._create_engine()
+        self._login = self._make_read_only_login()
+        self._in_transaction = threading.local()  # .conn: this thread's open write transaction
+        event.listen(self.engine, "checkout", self._refuse_second_connection)
         self._reached = False  # set by the first call that got an answer (see _retrying)
         dialect = self.engine.dialect
         ins = type(self).dialect_insert
@@ -560,17 +566,34 @@ class SQLBackend(Backend):
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """One write transaction: commits on success, rolls back on any error."""
+        """One write transaction: commits on success, rolls back on any error. While it is open,
+        this thread's reads run on its connection (see :meth:`_refuse_second_connection`)."""
         with self._translate(), self.engine.connect() as conn:
             conn.execution_options(fle_write=True)
             with conn.begin():
-                yield conn
+                self._in_transaction.conn = conn
+                try:
+                    yield conn
+                finally:
+                    self._in_transaction.conn = None
+
+    def _refuse_second_connection(self, *_args: Any) -> None:
+        """Pool checkout hook: a thread inside a write transaction never waits for a second
+        connection (with ``max_connections=1``, or a server at its connection limit, it would
+        wait on itself until ``connection_timeout``)."""
+        if getattr(self._in_transaction, "conn", None) is not None:
+            raise FleDBError("fle-db bug: a second connection was checked out inside a write transaction")
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A connection for reads. Every read that must be consistent is one statement (resume
         and load-state join the step, state, parts and bases), so a backend may read in
-        autocommit (:attr:`read_isolation`) and save the BEGIN/ROLLBACK round trips."""
+        autocommit (:attr:`read_isolation`) and save the BEGIN/ROLLBACK round trips. Inside this
+        thread's write transaction: that transaction's connection."""
+        held = getattr(self._in_transaction, "conn", None)
+        if held is not None:
+            yield held
+            return
         with self._translate(), self.engine.connect() as conn:
             if self.read_isolation is not None:
                 conn.execution_options(isolation_level=self.read_isolation)
@@ -597,6 +620,8 @@ class SQLBackend(Backend):
         return int(self._raw_head.fetch(conn, {})[0][0])
 
     def close(self) -> None:
+        if self._login is not None:
+            self._login.close()
         self.engine.dispose()
 
     # -- migrations -----------------------------------------------------------------------
@@ -1301,14 +1326,30 @@ class SQLBackend(Backend):
 
     @_idempotent
     def read_only_query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
-        with self._translate(), self.engine.connect() as conn:
+        if params:
+            sql = self.bind_placeholders(sql)
+        with self._translate(), self._read_only_connection() as conn:
             return self._read_only_rows(conn, sql, params)
+
+    def bind_placeholders(self, sql: str) -> str:
+        """``sql`` written with ``%s`` placeholders (``%%``: a literal ``%``) in the driver's
+        parameter style. Default: the driver's style is ``%s`` (psycopg, PyMySQL)."""
+        return sql
+
+    def _make_read_only_login(self) -> ReadOnlyLogin | None:
+        """The SELECT-only login read-only queries run as (see ``backends.readonly``); None
+        (the default): they run on a pooled connection, made read-only by the dialect."""
+        return None
+
+    def _read_only_connection(self) -> AbstractContextManager[Connection]:
+        return self._login.connect() if self._login is not None else self.engine.connect()
 
     @abstractmethod
     def _read_only_rows(
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
     ) -> list[dict[str, Any]]:
-        """Run one statement so that it cannot write (the dialect's means); rows as dicts."""
+        """Run one statement so that it cannot write (the dialect's means), stopped after
+        ``query_timeout``; at most ``query_max_rows`` rows, as dicts (``readonly.capped_rows``)."""
 
     # -- operations -----------------------------------------------------------------------
     @_idempotent

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -28,8 +29,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
 from ..config import ConnectionOptions
-from ..errors import BackendUnavailableError, ConfigurationError, ValidationError
+from ..errors import BackendUnavailableError, ConfigurationError, QueryTimeoutError, ValidationError
 from ..schema import metadata
+from .readonly import capped_rows
 from .sql import SQLBackend
 
 log = logging.getLogger("fle_db")
@@ -52,6 +54,10 @@ def wal_reset_bug_affects(version: tuple[int, ...]) -> bool:
 
 
 _warned = False
+#: SQLite VM instructions between two checks of a read-only query's deadline (~1 ms of work).
+PROGRESS_STEPS = 10_000
+#: FLE's placeholders: ``%s`` a parameter, ``%%`` a literal ``%``.
+_PLACEHOLDER = re.compile(r"%[s%]")
 
 
 def _warn_wal_reset_bug() -> None:
@@ -233,24 +239,35 @@ class SQLiteBackend(SQLBackend):
             return sum(tables.values())
         return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
+    def bind_placeholders(self, sql: str) -> str:
+        """``%s`` -> ``?`` and ``%%`` -> ``%`` (the stdlib driver's qmark style)."""
+        return _PLACEHOLDER.sub(lambda m: "?" if m.group(0) == "%s" else "%", sql)
+
     def _read_only_rows(
         self, conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         """``PRAGMA query_only`` plus an authorizer that allows reading and nothing else (no
-        ATTACH, no PRAGMA, no temporary objects); the stdlib driver runs one statement only."""
+        ATTACH, no PRAGMA, no temporary objects: nothing in the pooled connection's session can
+        change), a progress handler that interrupts the statement after ``query_timeout``; the
+        stdlib driver runs one statement only."""
         raw = conn.connection.dbapi_connection
         assert isinstance(raw, sqlite3.Connection)
+        deadline = time.monotonic() + self.settings.query_timeout
         raw.execute("PRAGMA query_only = 1")
         raw.set_authorizer(_authorize_read)
+        raw.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
         cursor = raw.cursor()
         try:
             cursor.execute(sql, params)
-            columns = [d[0] for d in cursor.description or ()]
-            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+            return capped_rows(cursor, self.settings.query_max_rows)
         except sqlite3.ProgrammingError as exc:  # several statements, wrong parameter count
             raise ValidationError(f"execute_query runs one SELECT: {exc}") from exc
         except sqlite3.OperationalError as exc:
             detail = str(exc)
+            if detail == "interrupted":
+                raise QueryTimeoutError(
+                    f"execute_query ran longer than query_timeout={self.settings.query_timeout:g} s and was stopped"
+                ) from exc
             if any(word in detail for word in ("locked", "disk", "unable to open")):
                 raise  # the database's trouble, not the query's
             raise ValidationError(f"execute_query runs one read-only SELECT: {detail}") from exc
@@ -260,6 +277,7 @@ class SQLiteBackend(SQLBackend):
             raise ValidationError(f"execute_query is read-only: {exc}") from exc
         finally:
             cursor.close()
+            raw.set_progress_handler(None, 0)
             raw.set_authorizer(None)
             raw.execute("PRAGMA query_only = 0")
 
