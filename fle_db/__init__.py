@@ -5,6 +5,7 @@ from .client import DatabaseClient
 from .config import Settings
 from .errors import (
     BackendUnavailableError,
+    ClientClosedError,
     ConfigurationError,
     ConflictError,
     ConnectionTimeoutError,
@@ -15,6 +16,7 @@ from .errors import (
     PayloadTooLargeError,
     QueryLimitError,
     QueryTimeoutError,
+    ReadOnlyError,
     SchemaVersionError,
     StorageFullError,
     ValidationError,
@@ -24,6 +26,7 @@ from .models import AgentOutput, EnvironmentFeedback, MetadataEntry, Step, Traje
 __all__ = [
     "AgentOutput",
     "BackendUnavailableError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "ConnectionTimeoutError",
@@ -37,6 +40,7 @@ __all__ = [
     "PayloadTooLargeError",
     "QueryLimitError",
     "QueryTimeoutError",
+    "ReadOnlyError",
     "SchemaVersionError",
     "Settings",
     "Step",

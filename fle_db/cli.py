@@ -29,7 +29,7 @@ from rich.text import Text
 
 from ._version import __version__
 from .client import DatabaseClient
-from .config import Settings, target_url
+from .config import Settings, database_url
 from .errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
 
 #: Exit code of a configuration or validation error (click uses 2 for usage errors as well).
@@ -45,15 +45,38 @@ class _Options:
 
 
 class _Group(click.Group):
-    """A click group that turns fle-db errors into a one-line message and an exit code."""
+    """The CLI's one error boundary: fle-db errors and usage errors (of this group and of every
+    command below it) become one line on stderr and an exit code, never a traceback."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # a bad global option: there is no context to exit through
+            _echo_error(exc)
+            raise SystemExit(EXIT_USAGE) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            _echo_error(exc)
+            code = EXIT_USAGE
         except FleDBError as exc:
+            _echo_error(exc)
             code = EXIT_USAGE if isinstance(exc, (ConfigurationError, ValidationError)) else EXIT_ERROR
-            click.echo(f"Error: {' '.join(str(exc).split()) or type(exc).__name__}", err=True)
-            ctx.exit(code)
+        ctx.exit(code)
+
+
+def _echo_error(exc: Exception) -> None:
+    """``exc`` as one line ``Error: ...`` on stderr; a usage error names the command's ``--help``."""
+    if isinstance(exc, click.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "fle-db"
+        message = f"{exc.format_message()} (see `{where} --help`)"
+    else:
+        message = str(exc) or type(exc).__name__
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
 
 
 def _json_option(command: Any) -> Any:
@@ -212,7 +235,7 @@ def config(options: _Options) -> None:
 @click.pass_obj
 def stats(options: _Options) -> None:
     """Show what the database holds: counts, sizes per table, game-state compression, step times."""
-    with DatabaseClient(options.url) as client:
+    with _existing(options.url) as client:
         result = client.get_statistics()
     if options.json:
         _echo_json(result)
@@ -246,7 +269,7 @@ def _mib(size: int) -> str:
 def health(options: _Options) -> None:
     """Check the database: connectivity, schema, a write probe (leaves no trace), disk and WAL
     (SQLite), connection limits and replication (PostgreSQL). Exit code 1 when failing."""
-    with DatabaseClient(options.url, auto_migrate=False) as client:
+    with _existing(options.url, auto_migrate=False) as client:
         result = client.health_check()
     if options.json:
         _echo_json(result)
@@ -280,7 +303,7 @@ def cleanup(
 ) -> None:
     """Delete trajectories matching every option given, lineage-aware (a trajectory a kept fork
     descends from is kept). A dry run unless --yes: it reports what would go and the bytes freed."""
-    with DatabaseClient(options.url) as client:
+    with _existing(options.url) as client:
         report = client.cleanup(
             older_than_days * 86400 if older_than_days is not None else None,
             before=before,
@@ -309,7 +332,7 @@ def cleanup(
 @click.pass_obj
 def optimize(options: _Options, vacuum: bool, reindex: bool) -> None:
     """Run the backend's maintenance (ANALYZE; SQLite WAL checkpoint; optionally VACUUM, REINDEX)."""
-    with DatabaseClient(options.url) as client:
+    with _existing(options.url) as client:
         report = client.optimize(vacuum=vacuum, reindex=reindex)
     if options.json:
         _echo_json(report)
@@ -326,7 +349,7 @@ def validate(options: _Options) -> None:
     """Check everything (structure, checksums, states, records, lineage, numbering). Exit code 1
     when a problem is an error."""
     console = Console(stderr=True)
-    with DatabaseClient(options.url, auto_migrate=False) as client, console.status("validating...") as status:
+    with _existing(options.url, auto_migrate=False) as client, console.status("validating...") as status:
         report = client.validate(progress=lambda stage, done: status.update(f"validating {stage}: {done:,}"))
     if options.json:
         _echo_json(report)
@@ -345,7 +368,7 @@ def validate(options: _Options) -> None:
 def metrics(options: _Options) -> None:
     """Probe the database (a health check and the statistics) and show the latencies measured
     and the connection pool: a quick look at how fast it answers now."""
-    with DatabaseClient(options.url, auto_migrate=False) as client:
+    with _existing(options.url, auto_migrate=False) as client:
         client.health_check()
         client.get_statistics()
         result = client.get_performance_metrics()
@@ -363,7 +386,7 @@ def metrics(options: _Options) -> None:
 
 
 @main.command("export")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path")  # checked by export_data: a new file or a regular one, never a folder or device
 @click.option(
     "--format",
     "fmt",
@@ -391,7 +414,7 @@ def export_command(
 ) -> None:
     """Export trajectories (steps, outputs, feedbacks, states, metadata) matching every option
     to PATH, streaming; the file appears complete or not at all."""
-    with DatabaseClient(options.url) as client, _progress("exporting", None) as advance:
+    with _existing(options.url) as client, _progress("exporting", None) as advance:
         report = client.export_data(
             path,
             fmt,
@@ -410,13 +433,14 @@ def export_command(
 
 
 @main.command("import")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path")  # checked by import_data: a regular file
 @_json_option
 @click.pass_obj
 def import_command(options: _Options, path: str) -> None:
     """Import a jsonl export (plain or .zst). Idempotent: what is already stored is counted as
     present; data that differs from the stored data is refused (exit code 1), never overwritten."""
-    with DatabaseClient(options.url) as client, _progress("importing", os.path.getsize(path)) as advance:
+    size = os.path.getsize(path) if os.path.isfile(path) else None
+    with DatabaseClient(options.url) as client, _progress("importing", size) as advance:
         report = client.import_data(
             path, progress=lambda trajectories, done: advance(done, f"{trajectories:,} trajectories")
         )
@@ -492,7 +516,7 @@ def backup() -> None:
 @click.pass_obj
 def backup_create(options: _Options) -> None:
     """Back up the whole database now (consistent while writers write); prints the backup's id."""
-    with DatabaseClient(options.url) as client, Console(stderr=True).status("backing up..."):
+    with _existing(options.url) as client, Console(stderr=True).status("backing up..."):
         backup_id = client.create_backup()
         entry = next(b for b in client.list_backups() if b["id"] == backup_id)
     if options.json:
@@ -506,7 +530,7 @@ def backup_create(options: _Options) -> None:
 @click.pass_obj
 def backup_list(options: _Options) -> None:
     """List the backups (oldest first) and the point-in-time recovery window."""
-    with DatabaseClient(options.url) as client:
+    with _existing(options.url) as client:
         backups, window = client.list_backups(), client.recovery_window()
     if options.json:
         _echo_json({"backups": backups, "recovery_window": window})
@@ -530,7 +554,7 @@ def backup_list(options: _Options) -> None:
 @click.pass_obj
 def backup_verify(options: _Options, backup_id: str) -> None:
     """Re-check a backup fully (SHA-256, integrity_check, validation of a copy); exit 1 if damaged."""
-    with DatabaseClient(options.url) as client:
+    with _existing(options.url) as client:
         report = client.verify_backup(backup_id)
     _report(options, f"backup {backup_id} verified", report)
 
@@ -547,7 +571,7 @@ def backup_restore(options: _Options, backup_id: str, target: str | None, yes: b
         raise ValidationError(
             "restoring in place replaces the live data: pass --yes (or --target to restore elsewhere)"
         )
-    with DatabaseClient(options.url) as client, Console(stderr=True).status("restoring..."):
+    with _existing(options.url) as client, Console(stderr=True).status("restoring..."):
         report = client.restore_backup(backup_id, target=target)
     _report(options, f"restored backup {backup_id}", report)
 
@@ -559,7 +583,7 @@ def backup_restore(options: _Options, backup_id: str, target: str | None, yes: b
 @click.pass_obj
 def backup_prune(options: _Options, keep: int | None, older_than_days: float | None) -> None:
     """Delete old backups (the newest is always kept)."""
-    with DatabaseClient(options.url) as client:
+    with _existing(options.url) as client:
         deleted = client.prune_backups(keep, older_than_days * 86400 if older_than_days is not None else None)
     _report(options, "fle-db backup prune", {"deleted": deleted})
 
@@ -573,7 +597,7 @@ def backup_schedule(options: _Options, interval: str, keep: int, once: bool) -> 
     """Automated backups in the foreground until stopped (Ctrl-C, SIGTERM). Stopping it mid-backup
     never leaves a broken backup listed. Equivalent in a program: DatabaseClient(backup_interval=...)."""
     seconds = _duration(interval)
-    with DatabaseClient(options.url, backup_interval=0) as client:
+    with _existing(options.url, backup_interval=0) as client:
         scheduler = client.backup_scheduler(seconds, keep)
         made = scheduler.run_once()
         if once:
@@ -611,8 +635,9 @@ def _raise_stop(_signum: int, _frame: object) -> None:
 def restore_to(options: _Options, timestamp: str, target: str | None, yes: bool) -> None:
     """Point-in-time recovery: the database exactly as committed at TIMESTAMP (ISO 8601 with an
     offset, e.g. 2026-11-27T20:15:00Z, or epoch seconds), into --target or in place (--yes)."""
-    at: str | float = float(timestamp) if timestamp.replace(".", "", 1).isdigit() else timestamp
-    with DatabaseClient(options.url) as client:
+    digits = timestamp.replace(".", "", 1)
+    at: str | float = float(timestamp) if digits.isascii() and digits.isdigit() else timestamp  # not '²'
+    with _existing(options.url) as client:
         if target is None and not yes:
             window = client.recovery_window()
             raise ValidationError(
@@ -632,7 +657,7 @@ def copy(options: _Options, source: str, target: str) -> None:
     """Copy a whole database (history included) from SOURCE to TARGET, between any backends: URLs,
     or paths of SQLite files. TARGET must be new or empty. Shows a progress bar."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with DatabaseClient(target_url(source)) as client, Progress(*columns, console=Console(stderr=True)) as bar:
+    with _existing(database_url(source)) as client, Progress(*columns, console=Console(stderr=True)) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(table: str, rows: int, total: int) -> None:
@@ -642,6 +667,35 @@ def copy(options: _Options, source: str, target: str) -> None:
 
         report = client.copy_to(target, progress=progress)
     _report(options, "fle-db copy", report)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; not loopback needs a token.")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the viewer in the default browser.")
+@click.option("--token", envvar="FLE_DB_UI_TOKEN", default=None, help="Access token (default: random off loopback).")
+@_json_option
+@click.pass_obj
+def ui(options: _Options, host: str, port: int, open_browser: bool, token: str | None) -> None:
+    """Serve a local read-only web viewer: trajectories, rewards, steps, diffs, trees, status."""
+    from .ui.serve import run  # imported here: the web stack loads only for this command
+
+    run(options.url, host=host, port=port, open_browser=open_browser, token=token, as_json=options.json)
+
+
+def _existing(url: str | None, **options: Any) -> DatabaseClient:
+    """A client of a database that exists already: commands that inspect or maintain one never
+    create an empty database where none is (a mistyped path would otherwise look empty).
+
+    Raises:
+        NotFoundError: there is no database there.
+    """
+    settings = Settings.resolve(url)
+    if not settings.database_exists():
+        raise NotFoundError(
+            f"there is no database at {settings.location}: it does not exist (`fle-db init` creates one)"
+        )
+    return DatabaseClient(url, **options)
 
 
 def _duration(text: str) -> float:

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Unpack
 
-from . import instants, models
+from . import instants, listing, models
 from .backends import Backend, open_backend
 from .backends.base import Checkpoint, CleanupCriteria, SaveResult, TrajectoryFilter
 from .config import Options, Settings
-from .errors import NotFoundError, ValidationError
+from .errors import NotFoundError, SchemaVersionError, ValidationError
 from .ops import backup, export
 from .ops.metrics import Metrics, timed
 from .ops.validate import validate as validate_database
@@ -31,12 +31,15 @@ from .storage.engine import PendingBases
 from .storage.records import STEP_KEYS, Records, ids
 from .validation import (
     as_dict,
+    as_list,
+    check_callback,
     check_count,
     check_id,
     check_ids,
     check_query,
     check_query_params,
     check_step_number,
+    check_text,
     node_row,
 )
 
@@ -73,9 +76,16 @@ class DatabaseClient(SearchTrees, Recovery):
         self._backups = backup.BackupStore(self._settings)
         self._scheduler: backup.BackupScheduler | None = None
         try:
-            if self._settings.auto_migrate:
+            if self._settings.read_only:
+                status = self._backend.migration_status()
+                if not status.up_to_date:
+                    raise SchemaVersionError(
+                        f"{self._settings.safe_url()} needs migrating ({', '.join(status.pending)}) and was opened "
+                        "read-only: run `fle-db migrate` first"
+                    )
+            elif self._settings.auto_migrate:
                 self._backend.migrate()
-            if self._settings.backup_interval:
+            if self._settings.backup_interval and not self._settings.read_only:
                 self._scheduler = self.backup_scheduler(
                     self._settings.backup_interval, self._settings.backup_keep
                 ).start()
@@ -91,7 +101,8 @@ class DatabaseClient(SearchTrees, Recovery):
 
     def close(self) -> None:
         """Stop automated backups (waiting for one in progress) and release every pooled
-        connection. Idempotent."""
+        connection. Idempotent. Afterwards every call that needs the database raises
+        :class:`~fle_db.errors.ClientClosedError` (the client never reopens by itself)."""
         if self._scheduler is not None:
             self._scheduler.stop()
         self._backend.close()
@@ -199,7 +210,7 @@ class DatabaseClient(SearchTrees, Recovery):
             ValidationError: an element is invalid (its index is named). ConflictError: an
             element differs from a stored record.
         """
-        records = list(steps)
+        records = as_list(steps, "steps")
 
         def build(pending: PendingBases) -> list[Checkpoint]:
             checkpoints = []
@@ -213,9 +224,11 @@ class DatabaseClient(SearchTrees, Recovery):
         return self._save(build)
 
     @timed
-    def load_steps(self, trajectory_id: str) -> list[dict[str, Any]]:
+    def load_steps(self, trajectory_id: str, *, with_parts: bool = False) -> list[dict[str, Any]]:
         """All steps of a trajectory in ``step_number`` order, each as saved plus
-        ``game_state_id`` (None without a state).
+        ``game_state_id`` (None without a state). ``with_parts=True``: each step also carries
+        its ``agent_output`` and ``environment_feedback`` as entries (left out where the step has
+        none), as :meth:`save_step` accepts them (without the step's key fields).
 
         Raises:
             NotFoundError: no such trajectory (a trajectory without steps gives ``[]``).
@@ -223,7 +236,15 @@ class DatabaseClient(SearchTrees, Recovery):
         rows = self._backend.load_steps(check_id(trajectory_id, "trajectory_id"))
         if not rows:
             self._require_trajectory(trajectory_id)
-        return self._records.steps(rows)
+        loaded = self._records.steps(rows)
+        if with_parts:
+            for name in ("agent_output", "environment_feedback"):
+                found = self._backend.load_step_records(name + "s", trajectory_id)
+                by_number = dict(zip((r.step_number for r in found), self._records.values(found), strict=True))
+                for step in loaded:
+                    if step["step_number"] in by_number:
+                        step[name] = by_number[step["step_number"]]
+        return loaded
 
     @timed
     def load_step(self, trajectory_id: str, step_number: int) -> dict[str, Any]:
@@ -238,16 +259,68 @@ class DatabaseClient(SearchTrees, Recovery):
         return self._records.steps([row])[0]
 
     @timed
-    def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
-        """The newest checkpoint (highest ``step_number``) as ``{"step": ..., "game_state": ...}``
-        (``game_state`` None if that step has none), read in one index lookup; None when the
-        trajectory has no step (or does not exist): start the run afresh.
+    def load_checkpoint(self, trajectory_id: str, step_number: int) -> dict[str, Any]:
+        """One checkpoint as saved: ``{"step", "agent_output", "environment_feedback",
+        "game_state"}``, each equal to what :meth:`save_step` was given (parts given as keyword
+        arguments or as entries of the step alike; the step with ``game_state_id`` added, the
+        parts without the step's key fields); absent parts are None. One query. Read-only.
+
+        Raises:
+            NotFoundError: no such step. ValidationError: malformed id or step number.
         """
-        found = self._backend.load_latest(check_id(trajectory_id, "trajectory_id"))
+        found = self._backend.load_checkpoint(check_id(trajectory_id, "trajectory_id"), check_step_number(step_number))
         if found is None:
-            return None
-        row, state = found
-        return {"step": self._records.steps([row])[0], "game_state": self._records.state(state) if state else None}
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
+        return self._records.checkpoint_dict(found)
+
+    @timed
+    def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
+        """The newest checkpoint (highest ``step_number``), as :meth:`load_checkpoint` gives it
+        (``{"step", "agent_output", "environment_feedback", "game_state"}``), read in one index
+        lookup; None when the trajectory has no step (or does not exist): start the run afresh.
+        """
+        found = self._backend.load_checkpoint(check_id(trajectory_id, "trajectory_id"), None)
+        return self._records.checkpoint_dict(found) if found is not None else None
+
+    @timed
+    def list_trajectories(
+        self,
+        *,
+        task: str | None = None,
+        agent_type: str | None = None,
+        success: bool | None = None,
+        since: datetime | str | float | None = None,
+        until: datetime | str | float | None = None,
+        id_contains: str | None = None,
+        parent_trajectory_id: str | None = None,
+        order_by: str = "start_time",
+        descending: bool = True,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of trajectories: ``{"trajectories": [row, ...], "next_cursor": str | None}``,
+        each row ``{"id", "task", "agent_type", "steps", "total_reward", "success",
+        "start_time", "end_time", "parent_trajectory_id", "parent_step_number"}`` (missing
+        values None; ``start_time`` as saved, else when the trajectory was first saved, ISO 8601).
+
+        Filters (AND): ``task``, ``agent_type``, ``success``, ``since`` / ``until`` (first
+        saved at or after / before: aware datetime, ISO 8601 with offset, or epoch seconds),
+        ``id_contains`` (case-insensitive), ``parent_trajectory_id`` (its forks). ``order_by``:
+        ``id``, ``task``, ``agent_type``, ``steps``, ``total_reward``, ``success``,
+        ``start_time`` (first saved) or ``end_time``; missing values last, ties by id.
+        Keyset pagination: pass ``next_cursor`` back as ``cursor`` (with the same order and
+        filters) for the next page; None on the last page. Read-only.
+
+        Raises:
+            ValidationError: a bad filter, order or limit (1..1000), or a cursor that was altered
+            or belongs to another order or filters.
+        """
+        query = listing.build_query(
+            task=task, agent_type=agent_type, success=success, since=since, until=until, id_contains=id_contains,
+            parent_trajectory_id=parent_trajectory_id, order_by=order_by, descending=descending, limit=limit,
+            cursor=cursor,
+        )  # fmt: skip
+        return listing.page(query, self._backend.list_trajectories, self._backend.trajectory_bodies)
 
     # -- search trees ---------------------------------------------------------------------
     @timed
@@ -360,7 +433,7 @@ class DatabaseClient(SearchTrees, Recovery):
             NotFoundError: an id does not exist (the message names it). DataIntegrityError:
             stored bytes are corrupt. ValidationError: a malformed id.
         """
-        wanted = list(dict.fromkeys(check_ids(state_ids, "state_id")))
+        wanted = list(dict.fromkeys(check_ids(state_ids, "state_ids")))
         stored = self._backend.load_game_states(wanted)
         missing = [sid for sid in wanted if sid not in stored]
         if missing:
@@ -466,13 +539,18 @@ class DatabaseClient(SearchTrees, Recovery):
         """
         criteria = TrajectoryFilter(
             check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None,
-            task,
-            agent_type,
+            check_text(task, "task"),
+            check_text(agent_type, "agent_type"),
             instants.optional_instant(since, "since"),
             instants.optional_instant(until, "until"),
         )
         return export.export_data(
-            self, self._backend.iter_selected_trajectories(criteria), path, format, criteria, progress
+            self,
+            self._backend.iter_selected_trajectories(criteria),
+            path,
+            format,
+            criteria,
+            check_callback(progress),
         )
 
     @timed
@@ -493,12 +571,14 @@ class DatabaseClient(SearchTrees, Recovery):
         "seconds"}``.
 
         Raises:
-            ValidationError: not an fle-db export or a malformed record. SchemaVersionError: an
+            NotFoundError: no file at ``path``.
+            ValidationError: not an fle-db export or a malformed record (a record must name its
+            line's trajectory and step: an import never writes into another). SchemaVersionError: an
             unknown format version. DataIntegrityError: truncated, altered or corrupted file.
             ConflictError: the file disagrees with stored data. NotFoundError: a fork's parent
             step is missing.
         """
-        return export.import_data(self, path, progress)
+        return export.import_data(self, path, check_callback(progress))
 
     # -- maintenance ----------------------------------------------------------------------
     @timed
@@ -534,12 +614,17 @@ class DatabaseClient(SearchTrees, Recovery):
         if older_than is not None and before is not None:
             raise ValidationError("cleanup: give older_than or before, not both")
         if older_than is not None:
-            cutoff: int | None = instants.ago_us(instants.parse_duration(older_than, "older_than"))
+            ago = instants.ago_us(instants.parse_duration(older_than, "older_than"))
+            if ago < 0:
+                raise ValidationError(f"older_than {older_than!r:.80} reaches back before 1970")
+            cutoff: int | None = ago
         else:
             cutoff = instants.optional_instant(before, "before")
         check_count(keep_best_per_task, "keep_best_per_task")
         chosen = check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
-        criteria = CleanupCriteria(cutoff, chosen, task, agent_type, keep_best_per_task)
+        criteria = CleanupCriteria(
+            cutoff, chosen, check_text(task, "task"), check_text(agent_type, "agent_type"), keep_best_per_task
+        )
         if criteria == CleanupCriteria():
             raise ValidationError("cleanup needs at least one criterion (it never deletes everything by default)")
         return self._backend.cleanup(criteria, dry_run)
@@ -579,7 +664,7 @@ class DatabaseClient(SearchTrees, Recovery):
         warnings, as are blobs nothing uses). Read-only; reads the whole database in chunks, so
         it takes time on large ones: ``progress(stage, done)`` is called along the way.
         """
-        return validate_database(self._backend, progress)
+        return validate_database(self._backend, check_callback(progress))
 
     # -- monitoring -----------------------------------------------------------------------
     @timed

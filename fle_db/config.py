@@ -58,6 +58,8 @@ from sqlalchemy.exc import ArgumentError
 
 from .backends import registry
 from .errors import ConfigurationError
+from .ops.files import checked_path
+from .redact import redact
 from .validation import is_int, is_number
 
 DEFAULT_BACKEND = "sqlite"
@@ -115,6 +117,7 @@ class Options(TypedDict, total=False):
     query_timeout: float | None
     query_max_rows: int | None
     read_only_url: str | None
+    read_only: bool
     environ: Mapping[str, str] | None
 
 
@@ -153,6 +156,9 @@ class Settings:
     #: The SELECT-only login ``execute_query`` uses on a database server; None: the login
     #: migration ``0007_read_only_login`` derives from the database URL (see ``backends.readonly``).
     read_only_url: URL | None = field(default=None, repr=False)
+    #: Open the database read-only: every connection refuses writes (SQLite ``mode=ro`` and
+    #: ``query_only``; PostgreSQL and MySQL read-only transactions); no migration, no backups.
+    read_only: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -161,13 +167,13 @@ class Settings:
         )
 
     def safe_url(self) -> str:
-        """The database URL with any password replaced by ``***``."""
-        return self.url.render_as_string(hide_password=True)
+        """The database URL with every password (user-info, ``?password=``...) replaced by ``***``."""
+        return redact(self.url.render_as_string(hide_password=True))
 
     @property
     def location(self) -> str:
         """Where the database is, for people: a file's absolute path, or the URL without password."""
-        return registry.backend_class(self.backend).location(self.url)
+        return redact(registry.backend_class(self.backend).location(self.url))
 
     def database_exists(self) -> bool:
         """Whether the database exists already, checked without creating or connecting to it
@@ -203,6 +209,7 @@ class Settings:
         query_timeout: float | None = None,
         query_max_rows: int | None = None,
         read_only_url: str | None = None,
+        read_only: bool = False,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then defaults.
@@ -212,6 +219,17 @@ class Settings:
                 environment variable, never the password.
         """
         env = os.environ if environ is None else environ
+        texts = {"url": url, "db_type": db_type, "host": host, "database": database, "user": user}
+        texts |= {"password": password, "sslmode": sslmode, "sslrootcert": sslrootcert}
+        for name, value in texts.items():
+            if value is not None and (not isinstance(value, str) or "\x00" in value):
+                # the value is not shown: it may be a password
+                raise ConfigurationError(f"{name} must be a string without NUL characters, got {type(value).__name__}")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, (int, str))):
+            raise ConfigurationError(f"port must be a port number, got {type(port).__name__}")
+        for name, path in (("sqlite_db_file", sqlite_db_file), ("backup_dir", backup_dir)):
+            if path is not None:
+                checked_path(path, name, ConfigurationError)
         if url is not None:
             backend, sa_url = _from_url(url)
         else:
@@ -244,6 +262,8 @@ class Settings:
             raise ConfigurationError(f"slow_operation_ms must be a number >= 0, got {slow_operation_ms!r}")
         if not is_number(retry_deadline) or retry_deadline < 0:
             raise ConfigurationError(f"retry_deadline must be a number of seconds >= 0, got {retry_deadline!r}")
+        if not isinstance(read_only, bool):
+            raise ConfigurationError(f"read_only must be True or False, got {read_only!r}")
         if durability not in DURABILITY_LEVELS:
             raise ConfigurationError(f"durability must be one of {sorted(DURABILITY_LEVELS)}, got {durability!r}")
         interval = _number(backup_interval, env, "backup_interval", "FLE_DB_BACKUP_INTERVAL", None)
@@ -261,7 +281,7 @@ class Settings:
             raise ConfigurationError(
                 f"query_max_rows (FLE_DB_QUERY_MAX_ROWS) must be an integer >= 1, got {max_rows!r}"
             )
-        read_only = _read_only_url(read_only_url, env, backend)
+        read_only_login = _read_only_url(read_only_url, env, backend)
         folder = backup_dir if backup_dir is not None else env.get("FLE_DB_BACKUP_DIR") or DEFAULT_BACKUP_DIR
         return cls(
             backend=backend,
@@ -280,7 +300,8 @@ class Settings:
             pitr_retention=float(retention or 0.0),
             query_timeout=float(timeout),
             query_max_rows=int(max_rows),
-            read_only_url=read_only,
+            read_only_url=read_only_login,
+            read_only=read_only,
         )
 
     def with_url(self, url: str) -> Settings:
@@ -303,6 +324,21 @@ def _read_only_url(value: str | None, env: Mapping[str, str], backend: str) -> U
     if other != backend:
         raise ConfigurationError(f"{source} must be a {backend} URL like the database's, got a {other} URL")
     return url
+
+
+def database_url(target: str | os.PathLike[str]) -> str:
+    """The one way a user's target becomes a database URL: a string containing ``://`` is a URL
+    as given; anything else is the path of a SQLite file, made absolute and escaped (``?``,
+    ``%``, ``#``... reach the file system unchanged; pasting a path into ``sqlite:///`` would
+    turn ``?x=1`` into URL parameters and ``%41`` into ``A``).
+
+    Raises:
+        ConfigurationError: the path is not a string or path, or contains a NUL byte.
+    """
+    if isinstance(target, str) and "://" in target:
+        return target
+    path = os.fspath(checked_path(target, "a database target (URL or file path)", ConfigurationError))
+    return URL.create("sqlite", database=os.path.abspath(os.path.expanduser(path))).render_as_string()
 
 
 def _number(value: Any, env: Mapping[str, str], name: str, var: str, default: float | None) -> float | None:
@@ -370,17 +406,6 @@ class ConnectionOptions:
             database=self.get("database", "SKILLS_DB_NAME", required=True),
             query={key: str(value) for key, variable in tls if (value := self.get(key, variable))},
         )
-
-
-def is_url(target: str) -> bool:
-    """Whether ``target`` (a command-line or API argument) is a database URL, not a file path."""
-    return "://" in target
-
-
-def target_url(target: str) -> str:
-    """The URL of ``target``: a database URL as given, or the path of a SQLite file (``~``
-    expanded, made absolute) as a ``sqlite:///`` URL."""
-    return target if is_url(target) else f"sqlite:///{Path(target).expanduser().resolve()}"
 
 
 def _backend_name(db_type: str | None, env: Mapping[str, str]) -> str:

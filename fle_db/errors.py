@@ -65,12 +65,22 @@ class StorageFullError(BackendUnavailableError):
     works again once space is freed."""
 
 
+class ReadOnlyError(FleDBError, PermissionError):
+    """A write was attempted through a client opened with ``read_only=True``; nothing was written."""
+
+
+class ClientClosedError(FleDBError):
+    """The client (or backend) was closed: it never reopens behind the caller's back. Open a
+    new ``DatabaseClient``."""
+
+
 class DataIntegrityError(FleDBError):
     """Stored data failed a checksum or could not be decoded: the store never returns wrong data."""
 
 
 __all__ = [
     "BackendUnavailableError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "ConnectionTimeoutError",
@@ -81,6 +91,7 @@ __all__ = [
     "PayloadTooLargeError",
     "QueryLimitError",
     "QueryTimeoutError",
+    "ReadOnlyError",
     "SchemaVersionError",
     "StorageFullError",
     "ValidationError",

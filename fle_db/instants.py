@@ -45,8 +45,14 @@ def parse_instant(value: Any, what: str = "a point in time") -> int:
         raise ValidationError(
             f"{what}: {value.isoformat()} has no time zone; give a timezone-aware time (offset 'Z', '+00:00'...)"
         )
-    delta = value - _EPOCH  # exact integer arithmetic: a float timestamp would round microseconds
-    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+    try:
+        delta = value - _EPOCH  # exact integer arithmetic: a float timestamp would round microseconds
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before datetime.min in UTC
+        raise ValidationError(f"{what}: {value.isoformat()} is outside the range of times") from None
+    at_us = delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+    if not 0 <= at_us < _MAX_EPOCH_SECONDS * 1_000_000:  # the epoch-seconds range above
+        raise ValidationError(f"{what}: {value.isoformat()} is outside 1970 .. 5138")
+    return at_us
 
 
 def optional_instant(value: Any, what: str) -> int | None:

@@ -16,6 +16,7 @@ from .backends.base import Backend
 from .config import Settings
 from .ops import backup
 from .ops.metrics import Metrics, timed
+from .validation import check_callback
 
 
 class Recovery:
@@ -127,5 +128,6 @@ class Recovery:
         Raises:
             ConflictError: ``target`` is not empty.
         """
+        progress = check_callback(progress)
         with backup.open_database(self._settings, target) as destination:
             return backup.copy_database(self._backend, destination, progress=progress)

@@ -203,9 +203,7 @@ class SearchTrees:
         Raises:
             ValidationError: ``version`` is not a 64-bit integer, or a bad ``description``/``model``.
         """
-        if not is_int(version) or not -(2**63) <= version < 2**63:
-            raise ValidationError(f"version must be a 64-bit integer, got {version!r:.80}")
-        self._backend.register_version(int(version), *_version_fields(description, model))
+        self._backend.register_version(_check_version(version), *_version_fields(description, model))
 
     @timed
     def get_version(self, version: int | None = None) -> dict[str, Any] | None:
@@ -213,12 +211,16 @@ class SearchTrees:
         largest one), or None when there is no such version. Read-only.
 
         Raises:
-            ValidationError: ``version`` is not an integer.
+            ValidationError: ``version`` is not a 64-bit integer.
         """
-        if version is not None and not is_int(version):
-            raise ValidationError(f"version must be an integer, got {version!r:.80}")
-        found = self._backend.load_version(version)
+        found = self._backend.load_version(_check_version(version) if version is not None else None)
         return {"version": found[0], "description": found[1], "model": found[2]} if found is not None else None
+
+
+def _check_version(version: Any) -> int:
+    if not is_int(version) or not -(2**63) <= version < 2**63:
+        raise ValidationError(f"version must be a 64-bit integer, got {version!r:.80}")
+    return int(version)
 
 
 def _version_fields(description: Any, model: Any) -> tuple[str | None, str | None]:

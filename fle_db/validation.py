@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeGuard, TypeVar
 
 import pydantic
@@ -21,6 +21,7 @@ from .errors import ValidationError
 
 _ID = re.compile(models.ID_PATTERN)
 M = TypeVar("M", bound=pydantic.BaseModel)
+C = TypeVar("C", bound=Callable[..., None])
 
 
 def is_int(value: object) -> TypeGuard[int]:
@@ -40,12 +41,36 @@ def check_id(value: Any, what: str) -> str:
     return value
 
 
-def check_ids(values: Iterable[str], what: str) -> tuple[str, ...]:
-    """A tuple of valid ids (a single string is one id, not its characters)."""
-    ids = (values,) if isinstance(values, str) else tuple(values)
+def as_list(values: Any, what: str) -> list[Any]:
+    """A list from any iterable but a string, bytes or mapping: a bare string would be read as
+    its characters (``"12"`` as the ids ``"1"`` and ``"2"``), a dict as its keys."""
+    if isinstance(values, (str, bytes, bytearray, Mapping)) or not isinstance(values, Iterable):
+        raise ValidationError(f"{what} must be a list, got {type(values).__name__} {values!r:.80}")
+    return list(values)
+
+
+def check_ids(values: Any, what: str) -> tuple[str, ...]:
+    """A tuple of valid ids from a list of them (see :func:`as_list`)."""
+    ids = tuple(as_list(values, what))
     for value in ids:
         check_id(value, what)
     return ids
+
+
+def check_text(value: Any, what: str) -> str | None:
+    """A filter value: None or a string without NUL characters or lone surrogates."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValidationError(f"{what} must be a string without NUL characters, got {value!r:.80}")
+    return value
+
+
+def check_callback(progress: C | None) -> C | None:
+    """A progress callback must be callable (or None): checked before any work starts."""
+    if progress is not None and not callable(progress):
+        raise ValidationError(f"progress must be a function or None, got {type(progress).__name__}")
+    return progress
 
 
 def check_step_number(value: Any, what: str = "step_number") -> int:
@@ -66,8 +91,8 @@ def check_count(value: Any, what: str) -> int | None:
     """``value`` if it is None or an integer ``>= 0``."""
     if value is None:
         return None
-    if not is_int(value) or value < 0:
-        raise ValidationError(f"{what} must be an integer >= 0, got {value!r:.80}")
+    if not is_int(value) or not 0 <= value < 2**63:
+        raise ValidationError(f"{what} must be an integer in 0 .. 2**63-1, got {value!r:.80}")
     return int(value)
 
 

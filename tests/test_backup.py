@@ -416,7 +416,7 @@ def test_a_backup_whose_content_is_damaged_but_checksummed_fails_validation(db_u
 def _backup_from_old_schema(folder: Path, revision: str) -> str:
     """A backup file made by an older (or, with an unknown revision, newer) fle-db."""
     folder.mkdir(parents=True, exist_ok=True)
-    backup_id = "20260101T000000000000Z-0ld0"
+    backup_id = "20260101T000000000000Z-01d0"
     path = folder / f"{backup_id}.db"
     engine = create_engine(f"sqlite:///{path}")
     with engine.begin() as conn:

@@ -57,7 +57,7 @@ def test_backup_commands_create_list_verify_restore_and_prune(db_url: str, tmp_p
     assert restored["safety_backup"]
     pruned = ok_json(run(folder, "--url", db_url, "--json", "backup", "prune", "--keep", "1"))
     assert pruned["deleted"] == [created["id"]]
-    missing = run(folder, "--url", db_url, "backup", "verify", "nope")
+    missing = run(folder, "--url", db_url, "backup", "verify", "20990101T000000000000Z-0000")
     assert missing.exit_code == 1 and missing.stderr.startswith("Error: no backup")
 
 

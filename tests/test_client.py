@@ -93,6 +93,8 @@ def test_save_step_stores_the_whole_checkpoint_and_returns_its_ids(db: DatabaseC
     ]
     assert db.load_latest_checkpoint("t1") == {
         "step": {**step(1), "game_state_id": ids["game_state_id"]},
+        "agent_output": {"code": "print(1)", "model": "m"},
+        "environment_feedback": {"stdout": "1", "error": None},
         "game_state": STATE,
     }
 
@@ -119,6 +121,8 @@ def test_latest_checkpoint_is_none_without_steps(db: DatabaseClient) -> None:
     db.save_step(step(0, tid="nostate"))
     assert db.load_latest_checkpoint("nostate") == {
         "step": {**step(0, tid="nostate"), "game_state_id": None},
+        "agent_output": None,
+        "environment_feedback": None,
         "game_state": None,
     }
 

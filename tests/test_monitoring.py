@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -86,6 +87,8 @@ def test_a_healthy_database_passes_every_check_and_the_probe_leaves_no_trace(db:
 
 
 def test_an_unmigrated_database_reports_pending_schema_and_failing_writes(db_url: str) -> None:
+    if db_url.startswith("sqlite:///"):  # an empty file: a missing one is reported as missing
+        Path(db_url.removeprefix("sqlite:///")).touch()
     with DatabaseClient(db_url, auto_migrate=False) as db:
         report = db.health_check()
     assert report["status"] == "failing"

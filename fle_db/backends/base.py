@@ -154,6 +154,17 @@ class StoredStep:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A step with its agent output, environment feedback and game state (each None when the
+    checkpoint has none), read in one statement."""
+
+    step: StoredStep
+    agent_output: StoredStep | None
+    environment_feedback: StoredStep | None
+    game_state: StoredState | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredState:
     """A game state as read back: its row, and its parts when stored as a manifest."""
 
@@ -203,6 +214,50 @@ class TrajectoryFilter:
     agent_type: str | None = None
     since_us: int | None = None  # first saved at or after (epoch microseconds)
     until_us: int | None = None  # first saved before (epoch microseconds)
+
+
+#: What :class:`TrajectoryQuery` can order by: a column or a computed value (``steps``).
+#: ``start_time`` orders by when the trajectory was first saved (``created_at``); ``end_time``
+#: is only in the body, so the client orders by it (see ``DatabaseClient.list_trajectories``).
+LIST_ORDERS = ("id", "task", "agent_type", "steps", "total_reward", "success", "start_time")
+
+
+@dataclass(frozen=True, slots=True)
+class TrajectoryQuery:
+    """One page of trajectories: every filter given must hold (AND); rows ordered by ``order_by``
+    (one of :data:`LIST_ORDERS`; nulls last in both directions, ties by id), starting after
+    ``after`` = ``(sort value, id)`` of the previous page's last row, at most ``limit`` rows."""
+
+    task: str | None = None
+    agent_type: str | None = None
+    success: bool | None = None
+    since_us: int | None = None  # first saved at or after (epoch microseconds)
+    until_us: int | None = None  # first saved before
+    id_contains: str | None = None  # case-insensitive substring of the id
+    parent_trajectory_id: str | None = None
+    ids: tuple[str, ...] | None = None
+    order_by: str = "start_time"
+    descending: bool = True
+    limit: int | None = 50
+    after: tuple[Any, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedTrajectory:
+    """A row of a trajectory list: the indexed columns, the step count, when it was first saved
+    and its encoded body (for keys that are not columns, such as ``start_time``)."""
+
+    id: str
+    task: str | None
+    agent_type: str | None
+    steps: int
+    total_reward: float | None
+    success: bool | None
+    created_at: int
+    parent_trajectory_id: str | None
+    parent_step_number: int | None
+    codec: str
+    body: bytes
 
 
 @dataclass(slots=True)
@@ -522,8 +577,20 @@ class Backend(ABC):
         """All steps of a trajectory in ``step_number`` order."""
 
     @abstractmethod
-    def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
-        """The highest-numbered step with its game state, read in one snapshot; None if no step."""
+    def load_checkpoint(self, trajectory_id: str, step_number: int | None) -> StoredCheckpoint | None:
+        """A step with its agent output, environment feedback and game state (and the keyframes
+        their deltas need), read in one statement; ``step_number`` None: the highest-numbered
+        step. None if there is no such step."""
+
+    @abstractmethod
+    def list_trajectories(self, query: TrajectoryQuery) -> list[ListedTrajectory]:
+        """The page of trajectories :class:`TrajectoryQuery` selects, in its order. Step counts
+        are computed for the page's rows only, unless the order is by ``steps``."""
+
+    @abstractmethod
+    def trajectory_bodies(self, query: TrajectoryQuery) -> list[tuple[str, str, bytes]]:
+        """``(id, codec, body)`` of every trajectory the query's filters select (its order,
+        cursor and limit are ignored): for orders by keys that only the body holds."""
 
     @abstractmethod
     def load_step(self, trajectory_id: str, step_number: int) -> StoredStep | None:

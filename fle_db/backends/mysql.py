@@ -428,6 +428,8 @@ def _engine(settings: Any, url: URL, *, statement_timeout: float | None = None, 
                     cursor.execute("SET SESSION max_statement_time = %s", (statement_timeout,))
                 else:
                     cursor.execute("SET SESSION max_execution_time = %s", (round(statement_timeout * 1000),))
+            if settings.read_only:  # every later transaction, autocommitted reads included
+                cursor.execute("SET SESSION TRANSACTION READ ONLY")
 
     return engine
 

@@ -75,7 +75,8 @@ class PostgresBackend(SQLBackend):
             connect_args={
                 "connect_timeout": max(1, round(settings.connection_timeout)),
                 "application_name": "fle-db",
-                "options": f"-c synchronous_commit={SYNCHRONOUS_COMMIT[settings.durability]}",
+                "options": f"-c synchronous_commit={SYNCHRONOUS_COMMIT[settings.durability]}"
+                + (" -c default_transaction_read_only=on" if settings.read_only else ""),
             },
         )
 

@@ -52,15 +52,18 @@ from sqlalchemy.pool import QueuePool
 from .. import migrations
 from ..errors import (
     BackendUnavailableError,
+    ClientClosedError,
     ConflictError,
     ConnectionTimeoutError,
     DataIntegrityError,
     DependencyError,
     FleDBError,
     NotFoundError,
+    ReadOnlyError,
     StorageFullError,
     ValidationError,
 )
+from ..redact import redact
 from ..schema import (
     HISTORY,
     TRAJECTORY_CHILD_TABLES,
@@ -81,22 +84,25 @@ from ..schema import (
 )
 from ..storage.codec import CODEC_JSON
 from ..storage.engine import CODEC_MANIFEST, EncodedState, StoredBlob, manifest_id
-from . import history
+from . import browse, history
 from .base import (
     Backend,
     Blob,
     Checkpoint,
     CleanupCriteria,
     CommitPoint,
+    ListedTrajectory,
     MigrationStatus,
     NodeQuery,
     SaveResult,
     Snapshot,
+    StoredCheckpoint,
     StoredNode,
     StoredRecord,
     StoredState,
     StoredStep,
     TrajectoryFilter,
+    TrajectoryQuery,
     TrajectoryRow,
 )
 from .readonly import ReadOnlyLogin
@@ -208,9 +214,9 @@ def _idempotent(method: Callable[..., T]) -> Callable[..., T]:
     return retried
 
 
-def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, Any]:
-    """Resume and load-state queries: each reads a step and/or state with all its parts and
-    their bases in ONE round trip (one row per part)."""
+def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, _Raw, Any]:
+    """Resume, load-checkpoint and load-state queries: each reads a checkpoint and/or state with
+    all its parts and their bases in ONE round trip (one row per part)."""
     base = blobs.alias("base")
     state_columns = [
         game_states.c.codec, game_states.c.body, game_state_parts.c.key,
@@ -225,26 +231,6 @@ def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, Any]:
             .outerjoin(base, base.c.id == blobs.c.base_id)
         )
 
-    latest = (
-        select(*_step_columns(steps))
-        .where(steps.c.trajectory_id == bindparam("tid"))
-        .order_by(steps.c.step_number.desc())
-        .limit(1)
-        .subquery("latest")
-    )
-    base_step = steps.alias("base_step")
-    select_latest = select(
-        *latest.c, base_step.c.codec, base_step.c.body, base_step.c.digest, base_step.c.base_step_number,
-        *state_columns,
-    ).select_from(
-        with_parts(
-            latest.outerjoin(
-                base_step,
-                and_(base_step.c.trajectory_id == latest.c.trajectory_id,
-                     base_step.c.step_number == latest.c.base_step_number),
-            ).outerjoin(game_states, game_states.c.id == latest.c.game_state_id)
-        )
-    )  # fmt: skip
     select_state = (
         select(game_states.c.id, *state_columns)
         .select_from(with_parts(game_states))
@@ -255,7 +241,12 @@ def _read_statements(dialect: Any) -> tuple[_Raw, _Raw, Any]:
         .select_from(with_parts(game_states))
         .where(game_states.c.id.in_(bindparam("sids", expanding=True)))
     )
-    return _Raw(select_latest, dialect), _Raw(select_state, dialect), select_states
+    return (
+        _Raw(browse.checkpoint_statement(latest=True), dialect),
+        _Raw(browse.checkpoint_statement(latest=False), dialect),
+        _Raw(select_state, dialect),
+        select_states,
+    )
 
 
 def _stored_state(state_id: str, rows: Sequence[Sequence[Any]]) -> StoredState | None:
@@ -371,6 +362,7 @@ class SQLBackend(Backend):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.engine: Engine = self._create_engine()
+        self._closed = False
         self._login = self._make_read_only_login()
         self._in_transaction = threading.local()  # .conn: this thread's open write transaction
         event.listen(self.engine, "checkout", self._refuse_second_connection)
@@ -413,7 +405,9 @@ class SQLBackend(Backend):
         self._select_steps = (
             select(*_step_columns(steps)).where(steps.c.trajectory_id == bindparam("tid")).order_by(steps.c.step_number)
         )
-        self._select_latest, self._select_state, self._select_states = _read_statements(dialect)
+        self._select_latest, self._select_checkpoint, self._select_state, self._select_states = _read_statements(
+            dialect
+        )
         # The commit sequence: bump the one-row head (its row lock orders writers) and log the
         # commit; rows read the number with history.CURRENT_SEQ. Commit instants strictly
         # increase even when the clock steps back.
@@ -498,7 +492,11 @@ class SQLBackend(Backend):
     # -- connections and errors -----------------------------------------------------------
     @contextmanager
     def _translate(self) -> Iterator[None]:
-        """Turn driver errors into fle-db errors (messages carry no SQL parameters or passwords)."""
+        """Turn driver errors into fle-db errors (messages carry no SQL parameters or passwords).
+        Every connection is taken inside it, so it is also where a closed backend refuses (a
+        disposed engine would silently open new connections)."""
+        if self._closed:
+            raise ClientClosedError(f"the client of {self.settings.safe_url()} is closed; open a new one")
         try:
             yield
         except FleDBError:
@@ -515,7 +513,8 @@ class SQLBackend(Backend):
             raise self._translate_driver(exc) from exc
 
     def _translate_driver(self, exc: BaseException | None) -> FleDBError:
-        detail = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
+        text = str(exc).strip() if exc is not None else ""
+        detail = redact(text.splitlines()[0]) if text else type(exc).__name__
         if "database is locked" in detail:
             return ConnectionTimeoutError(
                 "the database is locked by another connection (fle-db waits for it up to "
@@ -526,6 +525,8 @@ class SQLBackend(Backend):
                 f"the disk holding {self.settings.safe_url()} is full: nothing of this write was stored; "
                 "free space (or run cleanup and optimize(vacuum=True)) and retry"
             )
+        if self.settings.read_only and any(w in detail.lower() for w in ("readonly", "read-only", "read only")):
+            return ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: {detail}")
         if isinstance(exc, self.engine.dialect.loaded_dbapi.IntegrityError):
             return ConflictError(f"the write conflicts with stored data: {detail}")
         error = BackendUnavailableError(f"database error on {self.settings.safe_url()}: {detail}")
@@ -567,7 +568,12 @@ class SQLBackend(Backend):
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction: commits on success, rolls back on any error. While it is open,
-        this thread's reads run on its connection (see :meth:`_refuse_second_connection`)."""
+        this thread's reads run on its connection (see :meth:`_refuse_second_connection`).
+
+        Raises ReadOnlyError at once on a read-only backend (whose connections refuse writes
+        anyway: this only saves taking a write lock for nothing)."""
+        if self.settings.read_only:
+            raise ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: nothing was written")
         with self._translate(), self.engine.connect() as conn:
             conn.execution_options(fle_write=True)
             with conn.begin():
@@ -620,6 +626,7 @@ class SQLBackend(Backend):
         return int(self._raw_head.fetch(conn, {})[0][0])
 
     def close(self) -> None:
+        self._closed = True
         if self._login is not None:
             self._login.close()
         self.engine.dispose()
@@ -1418,6 +1425,8 @@ class SQLBackend(Backend):
 
     def _write_probe(self) -> dict[str, Any]:
         """Insert and read back a probe row in a write transaction that is rolled back."""
+        if self.settings.read_only:
+            return {"status": "ok", "detail": "skipped: opened read-only"}
         probe = "fle-db-health-probe"
         started = time.perf_counter()
         try:
@@ -1679,41 +1688,56 @@ class SQLBackend(Backend):
         return [_stored_step(row) for row in rows]
 
     @_idempotent
-    def load_latest(self, trajectory_id: str) -> tuple[StoredStep, StoredState | None] | None:
+    def load_checkpoint(self, trajectory_id: str, step_number: int | None) -> StoredCheckpoint | None:
         with self._read() as conn:
-            rows = self._select_latest.fetch(conn, {"tid": trajectory_id})
-            if not rows:
+            if step_number is None:
+                rows = self._select_latest.fetch(conn, {"tid": trajectory_id})
+            else:
+                rows = self._select_checkpoint.fetch(conn, {"tid": trajectory_id, "n": step_number})
+            if not rows or rows[0][3] is None:
                 return None
-            first = rows[0]
-            step = _stored_step(first)
-            if step.base_step_number is not None:
-                base = StoredStep(trajectory_id, step.base_step_number, None, first[7], bytes(first[8]), first[9],
-                                  first[10])  # fmt: skip
-                step = replace(step, base=self._with_bases(conn, base))
-            if step.game_state_id is None:
-                return step, None
-            state = _stored_state(step.game_state_id, [r[11:] for r in rows])
+            step, output, feedback = (
+                self._with_bases(conn, record, table) if record is not None else None
+                for record, table in zip(browse.records_of(rows[0]), browse.RECORD_TABLES, strict=True)
+            )
+        assert step is not None
+        if step.game_state_id is None:
+            return StoredCheckpoint(step, output, feedback, None)
+        state = _stored_state(step.game_state_id, [r[browse.STATE_OFFSET :] for r in rows])
         if state is None:
             raise DataIntegrityError(
                 f"step {step.step_number} of {trajectory_id!r} names game state {step.game_state_id}, which is missing"
             )
-        return step, state
+        return StoredCheckpoint(step, output, feedback, state)
 
-    def _with_bases(self, conn: Connection, step: StoredStep) -> StoredStep:
-        """Attach the keyframe a delta record needs; deeper links (rare: a retried keyframe that
-        was stored as a delta before) are read one by one."""
+    @_idempotent
+    def list_trajectories(self, query: TrajectoryQuery) -> list[ListedTrajectory]:
+        with self._read() as conn:
+            return [browse.listed(row) for row in conn.execute(browse.list_statement(query))]
+
+    @_idempotent
+    def trajectory_bodies(self, query: TrajectoryQuery) -> list[tuple[str, str, bytes]]:
+        with self._read() as conn:
+            return [(tid, codec, bytes(body)) for tid, codec, body in conn.execute(browse.bodies_statement(query))]
+
+    def _with_bases(self, conn: Connection, step: StoredStep, table: Table = steps) -> StoredStep:
+        """Attach the keyframe a delta record of ``table`` needs, unless attached already; deeper
+        links (rare: a retried keyframe that was stored as a delta before) are read one by one."""
         if step.base_step_number is None:
             return step
+        if step.base is not None:
+            return replace(step, base=self._with_bases(conn, step.base, table))
         row = conn.execute(
-            select(*_step_columns(steps)).where(
-                steps.c.trajectory_id == step.trajectory_id, steps.c.step_number == step.base_step_number
+            select(*_step_columns(table)).where(
+                table.c.trajectory_id == step.trajectory_id, table.c.step_number == step.base_step_number
             )
         ).first()
         if row is None:
             raise DataIntegrityError(
-                f"step {step.step_number} of {step.trajectory_id!r} is a delta of missing step {step.base_step_number}"
+                f"{table.name} record {step.step_number} of {step.trajectory_id!r} is a delta of missing record "
+                f"{step.base_step_number}"
             )
-        return replace(step, base=self._with_bases(conn, _stored_step(row)))
+        return replace(step, base=self._with_bases(conn, _stored_step(row), table))
 
     @_idempotent
     def load_step(self, trajectory_id: str, step_number: int) -> StoredStep | None:

@@ -17,10 +17,12 @@ import re
 import shutil
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -28,9 +30,19 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
+from .. import migrations
 from ..config import ConnectionOptions
-from ..errors import BackendUnavailableError, ConfigurationError, QueryTimeoutError, ValidationError
+from ..errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    FleDBError,
+    NotFoundError,
+    QueryTimeoutError,
+    ValidationError,
+)
+from ..ops.files import check_regular
 from ..schema import metadata
+from .base import MigrationStatus
 from .readonly import capped_rows
 from .sql import SQLBackend
 
@@ -131,29 +143,49 @@ class SQLiteBackend(SQLBackend):
                 pool_timeout=timeout,
                 creator=lambda: memory,
             )
-        else:
-            _create_owner_only(Path(path))
-            _warn_wal_reset_bug()
+        elif settings.read_only:
+            # mode=ro: the file is opened read-only by the OS call (query_only below as well).
+            if not os.path.exists(path):
+                raise BackendUnavailableError(f"the SQLite database {path!r} does not exist (opened read-only)")
+            location = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
             engine = create_engine(
-                settings.url,
+                "sqlite://",
                 poolclass=QueuePool,
                 pool_size=settings.max_connections,
                 max_overflow=0,
                 pool_timeout=timeout,
-                connect_args={"check_same_thread": False, "timeout": timeout},
+                creator=lambda: sqlite3.connect(location, uri=True, check_same_thread=False, timeout=timeout),
+            )
+        else:
+            _check_regular(path)
+            if settings.auto_migrate:
+                _create_owner_only(Path(path))
+            _warn_wal_reset_bug()
+            # mode=rw: a connection never creates the file (only migrate() does), so reading a
+            # missing database says so instead of leaving an empty one behind.
+            uri = f"file:{quote(os.path.abspath(path))}?mode=rw"
+            engine = create_engine(
+                "sqlite://",
+                poolclass=QueuePool,
+                pool_size=settings.max_connections,
+                max_overflow=0,
+                pool_timeout=timeout,
+                creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=timeout),
             )
         pragmas = [
             f"PRAGMA busy_timeout = {int(timeout * 1000)}",
             "PRAGMA foreign_keys = ON",
             f"PRAGMA synchronous = {SYNCHRONOUS[settings.durability]}",
         ]
+        if settings.read_only:
+            pragmas.append("PRAGMA query_only = 1")
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
             dbapi_conn.isolation_level = None
             for pragma in pragmas:
                 dbapi_conn.execute(pragma)
-            if path is not None:
+            if path is not None and not settings.read_only:
                 _ensure_wal(dbapi_conn, timeout)
 
         @event.listens_for(engine, "begin")
@@ -161,6 +193,26 @@ class SQLiteBackend(SQLBackend):
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("fle_write") else "BEGIN")
 
         return engine
+
+    def migrate(self) -> list[str]:
+        """Create the database file (owner-only) if it is missing, then migrate it."""
+        path = database_path(self.settings.url)
+        if path is not None:
+            _create_owner_only(Path(path))
+        return super().migrate()
+
+    def migration_status(self) -> MigrationStatus:
+        """A missing file is a database with no migration applied: reported, not created."""
+        path = database_path(self.settings.url)
+        if path is not None and not os.path.exists(path):
+            return MigrationStatus(None, migrations.latest_revision(), migrations.pending_revisions(None))
+        return super().migration_status()
+
+    def _translate_driver(self, exc: BaseException | None) -> FleDBError:
+        path = database_path(self.settings.url)
+        if path is not None and not os.path.exists(path):
+            return NotFoundError(f"there is no SQLite database at {os.path.abspath(path)} (`fle-db init` creates one)")
+        return super()._translate_driver(exc)
 
     @contextmanager
     def _migration_lock(self, conn: Connection) -> Iterator[None]:
@@ -317,18 +369,26 @@ def _ensure_wal(conn: sqlite3.Connection, timeout: float) -> None:
             raise sqlite3.OperationalError("database is locked: could not switch it to WAL mode")
 
 
+def _check_regular(path: str) -> None:
+    """Refuse a database "file" that is a device, FIFO, socket or folder (``/dev/null`` would
+    make SQLite write ``/dev/null-journal`` beside it); a symlink to a regular file is fine."""
+    check_regular(path, f"the SQLite database {path!r}", follow_symlinks=True, error=ConfigurationError)
+
+
 def _create_owner_only(path: Path) -> None:
     """Create the directory and an empty database file readable by the owner only.
 
     SQLite gives its ``-wal`` and ``-shm`` files the database file's permissions, so those are
-    owner-only too. An existing file is left as it is.
+    owner-only too. An existing file is left as it is (if it is a regular file).
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise BackendUnavailableError(f"cannot create the SQLite database {str(path)!r}: {exc}") from exc
+    _check_regular(str(path))
 
 
 #: What a read-only query may do: read tables and columns, SELECT, call functions, recurse.

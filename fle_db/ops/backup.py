@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +41,30 @@ import orjson
 
 from .._version import __version__
 from ..backends import Backend, open_backend
-from ..config import Settings, is_url, target_url
+from ..config import Settings, database_url
 from ..errors import ConfigurationError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
 from ..instants import ago_us, from_us, iso, now_us, parse_duration, parse_instant, to_seconds
-from ..validation import is_int
-from .files import atomic_file, fsync
+from ..validation import is_int, is_number
+from .files import atomic_file, check_replaceable, fsync
 from .validate import validate
 
 log = logging.getLogger("fle_db")
 
 MANIFEST_FORMAT = "fle-db-backup/1"
+#: What a backup id looks like (``create`` makes them: UTC time + 4 hex digits). Every backup
+#: path is derived from an id that matched this and the configured folder, never from a file's
+#: content: a manifest saying ``"id": "../data"`` names nothing.
+BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{4}")
 #: ``progress(table, rows_just_written, rows_of_that_table)``
 Progress = Callable[[str, int, int], None]
 
 
 @contextmanager
-def open_database(settings: Settings, url: str, migrate: bool = True) -> Iterator[Backend]:
-    """A backend on ``url`` (a URL, or a path for a SQLite file) with ``settings``' other
-    options, migrated to this library's schema unless ``migrate=False``; closed on exit."""
-    backend = open_backend(settings.with_url(target_url(url)))
+def open_database(settings: Settings, url: str | Path, migrate: bool = True) -> Iterator[Backend]:
+    """A backend on ``url`` (a URL, or a path for a SQLite file: see
+    :func:`~fle_db.config.database_url`) with ``settings``' other options, migrated to this
+    library's schema unless ``migrate=False``; closed on exit."""
+    backend = open_backend(settings.with_url(database_url(url)))
     try:
         if migrate:
             backend.migrate()
@@ -109,11 +116,15 @@ def restore_to(
             report["safety_backup"] = store.create(backend)["id"]
         report["rows_changed"] = backend.rewind(point.seq)
         return report
-    if not is_url(target) and Path(target).exists():
-        raise ValidationError(f"restore target {target!r} exists; give a new SQLite path or an empty database's URL")
-    with open_database(settings, target) as destination:
+    url = database_url(target)
+    where = settings.with_url(url)
+    if where.backend == "sqlite" and where.database_exists():
+        raise ValidationError(
+            f"restore target {where.location!r} exists; give a new SQLite path or an empty database's URL"
+        )
+    with open_database(settings, url) as destination:
         report["rows"] = copy_database(backend, destination, point.seq)["rows"]
-    report["target"] = settings.with_url(target).safe_url() if is_url(target) else target
+    report["target"] = where.location
     return report
 
 
@@ -130,7 +141,12 @@ class BackupStore:
 
     # -- files -----------------------------------------------------------------------------
     def _prepare(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:  # a file in the way, no permission...
+            raise ConfigurationError(f"backup_dir {str(self.folder)!r} cannot be used as a folder: {exc}") from None
+        if not self.folder.is_dir():
+            raise ConfigurationError(f"backup_dir {str(self.folder)!r} is not a folder")
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -146,27 +162,51 @@ class BackupStore:
         """Remove what a stopped backup, verification or restore left: the database copy
         (``<id>.db.tmp`` and its journal), the manifest's temporary file (``atomic_file``:
         ``.<id>.json.XXXX.tmp``) and working copies (``.work-*`` folders). Only ever called
-        under the lock, so nothing in progress is removed."""
+        under the lock, so nothing in progress is removed; links are never followed."""
         for pattern in ("*.db.tmp*", ".*.json.*.tmp", ".work-*"):
             for leftover in self.folder.glob(pattern):
-                log.warning("removing %s, left by a backup that was stopped", leftover)
-                if leftover.is_dir() and not leftover.is_symlink():
+                if leftover.is_symlink():
+                    continue
+                if leftover.is_dir() and pattern == ".work-*":
+                    log.warning("removing %s, left by a backup that was stopped", leftover)
                     shutil.rmtree(leftover, ignore_errors=True)
-                else:
+                elif leftover.is_file():
+                    log.warning("removing %s, left by a backup that was stopped", leftover)
                     leftover.unlink(missing_ok=True)
 
-    def _manifest(self, backup_id: str) -> dict[str, Any]:
-        if not backup_id or "/" in backup_id or backup_id.startswith("."):
-            raise ValidationError(f"not a backup id: {backup_id!r}")
+    def _manifest(self, backup_id: Any) -> dict[str, Any]:
+        """The checked manifest of ``backup_id``: its file name, its ``id`` and its shape agree.
+
+        Raises:
+            ValidationError: not a backup id. NotFoundError: no such backup.
+            DataIntegrityError: the manifest is damaged or foreign.
+        """
+        if not isinstance(backup_id, str) or not BACKUP_ID.fullmatch(backup_id):
+            raise ValidationError(f"not a backup id: {backup_id!r:.80} (ids look like 20260101T000000000000Z-0a1b)")
         path = self.folder / f"{backup_id}.json"
         try:
-            manifest: dict[str, Any] = orjson.loads(path.read_bytes())
+            manifest: Any = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             raise NotFoundError(f"no backup {backup_id!r} in {self.folder}") from None
-        except orjson.JSONDecodeError as exc:
-            raise DataIntegrityError(f"the manifest of backup {backup_id!r} is damaged: {exc}") from None
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise DataIntegrityError(f"backup {backup_id!r} has an unknown manifest format {manifest.get('format')!r}")
+        except (orjson.JSONDecodeError, OSError) as exc:
+            raise DataIntegrityError(f"the manifest of backup {backup_id!r} is unreadable: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise DataIntegrityError(f"{path.name} is not an fle-db backup manifest ({MANIFEST_FORMAT})")
+        problems = [
+            key
+            for key, kind in (("id", str), ("timestamp", str), ("size", int), ("sha256", str))
+            if not isinstance(manifest.get(key), kind)
+        ]
+        if not problems and manifest["id"] != backup_id:
+            problems.append("id (it names another backup)")
+        if not problems:
+            try:
+                if datetime.fromisoformat(manifest["timestamp"]).tzinfo is None:
+                    problems.append("timestamp")
+            except ValueError:
+                problems.append("timestamp")
+        if problems:
+            raise DataIntegrityError(f"the manifest of backup {backup_id!r} is damaged: bad {', '.join(problems)}")
         return manifest
 
     # -- create ----------------------------------------------------------------------------
@@ -186,12 +226,13 @@ class BackupStore:
         backup_id = from_us(now).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
         work = self.folder / f"{backup_id}.db.tmp"
         started = time.perf_counter()
-        with open_database(self.settings, str(work)) as destination:
+        with open_database(self.settings, work) as destination:
             copied = copy_database(backend, destination)
         checks = _verify_file(self.settings, work)
         _seal(work)
         final = self.folder / f"{backup_id}.db"
         digest = _sha256(work)
+        check_replaceable(final)
         os.replace(work, final)
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -220,13 +261,16 @@ class BackupStore:
         """Every complete backup, oldest first: ``id``, ``timestamp``, ``size``, ``backend``,
         ``schema_version``, ``verified`` (checked when written, and its file is still there with
         that size), ``path``, ``rows``, ``commit``."""
-        if not self.folder.is_dir():
+        if not self.folder.exists():
             return []
+        self._prepare()
         backups = []
         for path in sorted(self.folder.glob("*.json")):
+            if not BACKUP_ID.fullmatch(path.stem):
+                continue  # not a file fle-db writes
             try:
                 manifest = self._manifest(path.stem)
-            except DataIntegrityError as exc:
+            except (DataIntegrityError, NotFoundError) as exc:
                 log.warning("skipping %s: %s", path, exc)
                 continue
             db = self.folder / f"{path.stem}.db"
@@ -278,7 +322,7 @@ class BackupStore:
         with self._locked(), self._working_copy(manifest) as work:
             checks = _verify_file(self.settings, work)
             report: dict[str, Any] = {"id": backup_id, "checks": checks}
-            with open_database(self.settings, str(work)) as source:
+            with open_database(self.settings, work) as source:
                 if target is None:
                     report["safety_backup"] = self._create(backend)["id"]
                     with source.snapshot() as snap:
@@ -328,8 +372,10 @@ class BackupScheduler:
     temporary files, which are never listed and are removed by the next backup."""
 
     def __init__(self, store: BackupStore, backend: Backend, interval: float, keep: int) -> None:
-        if interval <= 0:
-            raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r}")
+        if not is_number(interval) or not 0 < interval < float("inf"):
+            raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r:.80}")
+        if not is_int(keep) or keep < 1:
+            raise ConfigurationError(f"backup_keep must be an integer >= 1, got {keep!r:.80}")
         self.store, self.backend, self.interval, self.keep = store, backend, interval, keep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fle-db-backups", daemon=True)
@@ -379,8 +425,7 @@ def _seal(path: Path) -> None:
 
 def _verify_file(settings: Settings, path: Path) -> dict[str, Any]:
     """SQLite's structure check, then fle-db's validation (checksums and digests of everything)
-    on a database file (migrated first if it is an older backup). Raises DataIntegrityError
-    naming the first problems."""
+    on a database file. Raises DataIntegrityError naming the first problems."""
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
             result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
@@ -389,7 +434,7 @@ def _verify_file(settings: Settings, path: Path) -> dict[str, Any]:
         raise DataIntegrityError(f"{path.name} is not a readable SQLite database: {exc}") from None
     if result != ["ok"]:
         raise DataIntegrityError(f"{path.name} fails integrity_check: {'; '.join(result[:5])}")
-    with open_database(settings, str(path)) as backend:
+    with open_database(settings, path) as backend:  # migrates an older backup
         report = validate(backend)
     errors = [p for p in report["problems"] if p["severity"] == "error"]
     if errors:

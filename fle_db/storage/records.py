@@ -18,7 +18,17 @@ import orjson
 import pydantic
 
 from .. import models
-from ..backends.base import Blob, Checkpoint, NodeRow, SaveResult, StepRow, StoredState, StoredStep, TrajectoryRow
+from ..backends.base import (
+    Blob,
+    Checkpoint,
+    NodeRow,
+    SaveResult,
+    StepRow,
+    StoredCheckpoint,
+    StoredState,
+    StoredStep,
+    TrajectoryRow,
+)
 from ..errors import ConflictError, DataIntegrityError, DependencyError, ValidationError
 from ..validation import as_dict, validated
 from . import codec
@@ -196,6 +206,19 @@ class Records:
              "game_state_id": row.game_state_id}
             for row, value in zip(rows, self.values(rows), strict=True)
         ]  # fmt: skip
+
+    def checkpoint_dict(self, found: StoredCheckpoint) -> dict[str, Any]:
+        """A stored checkpoint as ``load_checkpoint`` returns it: ``{"step", "agent_output",
+        "environment_feedback", "game_state"}``, absent parts None."""
+        output, feedback = (self.values([r])[0] if r is not None else None
+                            for r in (found.agent_output, found.environment_feedback))  # fmt: skip
+        state = self.state(found.game_state) if found.game_state is not None else None
+        return {
+            "step": self.steps([found.step])[0],
+            "agent_output": output,
+            "environment_feedback": feedback,
+            "game_state": state,
+        }
 
     def step_records(self, rows: list[StoredStep]) -> list[dict[str, Any]]:
         """Stored agent outputs or feedbacks as the dicts their loaders return."""

@@ -182,6 +182,8 @@ class BackendConformance:
         with DatabaseClient(url, **client_options) as db:
             assert db.load_latest_checkpoint("t") == {
                 "step": {**_step("t", 0, action="a"), "game_state_id": state_id},
+                "agent_output": None,
+                "environment_feedback": None,
                 "game_state": {"x": 1},
             }
             assert db.load_metadata("t") == {"k": [1]}
@@ -369,6 +371,8 @@ class BackendConformance:
         db.save_step(_step("t", 1, note="no state"))
         assert db.load_latest_checkpoint("t") == {
             "step": {**_step("t", 1, note="no state"), "game_state_id": None},
+            "agent_output": None,
+            "environment_feedback": None,
             "game_state": None,
         }
 

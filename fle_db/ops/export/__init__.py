@@ -18,13 +18,12 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...backends.base import TrajectoryFilter
 from ...errors import ValidationError
 from ...storage import codec
-from ..files import atomic_file
+from ..files import atomic_file, checked_path
 from .chat import ChatSink
 from .common import Checkpoint, Sink, compressed
 from .importer import Progress, import_data
@@ -57,7 +56,7 @@ def export_data(
     """
     if fmt not in FORMATS:
         raise ValidationError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    target = Path(path)
+    target = checked_path(path, "path")
     compress = target.name.endswith(".zst")
     if fmt == "parquet" and compress:
         raise ValidationError("parquet files compress their pages (zstd) themselves: drop the .zst suffix")

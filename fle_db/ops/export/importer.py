@@ -1,9 +1,12 @@
-"""Import of ``jsonl`` exports.
+"""Import of ``jsonl`` exports (see :mod:`fle_db.ops.export.jsonl` for the format).
 
 Import (:func:`import_data`, ``jsonl`` only) goes one trajectory at a time, **the trajectory
 being the unit**: its lines are read and verified (shapes, step order, count and digest) before
 anything of it is written, then it is compared with what the database holds and written through
-the client's validated save paths. See :func:`import_data` for the exact rules.
+the client's validated save paths. See :func:`import_data` for the exact rules. Every record of a
+line must name that line's trajectory and step, so an import writes only into the trajectory it
+imports. Memory holds one line and one write batch; the rest of a trajectory's lines wait in a
+spooled temporary file until its digest is verified.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import hashlib
 import io
 import logging
 import os
+import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ import zstandard
 
 from ...errors import ConflictError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
 from ...storage import codec
+from ..files import checked_path
 from .jsonl import FORMAT_NAME, FORMAT_VERSION
 
 if TYPE_CHECKING:
@@ -29,26 +35,39 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fle_db")
 
-#: ``progress(trajectories_done, file_bytes_done)``.
-Progress = Callable[[int, int], None]
-
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _IMPORT_BATCH_STEPS = 200
 _IMPORT_BATCH_BYTES = 32 * 1024 * 1024
 _RECORDS = ("step", "agent_output", "environment_feedback")
+#: ``progress(trajectories_done, file_bytes_done)``.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(slots=True)
 class _Block:
-    """One trajectory's lines, read and verified before anything of it is written."""
+    """One trajectory's lines, read and verified before anything of it is written. The lines
+    wait in a spooled temporary file (in memory up to one import batch, then on disk), so a
+    trajectory of any length, or a decompression bomb, never holds more than that in memory."""
 
     trajectory: dict[str, Any]
     metadata: dict[str, Any]
     first_line: int
-    lines: list[bytes] = field(default_factory=list)
+    spool: IO[bytes] = field(default_factory=lambda: tempfile.SpooledTemporaryFile(_IMPORT_BATCH_BYTES))
+    ends: list[int] = field(default_factory=list)  # where each checkpoint line ends in the spool
     parts: list[frozenset[str]] = field(default_factory=list)  # the records each line holds
     digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16))
     last_step: int = -1
+
+    def add(self, data: bytes) -> None:
+        self.spool.write(data)
+        self.ends.append(self.spool.tell())
+
+    def line(self, index: int) -> bytes:
+        start = self.ends[index - 1] if index else 0
+        self.spool.seek(start)
+        data = self.spool.read(self.ends[index] - start)
+        self.spool.seek(0, io.SEEK_END)
+        return data
 
 
 def import_data(
@@ -74,7 +93,10 @@ def import_data(
     "environment_feedbacks" | "metadata": {"created", "present"}, "seconds"}``.
 
     Raises:
-        ValidationError: not an fle-db export, or a malformed record (the line is named).
+        NotFoundError: ``path`` does not exist.
+        ValidationError: not an fle-db export, not a regular file, or a malformed record (the
+            line is named; a step, output or feedback naming another trajectory or step than
+            its line's is one).
         SchemaVersionError: the file's format version is not one this fle-db reads.
         DataIntegrityError: truncated file, a line that is not JSON, or a trajectory whose
             digest or checkpoint count does not match (tampered or corrupted).
@@ -86,7 +108,7 @@ def import_data(
     for table in ("steps", "agent_outputs", "environment_feedbacks", "metadata"):
         counts[table] = {"created": 0, "present": 0}
     done = 0
-    with open(path, "rb") as raw:
+    with _open_regular(path) as raw:
         lines = _numbered_lines(raw, client.settings.max_payload_bytes)
         first = next(lines, None)
         if first is None:
@@ -113,12 +135,12 @@ def import_data(
                     raise ValidationError(f"line {number}: a checkpoint outside a trajectory")
                 _check_checkpoint(record, block, number)
                 block.digest.update(data)
-                block.lines.append(data)
+                block.add(data)
             elif kind == "trajectory_end":
                 if block is None:
                     raise ValidationError(f"line {number}: trajectory_end outside a trajectory")
                 _check_end(record, block, number)
-                with codec.gc_paused():
+                with block.spool, codec.gc_paused():
                     _import_trajectory(client, block, counts)
                 block = None
                 done += 1
@@ -146,6 +168,27 @@ def import_data(
     counts["seconds"] = round(time.perf_counter() - started, 3)
     log.info("imported %s from %s", counts, os.fspath(path))
     return counts
+
+
+def _open_regular(path: Any) -> IO[bytes]:
+    """``path`` opened for reading, if it is a regular file (a FIFO would block forever).
+
+    Raises:
+        NotFoundError: no such file. ValidationError: not a path, or not a regular file.
+    """
+    path = checked_path(path, "the import path")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValidationError(f"{os.fspath(path)!r} is not a regular file")
+        os.set_blocking(fd, True)
+        raw = os.fdopen(fd, "rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"there is no file {os.fspath(path)!r} to import") from None
+    except OSError as exc:
+        raise ValidationError(f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}") from None
+    return raw
 
 
 def _numbered_lines(raw: IO[bytes], max_payload_bytes: int) -> Iterator[tuple[int, bytes]]:
@@ -219,6 +262,15 @@ def _check_checkpoint(record: dict[str, Any], block: _Block, number: int) -> Non
         value = record.get(name)
         if value is not None and not isinstance(value, dict):
             raise ValidationError(f"line {number}: {name} must be an object or null")
+        # A record is written under its own keys: they must be the line's, or a line of
+        # trajectory A would write into trajectory B (outside the unit that is rolled back).
+        if value is not None and name != "game_state":
+            named = (value.get("trajectory_id"), value.get("step_number"))
+            if named != (tid, step_number) or type(named[1]) is not int:
+                raise ValidationError(
+                    f"line {number}: the {name} names trajectory {named[0]!r:.80} step {named[1]!r:.40}, "
+                    f"not this line's {tid!r} step {step_number}"
+                )
     if record.get("game_state") is not None and record.get("step") is None:
         raise ValidationError(f"line {number}: a game state without its step")
     parts = frozenset(name for name in _RECORDS if record.get(name) is not None)
@@ -231,7 +283,7 @@ def _check_end(record: dict[str, Any], block: _Block, number: int) -> None:
     tid = block.trajectory["id"]
     if record.get("trajectory_id") != tid:
         raise ValidationError(f"line {number}: trajectory_end of {record.get('trajectory_id')!r} inside {tid!r}")
-    if record.get("checkpoints") != len(block.lines) or record.get("digest") != block.digest.hexdigest():
+    if record.get("checkpoints") != len(block.ends) or record.get("digest") != block.digest.hexdigest():
         raise DataIntegrityError(
             f"trajectory {tid!r} (lines {block.first_line}-{number}) does not match its digest or checkpoint "
             "count: the file was altered or corrupted; nothing of this trajectory was imported"
@@ -264,7 +316,7 @@ def _import_trajectory(client: DatabaseClient, block: _Block, counts: dict[str, 
     for index, parts in enumerate(block.parts):
         missing = parts
         if stored_trajectory is not None:
-            record = orjson.loads(block.lines[index])
+            record = orjson.loads(block.line(index))
             number = record["step_number"]
             for name in parts:
                 held = stored[name].get(number)
@@ -308,11 +360,13 @@ def _check_same(what: str, stored: dict[str, Any], given: dict[str, Any]) -> Non
 
 
 def _write_checkpoints(client: DatabaseClient, block: _Block, new: list[tuple[int, frozenset[str]]]) -> None:
-    """Write the new parts of the checkpoints in batches (one transaction each)."""
+    """Write the new parts of the checkpoints in batches (one transaction each) of at most
+    ``max_payload_bytes`` of lines (and 32 MiB), so memory stays bounded by the payload limit."""
+    batch_bytes = min(_IMPORT_BATCH_BYTES, client.settings.max_payload_bytes)
     batch: list[dict[str, Any]] = []
     size = 0
     for index, missing in new:
-        data = block.lines[index]
+        data = block.line(index)
         record = orjson.loads(data)
         if record.get("step") is None:  # an output or feedback saved without its step
             if "agent_output" in missing:
@@ -326,7 +380,7 @@ def _write_checkpoints(client: DatabaseClient, block: _Block, new: list[tuple[in
                 element[name] = record[name]
         batch.append(element)
         size += len(data)
-        if len(batch) >= _IMPORT_BATCH_STEPS or size >= _IMPORT_BATCH_BYTES:
+        if len(batch) >= _IMPORT_BATCH_STEPS or size >= batch_bytes:
             client.batch_save_steps(batch)
             batch, size = [], 0
     if batch:
@@ -341,3 +395,6 @@ def _undo(client: DatabaseClient, tid: str) -> None:
         pass
     except Exception:
         log.exception("import failed for new trajectory %r and removing its partial rows failed too", tid)
+
+
+__all__ = ["import_data"]
