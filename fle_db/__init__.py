@@ -1,5 +1,6 @@
 """fle-db: the checkpoint database for AI-agent trajectories (SQLite, PostgreSQL, MySQL or a custom backend)."""
 
+from ._version import __version__
 from .client import DatabaseClient
 from .config import Settings
 from .errors import (
@@ -23,8 +24,6 @@ from .errors import (
     ValidationError,
 )
 from .models import AgentOutput, EnvironmentFeedback, MetadataEntry, Step, Trajectory
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AgentOutput",
@@ -52,4 +51,5 @@ __all__ = [
     "Trajectory",
     "UnsupportedError",
     "ValidationError",
+    "__version__",
 ]

@@ -1,15 +1,44 @@
 """Settings: constructor arguments first, then the environment, then defaults.
 
-The environment variables are the spec's, kept exactly:
+The environment variables are the spec's (FLE's), kept exactly; each maps to the
+:class:`DatabaseClient` argument of the same meaning (see :class:`Options`):
 
-``FLE_DB_BACKUP_DIR``      folder of backups                                ``.fle/backups``
-``FLE_DB_BACKUP_INTERVAL`` seconds between automated backups                off
-``FLE_DB_BACKUP_KEEP``     automated backups keep this many                 ``10``
-``FLE_DB_PITR_RETENTION``  seconds point-in-time recovery reaches back      ``604800`` (7 days)
-``FLE_DB_QUERY_TIMEOUT``   seconds one ``execute_query`` may run            ``5``
-``FLE_DB_QUERY_MAX_ROWS``  rows one ``execute_query`` may return            ``100000``
-``SKILLS_DB_READONLY_URL`` SELECT-only login of ``execute_query`` (servers)  derived (0007)
-=========================  ===============================================  ===========
+==========================  =============================================  =======================
+variable (argument)         meaning                                        default
+==========================  =============================================  =======================
+``FLE_DB_TYPE``             ``sqlite``, ``postgres``, ``mysql`` or a       ``sqlite``
+(``db_type``)               registered third-party backend
+``SQLITE_DB_FILE``          path of the SQLite file (its folder is         ``.fle/data.db``
+(``sqlite_db_file``)        created)
+``SKILLS_DB_HOST/PORT``     database server host and port                  required / the
+(``host``, ``port``)                                                       backend's (5432, 3306)
+``SKILLS_DB_NAME/USER``     database and user on the server                required
+(``database``, ``user``)
+``SKILLS_DB_PASSWORD``      the user's password                            empty (trust/peer)
+(``password``)
+``SKILLS_DB_SSLMODE``       TLS mode (``require``, ``verify-ca``,          the driver's
+(``sslmode``)               ``verify-full``...)
+``SKILLS_DB_SSLROOTCERT``   CA certificate file for ``verify-ca/-full``    none
+(``sslrootcert``)
+``SKILLS_DB_READONLY_URL``  SELECT-only login of ``execute_query``         derived (migration
+(``read_only_url``)         (servers)                                      0007)
+``FLE_DB_BACKUP_DIR``       folder of backups                              ``.fle/backups``
+(``backup_dir``)
+``FLE_DB_BACKUP_INTERVAL``  seconds between automated backups              off
+(``backup_interval``)
+``FLE_DB_BACKUP_KEEP``      automated backups keep this many               ``10``
+(``backup_keep``)
+``FLE_DB_PITR_RETENTION``   seconds point-in-time recovery reaches back    ``604800`` (7 days)
+(``pitr_retention``)
+``FLE_DB_QUERY_TIMEOUT``    seconds one ``execute_query`` may run          ``5``
+(``query_timeout``)
+``FLE_DB_QUERY_MAX_ROWS``   rows one ``execute_query`` may return          ``100000``
+(``query_max_rows``)
+==========================  =============================================  =======================
+
+The other options (``max_connections``, ``connection_timeout``, ``auto_migrate``,
+``max_payload_bytes``, ``durability``, ``cache_max_bytes``, ``slow_operation_ms``,
+``retry_deadline``) are arguments only; :class:`Settings` documents each and its default.
 Which variables a backend reads is the backend's business (``Backend.url_from_options``); the
 registry (``fle_db.backends.registry``) decides which names and URL schemes exist. This is the
 only module that reads ``os.environ``: backends get it as a mapping. Passwords never appear in
@@ -22,7 +51,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -32,6 +61,7 @@ from .backends.base import ConnectionOptions as ConnectionOptions  # re-exported
 from .errors import ConfigurationError
 from .ops.files import checked_path
 from .redact import redact
+from .validation import is_int, is_number
 
 DEFAULT_BACKEND = "sqlite"
 DEFAULT_MAX_CONNECTIONS = 10
@@ -56,6 +86,40 @@ DEFAULT_PITR_RETENTION = 7 * 86400.0
 #: may lose the last commits on power loss or a server crash, never corrupts, and never loses them
 #: on a client crash. Each backend maps them to its own settings.
 DURABILITY_LEVELS = ("full", "fast")
+
+
+class Options(TypedDict, total=False):
+    """The keyword arguments of :class:`~fle_db.DatabaseClient` and :meth:`Settings.resolve`,
+    typed for type checkers and IDEs. Their defaults and environment variables are
+    :meth:`Settings.resolve`'s (the module docstring has the table); a test keeps both lists equal.
+    """
+
+    db_type: str | None
+    sqlite_db_file: str | os.PathLike[str] | None
+    host: str | None
+    port: int | str | None
+    database: str | None
+    user: str | None
+    password: str | None
+    sslmode: str | None
+    sslrootcert: str | None
+    max_connections: int
+    connection_timeout: float
+    auto_migrate: bool
+    max_payload_bytes: int
+    durability: str
+    cache_max_bytes: int
+    slow_operation_ms: float
+    retry_deadline: float
+    backup_dir: str | os.PathLike[str] | None
+    backup_interval: float | None
+    backup_keep: int | None
+    pitr_retention: float | None
+    query_timeout: float | None
+    query_max_rows: int | None
+    read_only_url: str | None
+    read_only: bool
+    environ: Mapping[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -182,34 +246,22 @@ class Settings:
                 "sslrootcert": sslrootcert,
             }
             sa_url = registry.backend_class(backend).url_from_options(ConnectionOptions(backend, arguments, env))
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        if not is_int(max_connections) or max_connections < 1:
             raise ConfigurationError(f"max_connections must be an integer >= 1, got {max_connections!r}")
-        if (
-            isinstance(connection_timeout, bool)
-            or not isinstance(connection_timeout, (int, float))
-            or not 0 < connection_timeout < 86400
-        ):
+        if not is_number(connection_timeout) or not 0 < connection_timeout < 86400:
             raise ConfigurationError(
                 f"connection_timeout must be a number of seconds in (0, 86400), got {connection_timeout!r}"
             )
-        if (
-            isinstance(max_payload_bytes, bool)
-            or not isinstance(max_payload_bytes, int)
-            or not 1024 <= max_payload_bytes <= MAX_PAYLOAD_LIMIT
-        ):
+        if not is_int(max_payload_bytes) or not 1024 <= max_payload_bytes <= MAX_PAYLOAD_LIMIT:
             raise ConfigurationError(
                 f"max_payload_bytes must be an integer in [1024, {MAX_PAYLOAD_LIMIT}] (a record's size is stored "
                 f"in a 32-bit INTEGER on PostgreSQL and MySQL), got {max_payload_bytes!r}"
             )
-        if isinstance(cache_max_bytes, bool) or not isinstance(cache_max_bytes, int) or cache_max_bytes < 0:
+        if not is_int(cache_max_bytes) or cache_max_bytes < 0:
             raise ConfigurationError(f"cache_max_bytes must be an integer >= 0, got {cache_max_bytes!r}")
-        if (
-            isinstance(slow_operation_ms, bool)
-            or not isinstance(slow_operation_ms, (int, float))
-            or slow_operation_ms < 0
-        ):
+        if not is_number(slow_operation_ms) or slow_operation_ms < 0:
             raise ConfigurationError(f"slow_operation_ms must be a number >= 0, got {slow_operation_ms!r}")
-        if isinstance(retry_deadline, bool) or not isinstance(retry_deadline, (int, float)) or retry_deadline < 0:
+        if not is_number(retry_deadline) or retry_deadline < 0:
             raise ConfigurationError(f"retry_deadline must be a number of seconds >= 0, got {retry_deadline!r}")
         if not isinstance(read_only, bool):
             raise ConfigurationError(f"read_only must be True or False, got {read_only!r}")
