@@ -158,9 +158,7 @@ def _short_time(value: str | None) -> str:
 @click.option("--state", is_flag=True, help="Show the game state (of --step N, else of the latest step) by key.")
 @json_option
 @click.pass_obj
-def show(
-    options: Options, trajectory_id: str, list_steps: bool, step_number: int | None, state: bool
-) -> None:
+def show(options: Options, trajectory_id: str, list_steps: bool, step_number: int | None, state: bool) -> None:
     """Show a trajectory: its record, metadata, steps and latest step; with --step N one step's
     code (highlighted), output, feedback and reward; with --state its game state by top-level key."""
     with _open_existing(options, trajectory_id) as client:
@@ -234,9 +232,7 @@ def _first_line(value: str | None, width: int) -> str:
     return lines[0] if len(lines[0]) <= width else lines[0][: width - 1] + "…"
 
 
-def _show_checkpoint(
-    options: Options, trajectory_id: str, checkpoint: dict[str, Any], *, with_state: bool
-) -> None:
+def _show_checkpoint(options: Options, trajectory_id: str, checkpoint: dict[str, Any], *, with_state: bool) -> None:
     step, output, feedback = checkpoint["step"], checkpoint["agent_output"], checkpoint["environment_feedback"]
     number = step["step_number"]
     if options.json:

@@ -55,4 +55,3 @@ class ChatSink:
 
     def finish(self, trajectories: int, checkpoints: int) -> None:
         return None
-
