@@ -12,7 +12,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -746,7 +747,8 @@ class DatabaseClient:
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         """Write the selected trajectories — with steps, agent outputs, feedbacks, game states and
-        metadata — to ``path``, streaming (memory holds one trajectory, not the export).
+        metadata — to ``path``, streaming (memory is bounded by bytes, not by the data: see
+        ``fle_db.ops.export``).
 
         ``format``: ``"jsonl"`` (importable with :meth:`import_data`; zstd-compressed when
         ``path`` ends in ``.zst``), ``"chat"`` (one OpenAI-style conversation per trajectory, for
@@ -1086,27 +1088,45 @@ class DatabaseClient:
         return self._save(build)[0]
 
     def _record_values(self, rows: list[StoredStep]) -> list[Any]:
-        """Decode step-scoped rows of one trajectory and table; a delta's keyframe is either in
-        ``rows`` (whole-trajectory loads) or attached to the row (resume)."""
+        """Decode step-scoped rows of one trajectory and table (see :meth:`_iter_record_values`)."""
+        return list(self._iter_record_values(rows))
+
+    def _iter_record_values(self, rows: list[StoredStep]) -> Iterator[Any]:
+        """Decode step-scoped rows of one trajectory and table, one at a time; a delta's keyframe
+        is either in ``rows`` (whole-trajectory loads) or attached to the row (resume, export
+        pages). A keyframe's raw bytes are kept only while a later row still needs them."""
         by_number = {row.step_number: row for row in rows}
+        uses = Counter(row.base_step_number for row in rows if row.base_step_number is not None)
         raw: dict[int, bytes] = {}
+        for row in rows:
+            value = orjson.loads(self._record_raw(row, by_number, raw, uses))
+            if row.base_step_number is not None:
+                uses[row.base_step_number] -= 1
+                if not uses[row.base_step_number]:
+                    raw.pop(row.base_step_number, None)
+            yield value
 
-        def resolve(row: StoredStep) -> bytes:
-            got = raw.get(row.step_number)
-            if got is None:
-                base = None
-                if row.base_step_number is not None:
-                    base_row = row.base or by_number.get(row.base_step_number)
-                    if base_row is None:
-                        raise DataIntegrityError(
-                            f"record {row.step_number} of {row.trajectory_id!r} is a delta of missing "
-                            f"record {row.base_step_number}"
-                        )
-                    base = resolve(base_row)
-                got = raw[row.step_number] = self._decoder.record(row.codec, row.body, row.digest, base)
-            return got
-
-        return [orjson.loads(resolve(row)) for row in rows]
+    def _record_raw(
+        self, row: StoredStep, by_number: dict[int, StoredStep], raw: dict[int, bytes], uses: Counter[int]
+    ) -> bytes:
+        """The verified raw bytes of ``row``, kept in ``raw`` while ``uses`` counts later deltas
+        of it. (A method, not a recursive closure: that would be a reference cycle holding every
+        row until the cyclic collector runs, which export pauses.)"""
+        got = raw.get(row.step_number)
+        if got is None:
+            base = None
+            if row.base_step_number is not None:
+                base_row = row.base or by_number.get(row.base_step_number)
+                if base_row is None:
+                    raise DataIntegrityError(
+                        f"record {row.step_number} of {row.trajectory_id!r} is a delta of missing "
+                        f"record {row.base_step_number}"
+                    )
+                base = self._record_raw(base_row, by_number, raw, uses)
+            got = self._decoder.record(row.codec, row.body, row.digest, base)
+            if uses[row.step_number]:
+                raw[row.step_number] = got
+        return got
 
     def _checkpoint_dict(self, found: StoredCheckpoint) -> dict[str, Any]:
         row = found.step

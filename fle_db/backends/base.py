@@ -610,6 +610,24 @@ class Backend(ABC):
         step order."""
 
     @abstractmethod
+    def record_sizes(self, trajectory_id: str, after: int | None, limit: int) -> list[tuple[int, int]]:
+        """``(step_number, stored bytes)`` of the next step numbers after ``after`` (None: from the
+        first) that hold a step, agent output or feedback, in order: the stored body sizes of
+        the three records summed, without reading the bodies. Each table is read ``limit`` rows
+        ahead, so fewer numbers may come back; an empty list means there are no more."""
+
+    @abstractmethod
+    def load_step_page(
+        self, trajectory_id: str, first: int, last: int
+    ) -> tuple[list[StoredStep], list[StoredStep], list[StoredStep]]:
+        """The steps, agent outputs and feedbacks numbered ``first``..``last``, each in step
+        order, every delta with the keyframe it needs attached when that lies outside the page."""
+
+    @abstractmethod
+    def game_state_sizes(self, state_ids: Sequence[str]) -> dict[str, int]:
+        """``{state_id: raw_size}`` of the states found among ``state_ids``, without their bodies."""
+
+    @abstractmethod
     def load_metadata(self, trajectory_id: str) -> list[StoredRecord]:
         """A trajectory's metadata rows in key order."""
 

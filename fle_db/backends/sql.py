@@ -1777,6 +1777,66 @@ class SQLBackend(Backend):
         return [_stored_step(row) for row in rows]
 
     @_idempotent
+    def record_sizes(self, trajectory_id: str, after: int | None, limit: int) -> list[tuple[int, int]]:
+        totals: dict[int, int] = {}
+        horizon: int | None = None  # numbers beyond a table's last row read may have more there
+        with self._read() as conn:
+            for table in browse.RECORD_TABLES:
+                query = select(table.c.step_number, func.length(table.c.body)).where(
+                    table.c.trajectory_id == trajectory_id
+                )
+                if after is not None:
+                    query = query.where(table.c.step_number > after)
+                rows = conn.execute(query.order_by(table.c.step_number).limit(limit)).all()
+                for number, size in rows:
+                    totals[number] = totals.get(number, 0) + int(size)
+                if len(rows) == limit:
+                    horizon = rows[-1][0] if horizon is None else min(horizon, rows[-1][0])
+        return sorted((n, size) for n, size in totals.items() if horizon is None or n <= horizon)
+
+    @_idempotent
+    def load_step_page(
+        self, trajectory_id: str, first: int, last: int
+    ) -> tuple[list[StoredStep], list[StoredStep], list[StoredStep]]:
+        pages: list[list[StoredStep]] = []
+        with self._read() as conn:
+            for table in browse.RECORD_TABLES:
+                rows = [
+                    _stored_step(row)
+                    for row in conn.execute(
+                        select(*_step_columns(table))
+                        .where(table.c.trajectory_id == trajectory_id, table.c.step_number.between(first, last))
+                        .order_by(table.c.step_number)
+                    )
+                ]
+                # A keyframe outside the page is read once and shared by every delta that needs it
+                # (one missing altogether is reported when the delta is decoded).
+                wanted = {r.base_step_number for r in rows if r.base_step_number is not None}
+                outside: dict[int, StoredStep] = {}
+                if wanted := wanted - {r.step_number for r in rows}:
+                    for row in conn.execute(
+                        select(*_step_columns(table)).where(
+                            table.c.trajectory_id == trajectory_id, table.c.step_number.in_(sorted(wanted))
+                        )
+                    ):
+                        keyframe = self._with_bases(conn, _stored_step(row), table)
+                        outside[keyframe.step_number] = keyframe
+                pages.append([replace(r, base=outside[r.base_step_number]) if r.base_step_number in outside else r
+                              for r in rows])  # fmt: skip
+        return pages[0], pages[1], pages[2]
+
+    @_idempotent
+    def game_state_sizes(self, state_ids: Sequence[str]) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        with self._read() as conn:
+            for i in range(0, len(state_ids), _VERIFY_CHUNK):
+                query = select(game_states.c.id, game_states.c.raw_size).where(
+                    game_states.c.id.in_(state_ids[i : i + _VERIFY_CHUNK])
+                )
+                sizes.update((sid, int(size)) for sid, size in conn.execute(query))
+        return sizes
+
+    @_idempotent
     def load_metadata(self, trajectory_id: str) -> list[StoredRecord]:
         table = trajectory_metadata
         with self._read() as conn:

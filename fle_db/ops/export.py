@@ -34,7 +34,7 @@ without any agent code is skipped (counted in ``skipped``).
 
 ``parquet`` (analysis; needs ``pip install 'fle-db[parquet]'``; not importable). One row per
 checkpoint (a trajectory without checkpoints: one row with null ``step_number``), zstd-compressed
-row groups of at most 2,048 rows or ~16 MiB of JSON. Columns: ``trajectory_id``,
+row groups of at most 2,048 rows or ~4 MiB of JSON. Columns: ``trajectory_id``,
 ``step_number`` (int64), the trajectory's ``agent_type``, ``task``, ``total_reward`` (float64),
 ``success`` (bool), ``parent_trajectory_id``, ``parent_step_number`` (int64), ``trajectory`` and
 ``metadata`` (JSON text, repeated per row), the step's ``reward`` (float64), ``step``,
@@ -43,8 +43,9 @@ row groups of at most 2,048 rows or ~16 MiB of JSON. Columns: ``trajectory_id``,
 
 Every format is written to a temporary file beside ``path`` (owner-only, 0600), fsynced and
 renamed over ``path``: a reader never sees a partial export, and a failed one leaves nothing.
-Memory holds one trajectory's records (without game states) plus 64 game states at a time,
-whatever the number of trajectories exported.
+Memory is bounded by bytes, whatever the number of trajectories, steps or their sizes: a page
+of at most 1,024 step numbers holding at most 4 MiB of stored records (decoded one checkpoint at
+a time), and game states read in batches of at most 4 MiB raw (one at a time when larger).
 
 Import lives in :mod:`fle_db.ops.importing`.
 """
@@ -52,6 +53,7 @@ Import lives in :mod:`fle_db.ops.importing`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -64,7 +66,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import orjson
 import zstandard
 
-from ..backends.base import TrajectoryFilter
+from ..backends.base import StoredStep, TrajectoryFilter
 from ..errors import (
     ConfigurationError,
     ValidationError,
@@ -86,9 +88,14 @@ FORMATS = ("jsonl", "chat", "parquet")
 #: ``progress(trajectories_done, file_bytes_done)``.
 Progress = Callable[[int, int], None]
 
-_STATES_PER_QUERY = 64
+#: A page of step numbers: at most this many, holding at most _PAGE_BYTES of stored records
+#: (always at least one number, whatever its size).
+_PAGE_STEPS = 1024
+_PAGE_BYTES = 4 * 1024 * 1024
+#: Game states read at once: at most this many raw bytes (always at least one state).
+_STATE_BYTES = 4 * 1024 * 1024
 _PARQUET_ROWS = 2048
-_PARQUET_BYTES = 16 * 1024 * 1024
+_PARQUET_BYTES = 4 * 1024 * 1024
 _RECORDS = ("step", "agent_output", "environment_feedback")
 _PARQUET_HINT = "pip install 'fle-db[parquet]'"
 
@@ -212,34 +219,84 @@ def _header(client: DatabaseClient, criteria: TrajectoryFilter) -> dict[str, Any
 def _read_trajectory(
     client: DatabaseClient, tid: str, with_states: bool
 ) -> tuple[dict[str, Any], dict[str, Any], Iterator[_Checkpoint]]:
-    """A trajectory, its metadata and its checkpoints in step order; game states are read
-    :data:`_STATES_PER_QUERY` at a time as the checkpoints are consumed."""
+    """A trajectory, its metadata and its checkpoints in step order, read as they are consumed
+    so that memory is bounded by bytes, whatever the data: records in pages of step numbers
+    holding at most :data:`_PAGE_BYTES` stored (decoded one checkpoint at a time), game states in
+    batches of at most :data:`_STATE_BYTES` raw (one at a time when larger)."""
     trajectory = client.load_trajectory(tid)
     metadata = client.load_metadata(tid)
-    parts = {
-        "step": {r["step_number"]: r for r in client.load_steps(tid)},
-        "agent_output": {r["step_number"]: r for r in client.load_agent_outputs(tid)},
-        "environment_feedback": {r["step_number"]: r for r in client.load_environment_feedbacks(tid)},
-    }
-    numbers = sorted(set().union(*parts.values()))
+    backend = client._backend
 
     def checkpoints() -> Iterator[_Checkpoint]:
-        for i in range(0, len(numbers), _STATES_PER_QUERY):
-            chunk = numbers[i : i + _STATES_PER_QUERY]
-            state_ids = [s["game_state_id"] for n in chunk if (s := parts["step"].get(n)) and s["game_state_id"]]
-            states = client.load_game_states(state_ids) if with_states and state_ids else {}
-            for n in chunk:
-                step = parts["step"].pop(n, None)
-                state_id = step["game_state_id"] if step else None
-                yield _Checkpoint(
-                    n,
-                    step,
-                    parts["agent_output"].pop(n, None),
-                    parts["environment_feedback"].pop(n, None),
-                    states.get(state_id) if state_id else None,
-                )
+        after: int | None = None
+        while sizes := backend.record_sizes(tid, after, _PAGE_STEPS):
+            total, last = 0, sizes[0][0]
+            for number, size in sizes:
+                total += size
+                if total > _PAGE_BYTES and number != sizes[0][0]:
+                    break
+                last = number
+            yield from _page(client, tid, sizes[0][0], last, with_states)
+            after = last
 
     return trajectory, metadata, checkpoints()
+
+
+def _page(client: DatabaseClient, tid: str, first: int, last: int, with_states: bool) -> Iterator[_Checkpoint]:
+    """The checkpoints numbered ``first``..``last``; each record is decoded as it is yielded."""
+    pages = client._backend.load_step_page(tid, first, last)
+    state_of = {row.step_number: row.game_state_id for row in pages[0] if row.game_state_id} if with_states else {}
+    sizes = client._backend.game_state_sizes(list(dict.fromkeys(state_of.values()))) if state_of else {}
+    numbers = sorted({row.step_number for rows in pages for row in rows})
+    steps, outputs, feedbacks = (_Ahead(rows, client._iter_record_values(rows)) for rows in pages)
+    states: dict[str, dict[str, Any]] = {}
+    for index, number in enumerate(numbers):
+        state_id = state_of.get(number)
+        if state_id is not None and state_id not in states:
+            states = {}  # the previous batch goes before the next is read
+            states = client.load_game_states(_state_batch(numbers, index, state_of, sizes))
+        step, output, feedback = steps.take(number), outputs.take(number), feedbacks.take(number)
+        yield _Checkpoint(
+            number,
+            {"trajectory_id": tid, "step_number": number, **step[1], "game_state_id": step[0].game_state_id}
+            if step is not None
+            else None,
+            {"trajectory_id": tid, "step_number": number, **output[1]} if output is not None else None,
+            {"trajectory_id": tid, "step_number": number, **feedback[1]} if feedback is not None else None,
+            states.get(state_id) if state_id else None,
+        )
+
+
+def _state_batch(numbers: list[int], start: int, state_of: dict[int, str], sizes: dict[str, int]) -> list[str]:
+    """The distinct states of ``numbers[start:]``, in order, while their raw sizes sum to at most
+    :data:`_STATE_BYTES` (always the first)."""
+    batch: dict[str, None] = {}
+    total = 0
+    for number in itertools.islice(numbers, start, None):
+        state_id = state_of.get(number)
+        if state_id is None or state_id in batch:
+            continue
+        total += sizes.get(state_id, 0)
+        if batch and total > _STATE_BYTES:
+            break
+        batch[state_id] = None
+    return list(batch)
+
+
+class _Ahead:
+    """The decoded records of one table, taken by step number in ascending order."""
+
+    def __init__(self, rows: list[StoredStep], values: Iterator[Any]) -> None:
+        self._pairs = zip(rows, values, strict=True)
+        self._next = next(self._pairs, None)
+
+    def take(self, number: int) -> tuple[StoredStep, Any] | None:
+        """The row numbered ``number`` and its value, or None when the table has none."""
+        pair = self._next
+        if pair is None or pair[0].step_number != number:
+            return None
+        self._next = next(self._pairs, None)
+        return pair
 
 
 class _JsonlSink:
