@@ -154,6 +154,18 @@ class StoredStep:
 
 
 @dataclass(frozen=True, slots=True)
+class StepPage:
+    """A page of a trajectory's records (see :meth:`Backend.load_step_page`), each list in step
+    order, every delta whose keyframe lies before or after the page with it attached; ``more``:
+    numbers may follow the page."""
+
+    steps: list[StoredStep]
+    agent_outputs: list[StoredStep]
+    environment_feedbacks: list[StoredStep]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoredCheckpoint:
     """A step with its agent output, environment feedback and game state (each None when the
     checkpoint has none), read in one statement."""
@@ -610,18 +622,11 @@ class Backend(ABC):
         step order."""
 
     @abstractmethod
-    def record_sizes(self, trajectory_id: str, after: int | None, limit: int) -> list[tuple[int, int]]:
-        """``(step_number, stored bytes)`` of the next step numbers after ``after`` (None: from the
-        first) that hold a step, agent output or feedback, in order: the stored body sizes of
-        the three records summed, without reading the bodies. Each table is read ``limit`` rows
-        ahead, so fewer numbers may come back; an empty list means there are no more."""
-
-    @abstractmethod
-    def load_step_page(
-        self, trajectory_id: str, first: int, last: int
-    ) -> tuple[list[StoredStep], list[StoredStep], list[StoredStep]]:
-        """The steps, agent outputs and feedbacks numbered ``first``..``last``, each in step
-        order, every delta with the keyframe it needs attached when that lies outside the page."""
+    def load_step_page(self, trajectory_id: str, after: int | None, max_steps: int, max_bytes: int) -> StepPage:
+        """The next page of a trajectory's step numbers after ``after`` (None: from the first):
+        at most ``max_steps`` numbers whose steps, agent outputs and feedbacks hold at most
+        ``max_bytes`` stored (at least one number, whatever its size; sizes are read without the
+        bodies). Empty lists when no numbers remain."""
 
     @abstractmethod
     def game_state_sizes(self, state_ids: Sequence[str]) -> dict[str, int]:

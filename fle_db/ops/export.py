@@ -225,30 +225,27 @@ def _read_trajectory(
     batches of at most :data:`_STATE_BYTES` raw (one at a time when larger)."""
     trajectory = client.load_trajectory(tid)
     metadata = client.load_metadata(tid)
-    backend = client._backend
 
     def checkpoints() -> Iterator[_Checkpoint]:
         after: int | None = None
-        while sizes := backend.record_sizes(tid, after, _PAGE_STEPS):
-            total, last = 0, sizes[0][0]
-            for number, size in sizes:
-                total += size
-                if total > _PAGE_BYTES and number != sizes[0][0]:
-                    break
-                last = number
-            yield from _page(client, tid, sizes[0][0], last, with_states)
-            after = last
+        more = True
+        while more:
+            page = client._backend.load_step_page(tid, after, _PAGE_STEPS, _PAGE_BYTES)
+            records = [page.steps, page.agent_outputs, page.environment_feedbacks]
+            numbers = sorted({row.step_number for rows in records for row in rows})
+            yield from _page(client, tid, numbers, records, with_states)
+            after, more = (numbers[-1], page.more) if numbers else (after, False)
 
     return trajectory, metadata, checkpoints()
 
 
-def _page(client: DatabaseClient, tid: str, first: int, last: int, with_states: bool) -> Iterator[_Checkpoint]:
-    """The checkpoints numbered ``first``..``last``; each record is decoded as it is yielded."""
-    pages = client._backend.load_step_page(tid, first, last)
-    state_of = {row.step_number: row.game_state_id for row in pages[0] if row.game_state_id} if with_states else {}
+def _page(
+    client: DatabaseClient, tid: str, numbers: list[int], records: list[list[StoredStep]], with_states: bool
+) -> Iterator[_Checkpoint]:
+    """The checkpoints ``numbers`` of a page; each record is decoded as it is yielded."""
+    state_of = {row.step_number: row.game_state_id for row in records[0] if row.game_state_id} if with_states else {}
     sizes = client._backend.game_state_sizes(list(dict.fromkeys(state_of.values()))) if state_of else {}
-    numbers = sorted({row.step_number for rows in pages for row in rows})
-    steps, outputs, feedbacks = (_Ahead(rows, client._iter_record_values(rows)) for rows in pages)
+    steps, outputs, feedbacks = (_Ahead(rows, client._iter_record_values(rows)) for rows in records)
     states: dict[str, dict[str, Any]] = {}
     for index, number in enumerate(numbers):
         state_id = state_of.get(number)
