@@ -34,7 +34,7 @@ without any agent code is skipped (counted in ``skipped``).
 
 ``parquet`` (analysis; needs ``pip install 'fle-db[parquet]'``; not importable). One row per
 checkpoint (a trajectory without checkpoints: one row with null ``step_number``), zstd-compressed
-row groups of at most 2,048 rows or ~4 MiB of JSON. Columns: ``trajectory_id``,
+row groups of at most 2,048 rows or ~16 MiB of JSON. Columns: ``trajectory_id``,
 ``step_number`` (int64), the trajectory's ``agent_type``, ``task``, ``total_reward`` (float64),
 ``success`` (bool), ``parent_trajectory_id``, ``parent_step_number`` (int64), ``trajectory`` and
 ``metadata`` (JSON text, repeated per row), the step's ``reward`` (float64), ``step``,
@@ -95,7 +95,7 @@ _PAGE_BYTES = 4 * 1024 * 1024
 #: Game states read at once: at most this many raw bytes (always at least one state).
 _STATE_BYTES = 4 * 1024 * 1024
 _PARQUET_ROWS = 2048
-_PARQUET_BYTES = 4 * 1024 * 1024
+_PARQUET_BYTES = 16 * 1024 * 1024
 _RECORDS = ("step", "agent_output", "environment_feedback")
 _PARQUET_HINT = "pip install 'fle-db[parquet]'"
 
