@@ -229,3 +229,14 @@ def test_ui_command_is_documented_and_checks_its_options(tmp_path: Any) -> None:
     missing = runner.invoke(main, ["--url", f"sqlite:///{tmp_path / 'absent.db'}", "ui", "--port", "8799"])
     assert missing.exit_code == 1 and "does not exist" in missing.output and "Traceback" not in missing.output
     assert runner.invoke(main, ["ui", "--port", "70000"]).exit_code == 2
+
+
+def test_a_port_in_use_or_a_bad_host_is_a_one_line_error(filled_url: str) -> None:
+    runner = CliRunner()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        busy = runner.invoke(main, ["--url", filled_url, "ui", "--port", port])
+    assert busy.exit_code == 2 and busy.output.startswith("Error: cannot listen on '127.0.0.1'"), busy.output
+    for host in ("a\x00b", "no such host", "/x"):
+        bad = runner.invoke(main, ["--url", filled_url, "ui", "--host", host, "--token", "t"])
+        assert bad.exit_code == 2 and bad.output.startswith("Error: "), bad.output

@@ -8,6 +8,7 @@ import secrets
 import socket
 import webbrowser
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -68,17 +69,14 @@ def run(
         ConfigurationError: a bad host or port. BackendUnavailableError, SchemaVersionError: the
         database cannot be opened read-only (missing, or not migrated).
     """
-    import uvicorn
-
     from .app import create_app
 
     if not 0 < port < 65536:
         raise ConfigurationError(f"--port must be in 1 .. 65535, got {port}")
-    if not host or any(c.isspace() for c in host) or "/" in host:
-        raise ConfigurationError(f"--host must be a host name or address, got {host!r}")
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
     with DatabaseClient(url, read_only=True) as client:
+        listener = _listen(host, port)
         shown = _bracketed(host)
         address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
         if as_json:
@@ -88,4 +86,28 @@ def run(
         app = create_app(client, hosts=allowed_hosts(host, port), token=token)
         if open_browser:
             webbrowser.open(address)
-        uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning", access_log=False)
+        _serve(app, listener)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``, bound here rather than by uvicorn so that a bad host
+    or a port in use is one typed error (uvicorn logs and exits with status 3).
+
+    Raises:
+        ConfigurationError: the host does not resolve or the port cannot be bound (in use, no right).
+    """
+    name = host.strip("[]")
+    try:
+        family, *_, address = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)[0]
+        return socket.create_server(address[:2], family=family)
+    except (OSError, ValueError, UnicodeError) as exc:
+        raise ConfigurationError(f"cannot listen on {host!r} port {port}: {exc}") from exc
+
+
+def _serve(app: Any, listener: socket.socket) -> None:
+    """Serve ``app`` on ``listener`` until interrupted; the socket is closed afterwards."""
+    import uvicorn
+
+    with listener:
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        server.run(sockets=[listener])
