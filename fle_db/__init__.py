@@ -1,5 +1,6 @@
 """fle-db: the checkpoint database for AI-agent trajectories (SQLite, PostgreSQL, MySQL or a custom backend)."""
 
+from ._version import __version__
 from .client import DatabaseClient
 from .config import Settings
 from .errors import (
@@ -11,6 +12,7 @@ from .errors import (
     DataIntegrityError,
     DependencyError,
     FleDBError,
+    MissingReferenceError,
     NotFoundError,
     PayloadTooLargeError,
     QueryLimitError,
@@ -18,11 +20,10 @@ from .errors import (
     ReadOnlyError,
     SchemaVersionError,
     StorageFullError,
+    UnsupportedError,
     ValidationError,
 )
 from .models import AgentOutput, EnvironmentFeedback, MetadataEntry, Step, Trajectory
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AgentOutput",
@@ -37,6 +38,7 @@ __all__ = [
     "EnvironmentFeedback",
     "FleDBError",
     "MetadataEntry",
+    "MissingReferenceError",
     "NotFoundError",
     "PayloadTooLargeError",
     "QueryLimitError",
@@ -47,5 +49,7 @@ __all__ = [
     "Step",
     "StorageFullError",
     "Trajectory",
+    "UnsupportedError",
     "ValidationError",
+    "__version__",
 ]

@@ -1,15 +1,44 @@
 """Settings: constructor arguments first, then the environment, then defaults.
 
-The environment variables are the spec's, kept exactly:
+The environment variables are the spec's (FLE's), kept exactly; each maps to the
+:class:`DatabaseClient` argument of the same meaning (see :class:`Options`):
 
-``FLE_DB_BACKUP_DIR``      folder of backups                                ``.fle/backups``
-``FLE_DB_BACKUP_INTERVAL`` seconds between automated backups                off
-``FLE_DB_BACKUP_KEEP``     automated backups keep this many                 ``10``
-``FLE_DB_PITR_RETENTION``  seconds point-in-time recovery reaches back      ``604800`` (7 days)
-``FLE_DB_QUERY_TIMEOUT``   seconds one ``execute_query`` may run            ``5``
-``FLE_DB_QUERY_MAX_ROWS``  rows one ``execute_query`` may return            ``100000``
-``SKILLS_DB_READONLY_URL`` SELECT-only login of ``execute_query`` (servers)  derived (0007)
-=========================  ===============================================  ===========
+==========================  =============================================  =======================
+variable (argument)         meaning                                        default
+==========================  =============================================  =======================
+``FLE_DB_TYPE``             ``sqlite``, ``postgres``, ``mysql`` or a       ``sqlite``
+(``db_type``)               registered third-party backend
+``SQLITE_DB_FILE``          path of the SQLite file (its folder is         ``.fle/data.db``
+(``sqlite_db_file``)        created)
+``SKILLS_DB_HOST/PORT``     database server host and port                  required / the
+(``host``, ``port``)                                                       backend's (5432, 3306)
+``SKILLS_DB_NAME/USER``     database and user on the server                required
+(``database``, ``user``)
+``SKILLS_DB_PASSWORD``      the user's password                            empty (trust/peer)
+(``password``)
+``SKILLS_DB_SSLMODE``       TLS mode (``require``, ``verify-ca``,          the driver's
+(``sslmode``)               ``verify-full``...)
+``SKILLS_DB_SSLROOTCERT``   CA certificate file for ``verify-ca/-full``    none
+(``sslrootcert``)
+``SKILLS_DB_READONLY_URL``  SELECT-only login of ``execute_query``         derived (migration
+(``read_only_url``)         (servers)                                      0007)
+``FLE_DB_BACKUP_DIR``       folder of backups                              ``.fle/backups``
+(``backup_dir``)
+``FLE_DB_BACKUP_INTERVAL``  seconds between automated backups              off
+(``backup_interval``)
+``FLE_DB_BACKUP_KEEP``      automated backups keep this many               ``10``
+(``backup_keep``)
+``FLE_DB_PITR_RETENTION``   seconds point-in-time recovery reaches back    ``604800`` (7 days)
+(``pitr_retention``)
+``FLE_DB_QUERY_TIMEOUT``    seconds one ``execute_query`` may run          ``5``
+(``query_timeout``)
+``FLE_DB_QUERY_MAX_ROWS``   rows one ``execute_query`` may return          ``100000``
+(``query_max_rows``)
+==========================  =============================================  =======================
+
+The other options (``max_connections``, ``connection_timeout``, ``auto_migrate``,
+``max_payload_bytes``, ``durability``, ``cache_max_bytes``, ``slow_operation_ms``,
+``retry_deadline``) are arguments only; :class:`Settings` documents each and its default.
 Which variables a backend reads is the backend's business (``Backend.url_from_options``); the
 registry (``fle_db.backends.registry``) decides which names and URL schemes exist. This is the
 only module that reads ``os.environ``: backends get it as a mapping. Passwords never appear in
@@ -22,15 +51,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .backends import registry
+from .backends.base import ConnectionOptions as ConnectionOptions  # re-exported: plug-ins import it from here
 from .errors import ConfigurationError
 from .ops.files import checked_path
-from .redact import MASK, redact
+from .redact import redact
+from .validation import is_int, is_number
 
 DEFAULT_BACKEND = "sqlite"
 DEFAULT_MAX_CONNECTIONS = 10
@@ -55,6 +86,40 @@ DEFAULT_PITR_RETENTION = 7 * 86400.0
 #: may lose the last commits on power loss or a server crash, never corrupts, and never loses them
 #: on a client crash. Each backend maps them to its own settings.
 DURABILITY_LEVELS = ("full", "fast")
+
+
+class Options(TypedDict, total=False):
+    """The keyword arguments of :class:`~fle_db.DatabaseClient` and :meth:`Settings.resolve`,
+    typed for type checkers and IDEs. Their defaults and environment variables are
+    :meth:`Settings.resolve`'s (the module docstring has the table); a test keeps both lists equal.
+    """
+
+    db_type: str | None
+    sqlite_db_file: str | os.PathLike[str] | None
+    host: str | None
+    port: int | str | None
+    database: str | None
+    user: str | None
+    password: str | None
+    sslmode: str | None
+    sslrootcert: str | None
+    max_connections: int
+    connection_timeout: float
+    auto_migrate: bool
+    max_payload_bytes: int
+    durability: str
+    cache_max_bytes: int
+    slow_operation_ms: float
+    retry_deadline: float
+    backup_dir: str | os.PathLike[str] | None
+    backup_interval: float | None
+    backup_keep: int | None
+    pitr_retention: float | None
+    query_timeout: float | None
+    query_max_rows: int | None
+    read_only_url: str | None
+    read_only: bool
+    environ: Mapping[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -181,34 +246,22 @@ class Settings:
                 "sslrootcert": sslrootcert,
             }
             sa_url = registry.backend_class(backend).url_from_options(ConnectionOptions(backend, arguments, env))
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        if not is_int(max_connections) or max_connections < 1:
             raise ConfigurationError(f"max_connections must be an integer >= 1, got {max_connections!r}")
-        if (
-            isinstance(connection_timeout, bool)
-            or not isinstance(connection_timeout, (int, float))
-            or not 0 < connection_timeout < 86400
-        ):
+        if not is_number(connection_timeout) or not 0 < connection_timeout < 86400:
             raise ConfigurationError(
                 f"connection_timeout must be a number of seconds in (0, 86400), got {connection_timeout!r}"
             )
-        if (
-            isinstance(max_payload_bytes, bool)
-            or not isinstance(max_payload_bytes, int)
-            or not 1024 <= max_payload_bytes <= MAX_PAYLOAD_LIMIT
-        ):
+        if not is_int(max_payload_bytes) or not 1024 <= max_payload_bytes <= MAX_PAYLOAD_LIMIT:
             raise ConfigurationError(
                 f"max_payload_bytes must be an integer in [1024, {MAX_PAYLOAD_LIMIT}] (a record's size is stored "
                 f"in a 32-bit INTEGER on PostgreSQL and MySQL), got {max_payload_bytes!r}"
             )
-        if isinstance(cache_max_bytes, bool) or not isinstance(cache_max_bytes, int) or cache_max_bytes < 0:
+        if not is_int(cache_max_bytes) or cache_max_bytes < 0:
             raise ConfigurationError(f"cache_max_bytes must be an integer >= 0, got {cache_max_bytes!r}")
-        if (
-            isinstance(slow_operation_ms, bool)
-            or not isinstance(slow_operation_ms, (int, float))
-            or slow_operation_ms < 0
-        ):
+        if not is_number(slow_operation_ms) or slow_operation_ms < 0:
             raise ConfigurationError(f"slow_operation_ms must be a number >= 0, got {slow_operation_ms!r}")
-        if isinstance(retry_deadline, bool) or not isinstance(retry_deadline, (int, float)) or retry_deadline < 0:
+        if not is_number(retry_deadline) or retry_deadline < 0:
             raise ConfigurationError(f"retry_deadline must be a number of seconds >= 0, got {retry_deadline!r}")
         if not isinstance(read_only, bool):
             raise ConfigurationError(f"read_only must be True or False, got {read_only!r}")
@@ -301,99 +354,6 @@ def _number(value: Any, env: Mapping[str, str], name: str, var: str, default: fl
     if not 0 <= number < float("inf"):
         raise ConfigurationError(f"{source} must be a number >= 0, got {raw!r}")
     return number
-
-
-@dataclass(frozen=True)
-class ConnectionOptions:
-    """What a backend builds its URL from when it is selected by name (``FLE_DB_TYPE``): the
-    connection arguments given to :meth:`Settings.resolve` (None when not given) and the
-    environment they fall back to."""
-
-    backend: str
-    arguments: Mapping[str, Any]
-    env: Mapping[str, str]
-
-    def get(self, argument: str, variable: str, *, required: bool = False) -> Any:
-        """The argument if given, else the environment variable (None if neither).
-
-        Raises:
-            ConfigurationError: ``required`` and neither is set; the message names the variable.
-        """
-        value = self.arguments.get(argument)
-        if value is None:
-            value = self.env.get(variable)
-        if required and (value is None or str(value).strip() == ""):
-            raise ConfigurationError(
-                f"the {self.backend} backend was selected (FLE_DB_TYPE={self.backend}) but {variable} is not set; "
-                f"set it or pass a {self.backend}:// URL"
-            )
-        return value
-
-    def server_url(self, drivername: str, default_port: int) -> URL:
-        """The URL of a database server from ``SKILLS_DB_HOST/PORT/NAME/USER/PASSWORD`` (host,
-        name and user required) plus ``SKILLS_DB_SSLMODE/SSLROOTCERT`` as query parameters
-        ``sslmode``/``sslrootcert``, which the backend interprets.
-
-        Raises:
-            ConfigurationError: required variables are missing (all of them named at once) or
-                the port is not a port number; the message echoes what was given, the password
-                masked.
-        """
-        values = {argument: self.get(argument, variable) for argument, variable in _SERVER_VARIABLES.items()}
-        missing = [
-            _SERVER_VARIABLES[argument]
-            for argument in _REQUIRED_SERVER_ARGUMENTS
-            if values[argument] is None or not str(values[argument]).strip()
-        ]
-        problems = [f"{_and(missing)} {'is' if len(missing) == 1 else 'are'} not set"] if missing else []
-        raw_port = values["port"]
-        port = default_port
-        if raw_port not in (None, ""):
-            try:
-                port = int(raw_port)
-            except (TypeError, ValueError):
-                problems.append(f"SKILLS_DB_PORT must be a port number, got {raw_port!r}")
-            else:
-                if not 0 < port < 65536:
-                    problems.append(f"SKILLS_DB_PORT must be in 1..65535, got {port}")
-        if problems:
-            given = ", ".join(
-                f"{_SERVER_VARIABLES[argument]}={MASK if argument == 'password' else redact(repr(str(value)))}"
-                for argument, value in values.items()
-                if value not in (None, "")
-            )
-            raise ConfigurationError(
-                f"the {self.backend} backend was selected (FLE_DB_TYPE={self.backend}) but "
-                + "; ".join(problems)
-                + f"; set them or pass a {self.backend}:// URL (given: {given or 'none of the SKILLS_DB_* variables'})"
-            )
-        tls = ("sslmode", "sslrootcert")
-        return URL.create(
-            drivername,
-            username=values["user"],
-            password=values["password"] or None,
-            host=values["host"],
-            port=port,
-            database=values["database"],
-            query={key: str(values[key]) for key in tls if values[key]},
-        )
-
-
-#: Connection arguments of a server backend -> the environment variables they fall back to.
-_SERVER_VARIABLES = {
-    "host": "SKILLS_DB_HOST",
-    "port": "SKILLS_DB_PORT",
-    "database": "SKILLS_DB_NAME",
-    "user": "SKILLS_DB_USER",
-    "password": "SKILLS_DB_PASSWORD",
-    "sslmode": "SKILLS_DB_SSLMODE",
-    "sslrootcert": "SKILLS_DB_SSLROOTCERT",
-}
-_REQUIRED_SERVER_ARGUMENTS = ("host", "database", "user")
-
-
-def _and(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _backend_name(db_type: str | None, env: Mapping[str, str]) -> str:

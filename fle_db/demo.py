@@ -28,6 +28,7 @@ from rich.text import Text
 from .client import DatabaseClient
 from .errors import DataIntegrityError, ValidationError
 from .units import iec_bytes
+from .validation import is_int
 from .workload import Workload
 
 log = logging.getLogger("fle_db")
@@ -343,7 +344,7 @@ def _ranges(numbers: list[int]) -> str:
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         raise ValidationError(f"{name} must be an integer in {low}..{high}, got {value!r}")
 
 

@@ -37,6 +37,16 @@ class NotFoundError(FleDBError, LookupError):
     """The trajectory, step or game state asked for does not exist."""
 
 
+class MissingReferenceError(NotFoundError):
+    """A write names a row that does not exist (a fork's parent step, a step's parent): the
+    database refused the reference. Nothing of the write was stored; retrying cannot help until
+    the referenced row exists. ``reference`` names what is missing when the backend knows it."""
+
+    def __init__(self, message: str, reference: str | None = None) -> None:
+        super().__init__(message)
+        self.reference = reference
+
+
 class ConflictError(FleDBError):
     """A different record already exists under the same key; nothing was changed."""
 
@@ -65,6 +75,15 @@ class StorageFullError(BackendUnavailableError):
     works again once space is freed."""
 
 
+class UnsupportedError(FleDBError):
+    """The backend in use does not implement the optional role a call needs (``role``: e.g.
+    ``"SearchStore"``); nothing was done. See :mod:`fle_db.backends.base` for the roles."""
+
+    def __init__(self, message: str, role: str) -> None:
+        super().__init__(message)
+        self.role = role
+
+
 class ReadOnlyError(FleDBError, PermissionError):
     """A write was attempted through a client opened with ``read_only=True``; nothing was written."""
 
@@ -87,6 +106,7 @@ __all__ = [
     "DataIntegrityError",
     "DependencyError",
     "FleDBError",
+    "MissingReferenceError",
     "NotFoundError",
     "PayloadTooLargeError",
     "QueryLimitError",
@@ -94,5 +114,6 @@ __all__ = [
     "ReadOnlyError",
     "SchemaVersionError",
     "StorageFullError",
+    "UnsupportedError",
     "ValidationError",
 ]

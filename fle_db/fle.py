@@ -57,14 +57,15 @@ import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 import pydantic
 
 from .client import DatabaseClient
 from .errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
+from .instants import from_us
 from .models import TEXT_LENGTH
+from .validation import is_int
 
 log = logging.getLogger("fle_db")
 T = TypeVar("T")
@@ -166,7 +167,7 @@ class FLEDBClient:
         state = fields["state"]
         if state is not None:
             step["state_key_order"] = _key_order(state)
-        self.db._backend.register_version(version, fields["body"]["version_description"], fields["body"]["model"])
+        self.db.register_version(version, fields["body"]["version_description"], fields["body"]["model"])
         saved = self.db.append_step(
             trajectory_id(version, instance),
             step,
@@ -180,7 +181,7 @@ class FLEDBClient:
         )
         node = self.db.get_search_node(saved["node_id"])
         _assign(program, "id", node["node_id"])
-        _assign(program, "created_at", _time(node["created_at"]))
+        _assign(program, "created_at", from_us(node["created_at"]))
         return program
 
     async def update_program(self, program_id: int, updates: dict[str, Any]) -> Any:
@@ -276,7 +277,7 @@ class FLEDBClient:
     def _sample_parent(self, version: int, compression_strength: float | None, adaptive_period: int) -> Any:
         tree = tree_id(version)
         if compression_strength is None:
-            count, _ = self.db._backend.tree_summary(tree)
+            count = self.db.get_tree_summary(tree)["nodes"]
             compression_strength = (math.sin(2 * math.pi * count / adaptive_period) + 1) / 2
         recent = self.db.get_search_nodes(tree, order="recent", limit=SAMPLE_WINDOW, with_advantage=True)
         if not recent:
@@ -296,8 +297,8 @@ class FLEDBClient:
         return await self._run(self._largest_version)
 
     def _largest_version(self) -> int:
-        found = self.db._backend.load_version(None)
-        return found[0] if found is not None else 0
+        found = self.db.get_version()
+        return int(found["version"]) if found is not None else 0
 
     async def get_largest_depth_in_version(self, version: int) -> int:
         """The largest program depth of a version as FLE stores it (created depth // 2), 0 if it
@@ -305,16 +306,15 @@ class FLEDBClient:
         return await self._run(self._largest_depth, version)
 
     def _largest_depth(self, version: int) -> int:
-        _, deepest = self.db._backend.tree_summary(tree_id(version))
-        return deepest if deepest is not None else 0
+        deepest = self.db.get_tree_summary(tree_id(version))["max_depth"]
+        return int(deepest) if deepest is not None else 0
 
     async def version_exists(self, version: int) -> bool:
         """Whether the version has at least one program."""
         return await self._run(self._version_exists, version)
 
     def _version_exists(self, version: int) -> bool:
-        count, _ = self.db._backend.tree_summary(tree_id(version))
-        return count > 0
+        return int(self.db.get_tree_summary(tree_id(version))["nodes"]) > 0
 
     async def get_version_metadata(self, version: int) -> dict[str, Any]:
         """``{"version_description", "model"}`` of a version (from its first program, or its
@@ -322,13 +322,14 @@ class FLEDBClient:
         return await self._run(self._version_metadata, version)
 
     def _version_metadata(self, version: int) -> dict[str, Any]:
-        found = self.db._backend.load_version(_int(version, "version"))
-        return {"version_description": found[1], "model": found[2]} if found is not None else {}
+        found = self.db.get_version(_int(version, "version"))
+        return {"version_description": found["description"], "model": found["model"]} if found is not None else {}
 
     async def get_all_program_rewards(self, version: int | None = None) -> list[float]:
         """Every program value (not None) of a version, or of all versions, oldest first."""
-        tree = tree_id(version) if version is not None else None
-        return await self._run(self.db._backend.tree_values, TREE_PREFIX, tree)
+        if version is not None:
+            return await self._run(self.db.get_node_values, tree_id(version))
+        return await self._run(functools.partial(self.db.get_node_values, tree_prefix=TREE_PREFIX))
 
     async def execute_query(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         """Run one read-only SELECT and return its rows as dicts.
@@ -390,7 +391,7 @@ class FLEDBClient:
             "version": version,
             "instance": instance,
             "depth": node["depth"] if self.fle_depth else body["depth"],
-            "created_at": _time(node["created_at"]),
+            "created_at": from_us(node["created_at"]),
             "state": state_json,
         }
         models = _fle_models() if self._return_programs is not False else None
@@ -421,7 +422,7 @@ async def get_next_version() -> int:
     (concurrent callers, in any process, get distinct numbers)."""
     client = await create_db_client()
     try:
-        return await client._run(client.db._backend.allocate_version, None, None)
+        return await client._run(client.db.allocate_version)
     finally:
         await client.cleanup()
 
@@ -433,7 +434,7 @@ _BODY_FIELDS = ("code", "response", "raw_reward", "holdout_value", "prompt_token
 
 
 def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ValidationError(f"{what} must be an integer, got {value!r:.80}")
@@ -557,10 +558,6 @@ def _reordered(value: Any, order: Any) -> Any:
         return v
 
     return walk(value, order["tree"])
-
-
-def _time(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros / 1e6, UTC)
 
 
 def _parse_trajectory(tid: str) -> tuple[int, int]:

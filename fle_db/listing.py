@@ -23,8 +23,8 @@ import orjson
 
 from .backends.base import LIST_ORDERS, ListedTrajectory, TrajectoryQuery
 from .errors import ValidationError
+from .instants import optional_instant
 from .models import ID_PATTERN
-from .ops.export import instant_us
 from .storage import codec
 
 #: Every order ``list_trajectories`` accepts: the backend's, and ``end_time`` (body only).
@@ -73,8 +73,8 @@ def build_query(
         task=task,
         agent_type=agent_type,
         success=success,
-        since_us=instant_us(since, "since"),
-        until_us=instant_us(until, "until"),
+        since_us=optional_instant(since, "since"),
+        until_us=optional_instant(until, "until"),
         id_contains=id_contains,
         parent_trajectory_id=parent_trajectory_id,
         order_by=order_by,

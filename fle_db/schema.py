@@ -219,7 +219,7 @@ trajectory_metadata = Table(
 # immutable). ``id`` is a monotonic integer handle (never reused: AUTOINCREMENT on SQLite, an
 # identity sequence on PostgreSQL) that search code can pass around (FLE's program id); ``tree``
 # groups the nodes one search compares (FLE: one per version); ``depth`` is fixed at creation.
-# Every UPDATE of this table goes through ``SQLBackend._bump_search_stats``.
+# Every UPDATE of this table goes through ``SQLSearch._bump_search_stats`` (backends/sql/search.py).
 search_nodes = Table(
     "search_nodes",
     metadata,

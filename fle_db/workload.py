@@ -38,10 +38,12 @@ import random
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from .instants import iso
+from .validation import is_int
 
 log = logging.getLogger("fle_db")
 
@@ -757,12 +759,12 @@ def _namespace(seed: int, index: int, agent: int, step: int) -> str:
 
 
 def _iso(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat()
+    return iso(round(epoch_seconds * 1_000_000))
 
 
 def _check(trajectory_index: int, step_number: int) -> None:
     for name, value in (("trajectory_index", trajectory_index), ("step_number", step_number)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_int(value) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 

@@ -15,9 +15,10 @@ def use_fle_environment(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
         monkeypatch.setenv("FLE_DB_TYPE", "sqlite")
         monkeypatch.setenv("SQLITE_DB_FILE", str(parsed.database))
         return
-    monkeypatch.setenv("FLE_DB_TYPE", "postgres")
+    server = "mysql" if parsed.get_backend_name() == "mysql" else "postgres"
+    monkeypatch.setenv("FLE_DB_TYPE", server)
     monkeypatch.setenv("SKILLS_DB_HOST", str(parsed.host))
-    monkeypatch.setenv("SKILLS_DB_PORT", str(parsed.port or 5432))
+    monkeypatch.setenv("SKILLS_DB_PORT", str(parsed.port or {"mysql": 3306, "postgres": 5432}[server]))
     monkeypatch.setenv("SKILLS_DB_NAME", str(parsed.database))
     monkeypatch.setenv("SKILLS_DB_USER", str(parsed.username))
     if parsed.password:

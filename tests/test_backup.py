@@ -312,6 +312,46 @@ def test_backups_are_listed_with_their_manifest_and_readable_by_the_owner_only(d
     assert not list(folder.glob("*.tmp*")) and not list(folder.glob("*-wal"))
 
 
+def test_backup_copy_and_migration_calls_are_counted_in_the_performance_metrics(db_url: str, tmp_path: Path) -> None:
+    with DatabaseClient(db_url, backup_dir=str(tmp_path / "bk")) as db:
+        db.save_step({"trajectory_id": "t", "step_number": 0, "action": "a"})
+        backup_id = db.create_backup()
+        db.verify_backup(backup_id)
+        db.list_backups()
+        db.prune_backups(keep=1)
+        db.recovery_window()
+        db.copy_to(_new_sqlite(tmp_path, "copy"))
+        db.migrate()
+        db.get_migration_status()
+        with pytest.raises(NotFoundError):
+            db.verify_backup("20000101T000000000000Z-dead")
+        operations = db.get_performance_metrics()["operations"]
+    for name in ("list_backups", "prune_backups", "recovery_window", "copy_to", "migrate", "get_migration_status"):
+        assert operations[name]["count"] == 1, name
+    assert (operations["verify_backup"]["count"], operations["verify_backup"]["errors"]) == (2, 1)
+
+
+def test_the_next_backup_removes_what_a_killed_backup_left(db_url: str, tmp_path: Path) -> None:
+    """Every temporary name a backup, verification or restore writes: the copy and its journal,
+    the manifest's ``atomic_file`` temporary (``.ID.json.XXXX.tmp``) and ``.work-*`` copies."""
+    folder = tmp_path / "bk"
+    folder.mkdir(mode=0o700)
+    leftovers = [
+        folder / "20261204T101010000000Z-abcd.db.tmp",
+        folder / "20261204T101010000000Z-abcd.db.tmp-journal",
+        folder / ".20261204T101010000000Z-abcd.json.k3j_x9.tmp",
+        folder / ".work-q1w2e3" / "20261204T101010000000Z-abcd.db",
+    ]
+    for leftover in leftovers:
+        leftover.parent.mkdir(exist_ok=True)
+        leftover.write_bytes(b"partial")
+    with DatabaseClient(db_url, backup_dir=str(folder)) as db:
+        db.save_step({"trajectory_id": "t", "step_number": 0, "action": "a"})
+        backup_id = db.create_backup()
+        assert [entry["id"] for entry in db.list_backups()] == [backup_id]
+    assert {p.name for p in folder.iterdir()} - {".lock"} == {f"{backup_id}.db", f"{backup_id}.json"}
+
+
 def test_restore_in_place_replaces_the_data_and_can_itself_be_undone(db_url: str, tmp_path: Path) -> None:
     with DatabaseClient(db_url, backup_dir=str(tmp_path / "bk")) as db:
         db.save_trajectory({"id": "kept", "task": "iron"})

@@ -137,3 +137,24 @@ def test_a_schedule_killed_mid_backup_never_leaves_a_broken_backup_listed(db_url
             assert db.verify_backup(entry["id"])["ok"]
         db.create_backup()  # sweeps what the killed runs left
     assert not list(folder.glob("*.tmp*"))
+
+
+def test_a_schedule_stops_cleanly_on_sigterm(db_url: str, tmp_path: Path) -> None:
+    """``fle-db backup schedule`` under systemd or docker: SIGTERM stops it (exit 0), waiting for
+    a backup in progress, and every backup it made is complete and listed."""
+    folder = tmp_path / "bk"
+    _fill(db_url, trajectories=2, steps=4)
+    env = {**os.environ, "FLE_DB_BACKUP_DIR": str(folder)}
+    command = [sys.executable, "-c", "from fle_db.cli import main; main()", "--url", db_url]
+    command += ["backup", "schedule", "--every", "0.01", "--keep", "3"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("backing up")  # the first backup is done, the loop runs
+    time.sleep(0.2)  # the scheduler thread is (likely) inside a backup now
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out.strip().endswith("stopped")
+    assert not list(folder.glob("*.tmp*")) and not list(folder.glob(".work-*"))
+    with DatabaseClient(db_url, backup_dir=str(folder), backup_interval=0) as db:
+        assert db.list_backups() and all(entry["verified"] for entry in db.list_backups())

@@ -84,9 +84,23 @@ def test_age_selects_trajectories_without_recent_activity(db: DatabaseClient) ->
     time.sleep(0.05)
     _run(db, "new", "t", 1.0, steps=1)
     assert db.cleanup(before=cutoff.isoformat(), dry_run=True)["trajectories"] == ["old"]
+    assert db.cleanup(before=cutoff.timestamp(), dry_run=True)["trajectories"] == ["old"]  # as restore_to
     assert db.cleanup(older_than=timedelta(days=1))["trajectories"] == []
     assert db.cleanup(before=cutoff)["trajectories"] == ["old"]
     assert db.load_trajectory("new")["id"] == "new"
+
+
+def test_before_takes_every_instant_form_restore_to_takes_and_refuses_the_rest(db: DatabaseClient) -> None:
+    _run(db, "old", "t", 1.0, steps=1)
+    time.sleep(0.01)
+    cutoff = datetime.now(UTC)
+    for form in (cutoff, cutoff.isoformat(), cutoff.timestamp(), int(cutoff.timestamp()) + 1):
+        assert db.cleanup(before=form, dry_run=True)["trajectories"] == ["old"]
+    for bad in (True, -1, float("nan"), 1e12, "yesterday", b"2024"):
+        with pytest.raises(ValidationError, match="before"):
+            db.cleanup(before=bad, dry_run=True)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="trajectory_ids"):
+        db.cleanup(trajectory_ids="not an id!")
 
 
 def test_agent_and_id_filters_combine(db: DatabaseClient) -> None:

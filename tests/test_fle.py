@@ -1,6 +1,6 @@
-"""``fle_db.fle``, FLE's client API, with plain-dict programs (FLE not needed), on both backends:
-create → resume → beam heads → sample → update, explicit resume, read-only parameterised
-queries, atomic versions, and async calls that never block the event loop."""
+"""``fle_db.fle``, FLE's client API, with plain-dict programs (FLE not needed), on every backend
+(SQLite, PostgreSQL, MySQL/MariaDB): create → resume → beam heads → sample → update, explicit
+resume, read-only parameterised queries, atomic versions, and async calls that never block the event loop."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import ALL_BACKENDS
 from fle_support import use_fle_environment
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -59,6 +60,12 @@ def program(**fields: Any) -> dict[str, Any]:
         "meta": {"process_id": 7},
     }
     return {**base, **fields}
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on SQLite, PostgreSQL and MySQL/MariaDB (FLE's drop-in promise)."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -298,6 +305,8 @@ def test_async_methods_never_block_the_event_loop(fle: FLEDBClient) -> None:
         slow = (
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c"
         )
+    elif fle.db.settings.backend == "mysql":
+        slow = "SELECT SLEEP(0.6) = 0 AS slept"
     else:
         slow = "SELECT pg_sleep(0.6) IS NULL AS slept"
 

@@ -1,6 +1,7 @@
 """Proof against FLE's own code (issue 8 item 3): programs built with FLE 0.4.3's real ``Program``,
-``GameState`` and ``Conversation`` go create → resume → beam heads → sample → update on both
-backends, and ``FLEDBClient`` has the method names, parameters and async-ness of FLE's client.
+``GameState`` and ``Conversation`` go create → resume → beam heads → sample → update on every
+backend (SQLite, PostgreSQL, MySQL/MariaDB), and ``FLEDBClient`` has the method names,
+parameters and async-ness of FLE's client.
 
 Needs ``pip install -e '.[fle]'`` (factorio-learning-environment 0.4.3): skipped without it,
 except under ``CI=true``, where a missing FLE fails the run (CI must never pass by skipping).
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import ALL_BACKENDS
 
 if os.environ.get("CI") == "true":
     from fle.commons.models.program import Program  # CI installs the [fle] extra: fail, never skip
@@ -109,6 +111,12 @@ def make_program(step: int, instance: int = 0, parent_id: int | None = None, val
         ticks=60 * step,
         timing_metrics=[TimingMetrics(operation_name="step", start_time=1.0, end_time=2.5)],
     )
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on SQLite, PostgreSQL and MySQL/MariaDB (FLE's drop-in promise)."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -184,7 +184,7 @@ def test_best_per_depth_and_recent_nodes_read_the_tree_index(db: DatabaseClient)
         )
     backend = db._backend  # type: ignore[attr-defined]
     from fle_db.backends.base import NodeQuery
-    from fle_db.backends.sql import _node_select
+    from fle_db.backends.sql.search import _node_select
     from fle_db.schema import search_nodes
 
     query = _node_select().where(search_nodes.c.tree == "tree3").order_by(search_nodes.c.id.desc()).limit(5)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
@@ -12,6 +14,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from fle_db import DatabaseClient, DataIntegrityError, NotFoundError
+from fle_db.storage import codec
+from fle_db.storage.engine import CODEC_ZSTD_DELTA, KEYFRAME_INTERVAL, PendingBases, StateEncoder
 from fle_db.workload import Workload
 
 _counter = itertools.count()
@@ -111,16 +115,16 @@ def test_the_cache_serves_repeated_parts_and_stays_within_its_bound(db_url: str)
         saved = _write_run(db, trajectories=1, steps=12)
         for state_id, _ in saved.values():
             db.load_game_state(state_id)
-        first = db._cache.stats()  # type: ignore[attr-defined]
+        first = db._records.cache.stats()  # type: ignore[attr-defined]
         assert first["misses"] > 0 and first["hits"] > 0  # the research tree repeats between states
         for state_id, _ in saved.values():
             db.load_game_state(state_id)
-        second = db._cache.stats()  # type: ignore[attr-defined]
+        second = db._records.cache.stats()  # type: ignore[attr-defined]
         assert second["misses"] == first["misses"]
         assert second["hits"] == first["hits"] + 2 * len(saved)  # research + rest of each state
         for state_id, _ in _write_run(db, trajectories=3, steps=12).values():
             db.load_game_state(state_id)
-        assert db._cache.stats()["bytes"] <= bound  # type: ignore[attr-defined]
+        assert db._records.cache.stats()["bytes"] <= bound  # type: ignore[attr-defined]
 
 
 def test_deleting_trajectories_collects_their_states_and_blobs(db: DatabaseClient) -> None:
@@ -277,3 +281,50 @@ def test_threads_sharing_one_client_write_and_read_consistently(db: DatabaseClie
     assert errors == []
     for t in range(4):
         assert [s["step_number"] for s in db.load_steps(f"th{t}")] == list(range(12))
+
+
+def test_gc_pauses_from_several_threads_nest_and_the_last_one_out_restores_the_collector() -> None:
+    inside, release = threading.Event(), threading.Event()
+
+    def long_pause() -> None:
+        with codec.gc_paused():
+            inside.set()
+            release.wait(10)
+
+    assert gc.isenabled()
+    worker = threading.Thread(target=long_pause)
+    worker.start()
+    try:
+        assert inside.wait(10)
+        with codec.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "another thread is still decoding: the collector must stay off"
+    finally:
+        release.set()
+        worker.join(10)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with codec.gc_paused():
+            pass
+        assert not gc.isenabled(), "a collector the application turned off stays off"
+    finally:
+        gc.enable()
+
+
+def test_a_keyframe_shared_by_many_threads_serves_at_most_its_interval_of_deltas() -> None:
+    encoder = StateEncoder(1 << 20)
+    record = {"observation": "x" * 4000, "n": 0}
+    first = PendingBases()
+    encoder.encode_record("steps", "t", 0, record, "step", first)
+    encoder.committed(first)
+    deltas = []
+
+    def encode(number: int) -> None:
+        got = encoder.encode_record("steps", "t", number, {**record, "n": number}, "step", PendingBases())
+        if got.codec == CODEC_ZSTD_DELTA:
+            deltas.append(got.base)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(encode, range(1, 8 * KEYFRAME_INTERVAL)))
+    assert deltas.count(0) == KEYFRAME_INTERVAL

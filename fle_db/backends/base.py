@@ -1,7 +1,16 @@
-"""The backend contract: what every storage backend provides, and the rows it deals in.
+"""The backend contract, split into roles (the rows they exchange are in :mod:`.rows`, re-exported here).
+
+A backend implements :class:`CheckpointStore` (required: trajectories, steps, agent outputs,
+environment feedbacks, game states, metadata, lineage, deletion, cleanup, schema) and any of the
+optional roles :class:`SearchStore` (search nodes, FLE versions), :class:`AdminStore`
+(statistics, health, maintenance, validation scans, read-only queries) and
+:class:`HistoryStore` (point-in-time history, snapshots for backups and copies, rewind, pruning).
+:class:`Backend` is the union of all four. A call that needs a role the backend lacks raises
+:class:`~fle_db.errors.UnsupportedError` naming the role (see :func:`as_search`, :func:`as_admin`,
+:func:`as_history`, :func:`roles`), never a fake result.
 
 The client validates and encodes records (``fle_db.storage.codec``) before a backend sees them, so
-a backend only moves rows of scalars and tagged bytes. Its promises:
+a backend only moves rows of scalars and tagged bytes. Its promises, in every role:
 
 * **Transactions.** Each write method is one transaction: it commits whole or not at all, and a
   reader never sees part of it.
@@ -11,16 +20,20 @@ a backend only moves rows of scalars and tagged bytes. Its promises:
 * **Errors.** Driver errors leave a backend only as :class:`~fle_db.errors.FleDBError`
   subclasses (chained), never as empty results: :class:`~fle_db.errors.BackendUnavailableError`
   (``retryable`` for a lost connection), :class:`~fle_db.errors.ConnectionTimeoutError`,
-  :class:`~fle_db.errors.StorageFullError`, :class:`~fle_db.errors.ConflictError`.
+  :class:`~fle_db.errors.StorageFullError`, :class:`~fle_db.errors.ConflictError` (content
+  differs under a stored key) and :class:`~fle_db.errors.MissingReferenceError` (a
+  :class:`~fle_db.errors.NotFoundError`: the write names a parent row that does not exist).
 * **Threads and processes.** A backend is safe to share between threads; it pools its own
-  connections. Several processes may use one database at once where the engine allows it.
+  connections. Several processes may use one database at once where the engine allows it
+  (SQLite files, PostgreSQL, MySQL/MariaDB).
 * **Configuration.** A backend is selected by name (``FLE_DB_TYPE``) or URL scheme through
   :mod:`fle_db.backends.registry`; its classmethods turn settings into its URL, so nothing outside
   ``backends/`` knows which backend is in use.
 
-A new backend subclasses :class:`Backend` (or :class:`fle_db.backends.sql.SQLBackend` for a
-SQLAlchemy dialect), registers it under an entry point of the group ``fle_db.backends`` and proves
-itself with the conformance suite, :mod:`fle_db.testing`.
+A new backend subclasses :class:`CheckpointStore` plus the optional roles it supports, or
+:class:`Backend` (or :class:`fle_db.backends.sql.SQLBackend` for a SQLAlchemy dialect) for all
+of them, registers it under an entry point of the group ``fle_db.backends`` and proves itself with
+the conformance suite, :mod:`fle_db.testing`, which skips the roles it does not implement.
 """
 
 from __future__ import annotations
@@ -28,297 +41,45 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.engine import URL
 
-from ..storage.engine import EncodedRecord, EncodedState, StoredBlob
+from ..errors import UnsupportedError
+from ..storage.engine import EncodedState, StoredBlob
+from .rows import (
+    LIST_ORDERS,
+    Blob,
+    Checkpoint,
+    CleanupCriteria,
+    CommitPoint,
+    ConnectionOptions,
+    ListedTrajectory,
+    MigrationStatus,
+    NodeQuery,
+    NodeRow,
+    SaveResult,
+    Snapshot,
+    StepPage,
+    StepRow,
+    StoredCheckpoint,
+    StoredNode,
+    StoredRecord,
+    StoredState,
+    StoredStep,
+    TrajectoryFilter,
+    TrajectoryQuery,
+    TrajectoryRow,
+)
 
 if TYPE_CHECKING:
-    from ..config import ConnectionOptions, Settings
+    from ..config import Settings
 
 
-@dataclass(frozen=True, slots=True)
-class Blob:
-    """An encoded payload: codec tag, stored bytes, digest of the canonical JSON."""
-
-    codec: str
-    body: bytes
-    digest: str
-
-
-@dataclass(frozen=True, slots=True)
-class StepRow:
-    """The step part of a checkpoint, with the columns its indexes need."""
-
-    body: EncodedRecord
-    reward: float | None = None
-    parent_trajectory_id: str | None = None
-    parent_step_number: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    """The search-tree node of a step, created with it: ``tree`` groups the nodes one search
-    compares, ``depth`` is fixed; ``visits``, ``value`` and ``advantage`` are the mutable
-    statistics' starting values."""
-
-    tree: str
-    depth: int
-    value: float | None = None
-    advantage: float | None = None
-    visits: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Everything saved at one step, written in one transaction. Any part may be absent."""
-
-    trajectory_id: str
-    step_number: int
-    step: StepRow | None = None
-    agent_output: EncodedRecord | None = None
-    environment_feedback: EncodedRecord | None = None
-    game_state: EncodedState | None = None
-    node: NodeRow | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredNode:
-    """A search-tree node as read back, with its step's game state id and explicit parent step,
-    and ``parent_id``: the node of that parent step, if it has one."""
-
-    id: int
-    trajectory_id: str
-    step_number: int
-    tree: str
-    depth: int
-    visits: int
-    value: float | None
-    advantage: float | None
-    created_at: int
-    updated_at: int
-    game_state_id: str | None
-    parent_trajectory_id: str | None
-    parent_step_number: int | None
-    parent_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeQuery:
-    """Which nodes of one ``tree`` to read (every condition given must hold).
-
-    ``order``: ``"value"`` (highest first, ties: older first) or ``"recent"`` (newest first, by
-    the monotonic node id). ``per_depth``: keep only the best ``per_depth`` of each depth (by
-    value), returned by depth then value."""
-
-    tree: str | None
-    order: str = "value"
-    limit: int | None = None
-    per_depth: int | None = None
-    with_state: bool = False
-    with_value: bool = False
-    with_advantage: bool = False
-    trajectory_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TrajectoryRow:
-    """A trajectory: the indexed columns plus the encoded body of every other key."""
-
-    id: str
-    body: Blob
-    agent_type: str | None = None
-    task: str | None = None
-    total_reward: float | None = None
-    success: bool | None = None
-    parent_trajectory_id: str | None = None
-    parent_step_number: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredStep:
-    """A step (or agent output, environment feedback: then ``game_state_id`` is None) as read
-    back. ``base_step_number`` names the keyframe record a delta needs; ``base`` carries that
-    record when a single step was read (resume)."""
-
-    trajectory_id: str
-    step_number: int
-    game_state_id: str | None
-    codec: str
-    body: bytes
-    digest: str
-    base_step_number: int | None = None
-    base: StoredStep | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StepPage:
-    """A page of a trajectory's records (see :meth:`Backend.load_step_page`), each list in step
-    order, every delta whose keyframe lies before or after the page with it attached; ``more``:
-    numbers may follow the page."""
-
-    steps: list[StoredStep]
-    agent_outputs: list[StoredStep]
-    environment_feedbacks: list[StoredStep]
-    more: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StoredCheckpoint:
-    """A step with its agent output, environment feedback and game state (each None when the
-    checkpoint has none), read in one statement."""
-
-    step: StoredStep
-    agent_output: StoredStep | None
-    environment_feedback: StoredStep | None
-    game_state: StoredState | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredState:
-    """A game state as read back: its row, and its parts when stored as a manifest."""
-
-    id: str
-    codec: str
-    body: bytes
-    parts: tuple[tuple[str, StoredBlob], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    """A trajectory body or metadata value as read back."""
-
-    trajectory_id: str
-    key: int | str
-    codec: str
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SaveResult:
-    """What one checkpoint write did: ``created`` is False when it was all already stored."""
-
-    trajectory_id: str
-    step_number: int
-    game_state_id: str | None
-    created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class CleanupCriteria:
-    """Which trajectories a cleanup selects: every given criterion must hold (AND)."""
-
-    before_us: int | None = None  # neither it nor its steps written since (epoch microseconds)
-    trajectory_ids: tuple[str, ...] | None = None
-    task: str | None = None
-    agent_type: str | None = None
-    keep_best_per_task: int | None = None  # select all but the N best (total_reward) per task
-
-
-@dataclass(frozen=True, slots=True)
-class TrajectoryFilter:
-    """Which trajectories an export selects: every given criterion must hold (AND)."""
-
-    trajectory_ids: tuple[str, ...] | None = None
-    task: str | None = None
-    agent_type: str | None = None
-    since_us: int | None = None  # first saved at or after (epoch microseconds)
-    until_us: int | None = None  # first saved before (epoch microseconds)
-
-
-#: What :class:`TrajectoryQuery` can order by: a column or a computed value (``steps``).
-#: ``start_time`` orders by when the trajectory was first saved (``created_at``); ``end_time``
-#: is only in the body, so the client orders by it (see ``DatabaseClient.list_trajectories``).
-LIST_ORDERS = ("id", "task", "agent_type", "steps", "total_reward", "success", "start_time")
-
-
-@dataclass(frozen=True, slots=True)
-class TrajectoryQuery:
-    """One page of trajectories: every filter given must hold (AND); rows ordered by ``order_by``
-    (one of :data:`LIST_ORDERS`; nulls last in both directions, ties by id), starting after
-    ``after`` = ``(sort value, id)`` of the previous page's last row, at most ``limit`` rows."""
-
-    task: str | None = None
-    agent_type: str | None = None
-    success: bool | None = None
-    since_us: int | None = None  # first saved at or after (epoch microseconds)
-    until_us: int | None = None  # first saved before
-    id_contains: str | None = None  # case-insensitive substring of the id
-    parent_trajectory_id: str | None = None
-    ids: tuple[str, ...] | None = None
-    order_by: str = "start_time"
-    descending: bool = True
-    limit: int | None = 50
-    after: tuple[Any, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ListedTrajectory:
-    """A row of a trajectory list: the indexed columns, the step count, when it was first saved
-    and its encoded body (for keys that are not columns, such as ``start_time``)."""
-
-    id: str
-    task: str | None
-    agent_type: str | None
-    steps: int
-    total_reward: float | None
-    success: bool | None
-    created_at: int
-    parent_trajectory_id: str | None
-    parent_step_number: int | None
-    codec: str
-    body: bytes
-
-
-@dataclass(slots=True)
-class MigrationStatus:
-    """Schema version of the database against the newest this library knows."""
-
-    current_version: str | None
-    latest_version: str
-    pending: list[str] = field(default_factory=list)
-
-    @property
-    def up_to_date(self) -> bool:
-        return not self.pending
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "current_version": self.current_version,
-            "latest_version": self.latest_version,
-            "pending": list(self.pending),
-            "up_to_date": self.up_to_date,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class CommitPoint:
-    """One commit of the log: its sequence number and instant (epoch microseconds, UTC)."""
-
-    seq: int
-    committed_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The whole database as committed at :attr:`head`, read in one consistent transaction.
-
-    ``rows(name)`` streams a table's rows as chunks of column dicts: the stored tables (in an
-    order safe to insert chunk by chunk), their ``*_history`` twins and ``commit_log``;
-    ``count(name)`` counts them. Valid only inside the backend's :meth:`Backend.snapshot` block.
-    """
-
-    head: CommitPoint
-    horizon: CommitPoint
-    revision: str | None
-    rows: Callable[[str], Iterator[list[dict[str, Any]]]]
-    count: Callable[[str], int]
-
-
-class Backend(ABC):
-    """A storage backend. Subclasses set :attr:`name` and implement every abstract method.
+class CheckpointStore(ABC):
+    """The required role: trajectories, steps, agent outputs, environment feedbacks, game states,
+    metadata, lineage, deletion and cleanup, with the schema they live in. Subclasses set
+    :attr:`name` and implement every abstract method.
 
     The constructor opens what the backend needs (a pool, a file) but need not connect; the
     client then calls :meth:`migrate` (``auto_migrate``) or :meth:`migration_status`.
@@ -435,42 +196,15 @@ class Backend(ABC):
 
         ConflictError if the checkpoint conflicts with stored data (nothing written)."""
 
-    # -- search trees ---------------------------------------------------------------------
     @abstractmethod
-    def bump_search_stats(
-        self,
-        node_id: int,
-        add_visits: int,
-        add_value: float,
-        set_value: float | None,
-        set_advantage: float | None,
-        set_visits: int | None = None,
-    ) -> StoredNode:
-        """Atomically add to a node's visits and value (or set visits / value / advantage) in one
-        UPDATE; returns the node after it. NotFoundError if there is no such node."""
+    def cleanup(self, criteria: CleanupCriteria, dry_run: bool) -> dict[str, Any]:
+        """Delete the selected trajectories in one transaction — except those a surviving
+        trajectory forks from (``kept_for_lineage``) — with their states and blobs nothing else
+        uses. Returns ``trajectories`` (ids), ``kept_for_lineage``, ``rows`` (per table) and
+        payload ``bytes_freed``; with ``dry_run``
+        the same work is done and rolled back, so the report is exact."""
 
-    @abstractmethod
-    def visit(self, node_id: int, children: int) -> StoredNode:
-        """FLE's sampler ``visit``, atomically: add ``children`` visits to the node and set each
-        child node's advantage to its value minus the mean value of the node's children (those
-        with a value). NotFoundError if there is no such node."""
-
-    @abstractmethod
-    def load_node(self, node_id: int | None = None, step: tuple[str, int] | None = None) -> StoredNode | None:
-        """A node by id or by its step, or None."""
-
-    @abstractmethod
-    def find_nodes(self, query: NodeQuery) -> list[StoredNode]:
-        """The nodes :class:`NodeQuery` selects, in its order (one indexed query)."""
-
-    @abstractmethod
-    def tree_summary(self, tree: str) -> tuple[int, int | None]:
-        """``(node count, largest depth or None)`` of a tree."""
-
-    @abstractmethod
-    def tree_values(self, tree_prefix: str, tree: str | None) -> list[float]:
-        """Every non-null node value of ``tree``, or of every tree starting with ``tree_prefix``."""
-
+    # -- lineage --------------------------------------------------------------------------
     @abstractmethod
     def lineage(self, trajectory_id: str, step_number: int) -> list[tuple[str, int]]:
         """The path from the root to this step (inclusive), root first, in one recursive query:
@@ -482,97 +216,12 @@ class Backend(ABC):
     def children(self, trajectory_id: str, step_number: int) -> list[tuple[str, int]]:
         """The steps whose parent (in the sense of :meth:`lineage`) is this step."""
 
-    # -- FLE versions ---------------------------------------------------------------------
-    @abstractmethod
-    def allocate_version(self, description: str | None, model: str | None) -> int:
-        """Reserve the next FLE version (largest + 1) atomically: concurrent callers in any
-        process get distinct numbers."""
-
-    @abstractmethod
-    def register_version(self, version: int, description: str | None, model: str | None) -> None:
-        """Record a version given by the caller; a no-op if it is recorded already."""
-
-    @abstractmethod
-    def load_version(self, version: int | None) -> tuple[int, str | None, str | None] | None:
-        """``(version, description, model)`` of a version (None: the largest), or None."""
-
-    @abstractmethod
-    def read_only_query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Run one SELECT written with ``%s`` placeholders (``%%``: a literal ``%`` when there are
-        parameters) so that it can do nothing but read, stopped after ``query_timeout`` and
-        refused beyond ``query_max_rows`` rows; nothing a query changes in its session may
-        outlive the call. ValidationError if it tries to write or is not one statement;
-        QueryTimeoutError, QueryLimitError past the limits."""
-
-    # -- operations -----------------------------------------------------------------------
-    @abstractmethod
-    def statistics(self) -> dict[str, Any]:
-        """Row counts (``exact_counts`` says whether estimates were used on large tables), bytes
-        per table and in all, raw vs stored game-state bytes, oldest/newest step time (epoch
-        microseconds). Read-only and cheap: no scan of payload tables."""
-
-    @abstractmethod
-    def health_checks(self) -> dict[str, dict[str, Any]]:
-        """Named checks, each ``{"status": "ok" | "degraded" | "failing", "detail": str, ...}``:
-        connectivity, schema, a write-and-read probe rolled back (leaves no trace), and the
-        backend's own (disk, WAL, connection limits, replication). Never raises for a failed
-        check: a failure is a ``failing`` entry."""
-
-    @abstractmethod
-    def pool_status(self) -> dict[str, int]:
-        """``{"in_use", "idle", "max"}`` connections of this backend's pool."""
-
-    @abstractmethod
-    def cleanup(self, criteria: CleanupCriteria, dry_run: bool) -> dict[str, Any]:
-        """Delete the selected trajectories in one transaction — except those a surviving
-        trajectory forks from (``kept_for_lineage``) — with their states and blobs nothing else
-        uses. Returns ``trajectories`` (ids), ``kept_for_lineage``, ``rows`` (per table) and
-        payload ``bytes_freed``; with ``dry_run``
-        the same work is done and rolled back, so the report is exact."""
-
-    @abstractmethod
-    def maintain(self, vacuum: bool, reindex: bool) -> list[dict[str, Any]]:
-        """Run the backend's maintenance — refresh planner statistics and checkpoint the log,
-        plus VACUUM (returns free space to the filesystem) and REINDEX when asked — and return
-        ``[{"action", "ms"}]``. VACUUM and REINDEX may take long on a large database."""
-
-    # -- validation (read-only, streaming) -------------------------------------------------
-    @abstractmethod
-    def structure_problems(self) -> list[tuple[str, str, str]]:
-        """``(kind, where, detail)`` from the engine's own checks (page structure, foreign keys,
-        index consistency). Raises BackendUnavailableError if the file cannot be read at all."""
-
-    @abstractmethod
-    def iter_blobs(self) -> Iterator[StoredBlob]:
-        """Every blob (with its base attached), in chunks."""
-
-    @abstractmethod
-    def manifest_problems(self) -> list[tuple[str, str]]:
-        """``(state_id, detail)`` for states whose parts do not add up to their id."""
-
-    @abstractmethod
-    def iter_trajectory_ids(self) -> Iterator[str]:
-        """Every trajectory id, in chunks."""
-
     @abstractmethod
     def iter_selected_trajectories(self, criteria: TrajectoryFilter) -> Iterator[str]:
         """Ids of the trajectories ``criteria`` selects, parents first: a selected fork comes
         after the selected trajectory it forks from (depth-first from each selected trajectory
         whose parent is not selected, in id order). Reads in chunks, one query per fork level;
         memory stays bounded by the fork tree's depth and width, not by the number selected."""
-
-    @abstractmethod
-    def trajectory_records(self, trajectory_id: str) -> list[tuple[str, list[StoredStep]]]:
-        """``(table, rows)`` of a trajectory's steps, agent outputs and feedbacks."""
-
-    @abstractmethod
-    def reference_problems(self) -> list[tuple[str, str, str, str]]:
-        """``(severity, kind, where, detail)``: fork points and step parents that do not exist
-        (errors), blobs nothing uses (warnings: wasted space)."""
-
-    @abstractmethod
-    def numbering_problems(self) -> list[tuple[str, str]]:
-        """``(where, detail)`` for trajectories whose step numbers have gaps."""
 
     # -- reads ----------------------------------------------------------------------------
     # Reads never write, and return what a committed transaction wrote, never part of one.
@@ -636,7 +285,140 @@ class Backend(ABC):
     def load_metadata(self, trajectory_id: str) -> list[StoredRecord]:
         """A trajectory's metadata rows in key order."""
 
-    # -- point in time, backups and copies ------------------------------------------------
+
+class SearchStore(ABC):
+    """Optional role: FLE's search trees (one node per step, with statistics updated atomically
+    in the database) and FLE version numbers. Writes are one transaction each, like
+    :class:`CheckpointStore`'s; reads see only committed data."""
+
+    # -- search trees ---------------------------------------------------------------------
+    @abstractmethod
+    def bump_search_stats(
+        self,
+        node_id: int,
+        add_visits: int,
+        add_value: float,
+        set_value: float | None,
+        set_advantage: float | None,
+        set_visits: int | None = None,
+    ) -> StoredNode:
+        """Atomically add to a node's visits and value (or set visits / value / advantage) in one
+        UPDATE; returns the node after it. NotFoundError if there is no such node."""
+
+    @abstractmethod
+    def visit(self, node_id: int, children: int) -> StoredNode:
+        """FLE's sampler ``visit``, atomically: add ``children`` visits to the node and set each
+        child node's advantage to its value minus the mean value of the node's children (those
+        with a value). NotFoundError if there is no such node."""
+
+    @abstractmethod
+    def load_node(self, node_id: int | None = None, step: tuple[str, int] | None = None) -> StoredNode | None:
+        """A node by id or by its step, or None."""
+
+    @abstractmethod
+    def find_nodes(self, query: NodeQuery) -> list[StoredNode]:
+        """The nodes :class:`NodeQuery` selects, in its order (one indexed query)."""
+
+    @abstractmethod
+    def tree_summary(self, tree: str) -> tuple[int, int | None]:
+        """``(node count, largest depth or None)`` of a tree."""
+
+    @abstractmethod
+    def tree_values(self, tree_prefix: str, tree: str | None) -> list[float]:
+        """Every non-null node value of ``tree``, or of every tree starting with ``tree_prefix``."""
+
+    # -- FLE versions ---------------------------------------------------------------------
+    @abstractmethod
+    def allocate_version(self, description: str | None, model: str | None) -> int:
+        """Reserve the next FLE version (largest + 1) atomically: concurrent callers in any
+        process get distinct numbers.
+
+        Raises ConflictError when the number is lost to concurrent callers a bounded number of
+        times in a row (never an endless retry)."""
+
+    @abstractmethod
+    def register_version(self, version: int, description: str | None, model: str | None) -> None:
+        """Record a version given by the caller; a no-op if it is recorded already."""
+
+    @abstractmethod
+    def load_version(self, version: int | None) -> tuple[int, str | None, str | None] | None:
+        """``(version, description, model)`` of a version (None: the largest), or None."""
+
+
+class AdminStore(ABC):
+    """Optional role: statistics, health, maintenance, read-only validation scans and read-only
+    queries. Nothing here changes stored data (``maintain`` only reorganises it)."""
+
+    # -- operations -----------------------------------------------------------------------
+    @abstractmethod
+    def statistics(self) -> dict[str, Any]:
+        """Row counts (``exact_counts`` says whether estimates were used on large tables), bytes
+        per table and in all, raw vs stored game-state bytes, oldest/newest step time (epoch
+        microseconds). Read-only and cheap: no scan of payload tables."""
+
+    @abstractmethod
+    def health_checks(self) -> dict[str, dict[str, Any]]:
+        """Named checks, each ``{"status": "ok" | "degraded" | "failing", "detail": str, ...}``:
+        connectivity, schema, a write-and-read probe rolled back (leaves no trace), and the
+        backend's own (disk, WAL, connection limits, replication). Never raises for a failed
+        check: a failure is a ``failing`` entry."""
+
+    @abstractmethod
+    def pool_status(self) -> dict[str, int]:
+        """``{"in_use", "idle", "max"}`` connections of this backend's pool."""
+
+    @abstractmethod
+    def maintain(self, vacuum: bool, reindex: bool) -> list[dict[str, Any]]:
+        """Run the backend's maintenance — refresh planner statistics and checkpoint the log,
+        plus VACUUM (returns free space to the filesystem) and REINDEX when asked — and return
+        ``[{"action", "ms"}]``. VACUUM and REINDEX may take long on a large database."""
+
+    # -- validation (read-only, streaming) ------------------------------------------------
+    @abstractmethod
+    def structure_problems(self) -> list[tuple[str, str, str]]:
+        """``(kind, where, detail)`` from the engine's own checks (page structure, foreign keys,
+        index consistency). Raises BackendUnavailableError if the file cannot be read at all."""
+
+    @abstractmethod
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every blob (with its base attached), in chunks."""
+
+    @abstractmethod
+    def manifest_problems(self) -> list[tuple[str, str]]:
+        """``(state_id, detail)`` for states whose parts do not add up to their id."""
+
+    @abstractmethod
+    def iter_trajectory_ids(self) -> Iterator[str]:
+        """Every trajectory id, in chunks."""
+
+    @abstractmethod
+    def trajectory_records(self, trajectory_id: str) -> list[tuple[str, list[StoredStep]]]:
+        """``(table, rows)`` of a trajectory's steps, agent outputs and feedbacks."""
+
+    @abstractmethod
+    def reference_problems(self) -> list[tuple[str, str, str, str]]:
+        """``(severity, kind, where, detail)``: fork points and step parents that do not exist
+        (errors), blobs nothing uses (warnings: wasted space)."""
+
+    @abstractmethod
+    def numbering_problems(self) -> list[tuple[str, str]]:
+        """``(where, detail)`` for trajectories whose step numbers have gaps."""
+
+    # -- read-only queries ----------------------------------------------------------------
+    @abstractmethod
+    def read_only_query(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run one SELECT written with ``%s`` placeholders (``%%``: a literal ``%`` when there are
+        parameters) so that it can do nothing but read, stopped after ``query_timeout`` and
+        refused beyond ``query_max_rows`` rows; nothing a query changes in its session may
+        outlive the call. ValidationError if it tries to write or is not one statement;
+        QueryTimeoutError, QueryLimitError past the limits."""
+
+
+class HistoryStore(ABC):
+    """Optional role: point-in-time history, consistent snapshots (backups and copies) and loading
+    them, rewinding in place and pruning history. Every commit of the database has a sequence
+    number and an instant; reads as of a commit see exactly what was committed then."""
+
     @abstractmethod
     def recovery_window(self) -> tuple[CommitPoint, CommitPoint]:
         """``(horizon, latest)``: the oldest and newest commits a point-in-time read can reach."""
@@ -677,3 +459,92 @@ class Backend(ABC):
     def prune_history(self, before_us: int) -> dict[str, int]:
         """Move the recovery horizon to the newest commit at or before ``before_us`` and delete
         history nothing after it needs. Idempotent. Returns the rows deleted per table."""
+
+
+class Backend(CheckpointStore, SearchStore, AdminStore, HistoryStore):
+    """A backend implementing every role: subclass it (or
+    :class:`fle_db.backends.sql.SQLBackend`) to provide them all, or subclass
+    :class:`CheckpointStore` plus the optional roles you support."""
+
+
+#: The optional roles, with what each provides (for messages).
+OPTIONAL_ROLES: dict[str, str] = {
+    "SearchStore": "search trees and FLE versions",
+    "AdminStore": "statistics, health checks, maintenance, validation and read-only queries",
+    "HistoryStore": "point-in-time history, backups, copies, rewind and history pruning",
+}
+
+
+def unsupported(backend: CheckpointStore, role: str) -> UnsupportedError:
+    """The error for a call that needs the optional ``role`` (a role class name) of a backend
+    lacking it: it names the role, the backend and what the role provides."""
+    return UnsupportedError(
+        f"the {backend.name!r} backend does not implement the {role} role ({OPTIONAL_ROLES[role]}); "
+        "use a backend that does (the built-in sqlite, postgres and mysql backends implement every role)",
+        role=role,
+    )
+
+
+def as_search(backend: CheckpointStore) -> SearchStore:
+    """``backend``'s SearchStore role. Raises UnsupportedError if it does not implement it."""
+    if isinstance(backend, SearchStore):
+        return backend
+    raise unsupported(backend, "SearchStore")
+
+
+def as_admin(backend: CheckpointStore) -> AdminStore:
+    """``backend``'s AdminStore role. Raises UnsupportedError if it does not implement it."""
+    if isinstance(backend, AdminStore):
+        return backend
+    raise unsupported(backend, "AdminStore")
+
+
+def as_history(backend: CheckpointStore) -> HistoryStore:
+    """``backend``'s HistoryStore role. Raises UnsupportedError if it does not implement it."""
+    if isinstance(backend, HistoryStore):
+        return backend
+    raise unsupported(backend, "HistoryStore")
+
+
+def roles(backend: CheckpointStore | type[CheckpointStore]) -> dict[str, bool]:
+    """Which optional roles ``backend`` (an instance or class) implements, by role name."""
+    cls = backend if isinstance(backend, type) else type(backend)
+    return {role.__name__: issubclass(cls, role) for role in (SearchStore, AdminStore, HistoryStore)}
+
+
+#: The row types are re-exported: backends and the client import them from here.
+__all__ = [
+    "LIST_ORDERS",
+    "OPTIONAL_ROLES",
+    "AdminStore",
+    "Backend",
+    "Blob",
+    "Checkpoint",
+    "CheckpointStore",
+    "CleanupCriteria",
+    "CommitPoint",
+    "ConnectionOptions",
+    "HistoryStore",
+    "ListedTrajectory",
+    "MigrationStatus",
+    "NodeQuery",
+    "NodeRow",
+    "SaveResult",
+    "SearchStore",
+    "Snapshot",
+    "StepPage",
+    "StepRow",
+    "StoredCheckpoint",
+    "StoredNode",
+    "StoredRecord",
+    "StoredState",
+    "StoredStep",
+    "TrajectoryFilter",
+    "TrajectoryQuery",
+    "TrajectoryRow",
+    "as_admin",
+    "as_history",
+    "as_search",
+    "roles",
+    "unsupported",
+]

@@ -39,7 +39,7 @@ some CPU per row, which is second order beside fle-db's encoding and the commit.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,7 +48,6 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from ..config import ConnectionOptions
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -60,8 +59,7 @@ from ..errors import (
     ValidationError,
 )
 from ..schema import blobs, metadata
-from ..storage.engine import EncodedState
-from .base import Blob, Checkpoint, SaveResult, TrajectoryRow
+from .base import ConnectionOptions
 from .readonly import ReadOnlyLogin, capped_rows
 from .sql import SQLBackend
 
@@ -95,7 +93,7 @@ class MySQLBackend(SQLBackend):
 
     name = "mysql"
     dialect_insert = staticmethod(mysql_insert)
-    # Reads in autocommit: every consistent read is one statement (see SQLBackend._read).
+    # Reads in autocommit: every consistent read is one statement (see SQLCore._read).
     read_isolation = "AUTOCOMMIT"
     # A backup or copy reads every table in one snapshot (InnoDB: from its first read on).
     snapshot_isolation = "REPEATABLE READ"
@@ -140,33 +138,7 @@ class MySQLBackend(SQLBackend):
         )
 
     # -- writes: refuse what the server would drop the connection for -----------------------
-    def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> list[SaveResult]:
-        self._check_sizes(
-            body.body
-            for cp in checkpoints
-            for body in (cp.step.body if cp.step else None, cp.agent_output, cp.environment_feedback)
-            if body is not None
-        )
-        self._check_sizes(blob.body for cp in checkpoints if cp.game_state for blob in cp.game_state.blobs)
-        return super().save_checkpoints(checkpoints)
-
-    def save_game_state(self, state: EncodedState) -> None:
-        self._check_sizes(blob.body for blob in state.blobs)
-        super().save_game_state(state)
-
-    def save_metadata(self, trajectory_id: str, key: str, value: Blob) -> None:
-        self._check_sizes([value.body])
-        super().save_metadata(trajectory_id, key, value)
-
-    def save_trajectory(self, trajectory_id: str, build: Callable[[tuple[str, bytes]], TrajectoryRow]) -> None:
-        def checked(stored: tuple[str, bytes]) -> TrajectoryRow:
-            row = build(stored)
-            self._check_sizes([row.body.body])
-            return row
-
-        super().save_trajectory(trajectory_id, checked)
-
-    def _check_sizes(self, bodies: Iterable[bytes]) -> None:
+    def _check_bodies(self, bodies: Iterable[bytes]) -> None:
         """Raise PayloadTooLargeError if a body would not fit in one ``max_allowed_packet``."""
         largest = max((len(body) for body in bodies), default=0)
         if largest == 0:
@@ -238,6 +210,10 @@ class MySQLBackend(SQLBackend):
             cursor.close()
             raw.rollback()
 
+    def _descending_nulls_last(self, column: ColumnElement[Any]) -> Any:
+        """MySQL has no ``NULLS LAST``; it sorts NULL below every value, so ``DESC`` puts it last."""
+        return column.desc()
+
     def _clock(self) -> ColumnElement[int]:
         """The server's clock, in microseconds: writers on many hosts share one time line for the
         commit log."""
@@ -295,6 +271,15 @@ class MySQLBackend(SQLBackend):
         return isinstance(exc, pymysql.err.OperationalError) and bool(
             self.engine.dialect.is_disconnect(exc, None, None)  # type: ignore[arg-type]
         )
+
+    def _missing_reference(self, exc: BaseException) -> str | None:
+        """Error 1452 ("cannot add or update a child row: a foreign key constraint fails"),
+        whose message names the constraint; 1451 (deleting a referenced row) is a conflict."""
+        args = getattr(exc, "args", ())
+        if not args or args[0] != 1452:
+            return None
+        detail = str(args[1]) if len(args) > 1 else ""
+        return detail.partition("fails")[2].strip(" ()") or "a foreign key's target"
 
     # -- operations -----------------------------------------------------------------------
     def _count(self, conn: Connection, table: Table) -> tuple[int, bool]:

@@ -21,9 +21,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from ..config import ConnectionOptions
 from ..errors import ConfigurationError, QueryTimeoutError, ValidationError
 from ..schema import metadata
+from .base import ConnectionOptions
 from .readonly import ReadOnlyLogin, capped_rows
 from .sql import SQLBackend
 
@@ -102,6 +102,16 @@ class PostgresBackend(SQLBackend):
     def _is_disconnect(self, exc: BaseException | None) -> bool:
         """Connection refused, closed or terminated, server shutting down or starting up."""
         return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+    def _missing_reference(self, exc: BaseException) -> str | None:
+        """A foreign-key violation by an INSERT or UPDATE (SQLSTATE 23503; a DELETE of a
+        referenced row says "update or delete"): PostgreSQL names the missing key."""
+        diag = getattr(exc, "diag", None)
+        if getattr(exc, "sqlstate", None) != "23503" or diag is None:
+            return None
+        if not str(diag.message_primary or "").startswith("insert or update"):
+            return None
+        return str(diag.message_detail or diag.constraint_name or "a foreign key's target")
 
     def _count(self, conn: Connection, table: Table) -> tuple[int, bool]:
         """Exact below :data:`EXACT_COUNT_LIMIT` rows; above, the planner's estimate

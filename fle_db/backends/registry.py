@@ -18,12 +18,9 @@ from __future__ import annotations
 from functools import cache
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from .base import Backend
+from .base import CheckpointStore
 
 #: The group third-party distributions register backends in.
 ENTRY_POINT_GROUP = "fle_db.backends"
@@ -71,21 +68,19 @@ def unknown_backend(what: str) -> ConfigurationError:
     )
 
 
-def backend_class(name: str) -> type[Backend]:
+def backend_class(name: str) -> type[CheckpointStore]:
     """Import and return the class of the backend called ``name`` (a canonical name).
 
     Raises:
         ConfigurationError: no such backend; its module cannot be imported (the message names
             the missing module); two distributions claim the name; or the entry point is not a
-            :class:`~fle_db.backends.base.Backend` subclass named ``name``.
+            :class:`~fle_db.backends.base.CheckpointStore` subclass named ``name``.
     """
     return _load(name)
 
 
 @cache
-def _load(name: str) -> type[Backend]:
-    from .base import Backend
-
+def _load(name: str) -> type[CheckpointStore]:
     target = available_backends().get(name)
     if target is None:
         raise unknown_backend(f"{name!r}")
@@ -101,8 +96,10 @@ def _load(name: str) -> type[Backend]:
         raise ConfigurationError(f"the fle-db backend {name!r} ({target}) cannot be imported: {exc}") from exc
     except AttributeError:
         raise ConfigurationError(f"the fle-db backend {name!r} points at {target}, which does not exist") from None
-    if not (isinstance(loaded, type) and issubclass(loaded, Backend)):
-        raise ConfigurationError(f"the fle-db backend {name!r} ({target}) is not a fle_db Backend subclass")
+    if not (isinstance(loaded, type) and issubclass(loaded, CheckpointStore)):
+        raise ConfigurationError(
+            f"the fle-db backend {name!r} ({target}) is not a fle_db Backend subclass (CheckpointStore or Backend)"
+        )
     if getattr(loaded, "name", None) != name:
         raise ConfigurationError(
             f"the fle-db backend registered as {name!r} ({target}) calls itself {getattr(loaded, 'name', None)!r}"

@@ -30,7 +30,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
 from .. import migrations
-from ..config import ConnectionOptions
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -41,7 +40,7 @@ from ..errors import (
 )
 from ..ops.files import check_regular
 from ..schema import metadata
-from .base import MigrationStatus
+from .base import ConnectionOptions, MigrationStatus
 from .readonly import capped_rows
 from .sql import SQLBackend
 

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import click
@@ -41,8 +41,16 @@ class Options:
 
 
 def json_option(command: Any) -> Any:
-    """``--json`` on a command too, so ``fle-db status --json`` works like ``fle-db --json status``."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON (same as the global --json).")(command)
+    """``--json`` on a command too, so ``fle-db status --json`` works like ``fle-db --json status``:
+    either sets ``json`` of the options the command receives."""
+
+    def switch_on(ctx: click.Context, _param: click.Parameter, given: bool) -> None:
+        if given:
+            ctx.obj = replace(ctx.obj, json=True)
+
+    return click.option(
+        "--json", is_flag=True, expose_value=False, callback=switch_on, help="Print JSON (same as the global --json)."
+    )(command)
 
 
 def open_client(options: Options, *, writes: bool, create: bool = False, **settings: Any) -> DatabaseClient:
@@ -116,9 +124,9 @@ def progress(what: str, total: int | None) -> Iterator[Callable[[int, str], None
         yield lambda done, text: bar.update(task, completed=done, description=text)
 
 
-def report(options: Options, as_json: bool, title: str, result: dict[str, Any]) -> None:
+def report(options: Options, title: str, result: dict[str, Any]) -> None:
     """``result`` as JSON, or as a two-column table (byte counts of ``size``-like keys in IEC units)."""
-    if as_json or options.json:
+    if options.json:
         echo_json(result)
     else:
         print_table(title, [(key, _value(key, value)) for key, value in result.items()])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import click
@@ -26,12 +27,12 @@ def backup() -> None:
 @backup.command("create")
 @json_option
 @click.pass_obj
-def backup_create(options: Options, as_json: bool) -> None:
+def backup_create(options: Options) -> None:
     """Back up the whole database now (consistent while writers write); prints the backup's id."""
     with open_client(options, writes=False) as client, Console(stderr=True).status("backing up..."):
         backup_id = client.create_backup()
         entry = next(b for b in client.list_backups() if b["id"] == backup_id)
-    if as_json or options.json:
+    if options.json:
         echo_json(entry)
         return
     rows = [("path", entry["path"]), ("size", iec_bytes(entry["size"]))]
@@ -43,11 +44,11 @@ def backup_create(options: Options, as_json: bool) -> None:
 @backup.command("list")
 @json_option
 @click.pass_obj
-def backup_list(options: Options, as_json: bool) -> None:
+def backup_list(options: Options) -> None:
     """List the backups (oldest first) and the point-in-time recovery window."""
     with open_client(options, writes=False) as client:
         backups, window = client.list_backups(), client.recovery_window()
-    if as_json or options.json:
+    if options.json:
         echo_json({"backups": backups, "recovery_window": window})
         return
     table = Table(title=Text(f"backups in {client.settings.backup_dir}"), title_justify="left", box=box.SIMPLE_HEAD)
@@ -75,11 +76,11 @@ def _window_text(window: dict[str, str]) -> str:
 @click.argument("backup_id")
 @json_option
 @click.pass_obj
-def backup_verify(options: Options, backup_id: str, as_json: bool) -> None:
+def backup_verify(options: Options, backup_id: str) -> None:
     """Re-check a backup fully (SHA-256, integrity_check, validation of a copy); exit 1 if damaged."""
     with open_client(options, writes=False) as client:
         result = client.verify_backup(backup_id)
-    report(options, as_json, f"backup {backup_id} verified", result)
+    report(options, f"backup {backup_id} verified", result)
 
 
 @backup.command("restore")
@@ -88,7 +89,7 @@ def backup_verify(options: Options, backup_id: str, as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="Really replace the live data (a safety backup is taken first).")
 @json_option
 @click.pass_obj
-def backup_restore(options: Options, backup_id: str, target: str | None, yes: bool, as_json: bool) -> None:
+def backup_restore(options: Options, backup_id: str, target: str | None, yes: bool) -> None:
     """Restore a backup, after checking it, into the live database (needs --yes) or into --target."""
     if target is None and not yes:
         raise ValidationError(
@@ -96,7 +97,7 @@ def backup_restore(options: Options, backup_id: str, target: str | None, yes: bo
         )
     with open_client(options, writes=True) as client, Console(stderr=True).status("restoring..."):
         result = client.restore_backup(backup_id, target=target)
-    report(options, as_json, f"restored backup {backup_id}", result)
+    report(options, f"restored backup {backup_id}", result)
 
 
 @backup.command("prune")
@@ -104,11 +105,11 @@ def backup_restore(options: Options, backup_id: str, target: str | None, yes: bo
 @click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), help="Delete backups older than N days.")
 @json_option
 @click.pass_obj
-def backup_prune(options: Options, keep: int | None, older_than_days: float | None, as_json: bool) -> None:
+def backup_prune(options: Options, keep: int | None, older_than_days: float | None) -> None:
     """Delete old backups (the newest is always kept)."""
     with open_client(options, writes=False) as client:
         deleted = client.prune_backups(keep, older_than_days * 86400 if older_than_days is not None else None)
-    report(options, as_json, "fle-db backup prune", {"deleted": deleted})
+    report(options, "fle-db backup prune", {"deleted": deleted})
 
 
 @backup.command("schedule")
@@ -128,11 +129,25 @@ def backup_schedule(options: Options, interval: str, keep: int, once: bool) -> N
             return
         click.echo(f"backing up {location(client.settings)} every {seconds:g} s into {client.settings.backup_dir}")
         scheduler.start()
+        # SIGTERM (systemd, docker stop, kill) stops like Ctrl-C: the handler raises in the main
+        # thread, which then waits for a backup in progress to finish before exiting 0.
+        previous = signal.signal(signal.SIGTERM, _raise_stop)
         try:
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Stopped):
             scheduler.stop()
+            click.echo("stopped")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_stop(_signum: int, _frame: object) -> None:
+    raise _Stopped
 
 
 @click.command("restore-to")
@@ -141,7 +156,7 @@ def backup_schedule(options: Options, interval: str, keep: int, once: bool) -> N
 @click.option("--yes", is_flag=True, help="Really rewind the live database (a safety backup is taken first).")
 @json_option
 @click.pass_obj
-def restore_to(options: Options, timestamp: str | None, target: str | None, yes: bool, as_json: bool) -> None:
+def restore_to(options: Options, timestamp: str | None, target: str | None, yes: bool) -> None:
     """Point-in-time recovery: the database exactly as committed at TIMESTAMP (ISO 8601 with an
     offset, e.g. 2026-11-27T20:15:00Z, or epoch seconds), into --target or in place (--yes).
 
@@ -152,7 +167,7 @@ def restore_to(options: Options, timestamp: str | None, target: str | None, yes:
     with open_client(options, writes=timestamp is not None and (target is not None or yes)) as client:
         if timestamp is None or (target is None and not yes):
             window = client.recovery_window()
-            if as_json or options.json:
+            if options.json:
                 echo_json({"recovery_window": window})
                 return
             click.echo(_window_text(window))
@@ -164,7 +179,7 @@ def restore_to(options: Options, timestamp: str | None, target: str | None, yes:
         digits = timestamp.replace(".", "", 1)
         at: str | float = float(timestamp) if digits.isascii() and digits.isdigit() else timestamp  # not '²'
         result = client.restore_to(at, target=target)
-    report(options, as_json, f"restored to {result['at']}", result)
+    report(options, f"restored to {result['at']}", result)
 
 
 def _duration(text: str) -> float:

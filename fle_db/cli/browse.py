@@ -60,14 +60,13 @@ def list_command(
     success: bool | None,
     since: str | None,
     limit: int,
-    as_json: bool,
 ) -> None:
     """List trajectories, newest first: id, task, agent, steps, reward, success, start, fork parent."""
     with _open_existing(options) as client:
         page = client.list_trajectories(
             task=task, agent_type=agent_type, success=success, since=since, limit=limit, order_by="start_time"
         )
-    if as_json or options.json:
+    if options.json:
         echo_json(page)
         return
     rows: list[dict[str, Any]] = page["trajectories"]
@@ -159,16 +158,14 @@ def _short_time(value: str | None) -> str:
 @click.option("--state", is_flag=True, help="Show the game state (of --step N, else of the latest step) by key.")
 @json_option
 @click.pass_obj
-def show(
-    options: Options, trajectory_id: str, list_steps: bool, step_number: int | None, state: bool, as_json: bool
-) -> None:
+def show(options: Options, trajectory_id: str, list_steps: bool, step_number: int | None, state: bool) -> None:
     """Show a trajectory: its record, metadata, steps and latest step; with --step N one step's
     code (highlighted), output, feedback and reward; with --state its game state by top-level key."""
     with _open_existing(options, trajectory_id) as client:
         trajectory = client.load_trajectory(trajectory_id)
         if step_number is not None or state:
             checkpoint = _checkpoint(client, trajectory_id, step_number)
-            _show_checkpoint(options, as_json, trajectory_id, checkpoint, with_state=state)
+            _show_checkpoint(options, trajectory_id, checkpoint, with_state=state)
             return
         metadata = client.load_metadata(trajectory_id)
         steps = client.load_steps(trajectory_id, with_parts=list_steps)
@@ -182,7 +179,7 @@ def show(
     }
     if list_steps:
         result["step_list"] = steps
-    if as_json or options.json:
+    if options.json:
         echo_json(result)
         return
     rows = [(key, text(value)) for key, value in trajectory.items()]
@@ -235,12 +232,10 @@ def _first_line(value: str | None, width: int) -> str:
     return lines[0] if len(lines[0]) <= width else lines[0][: width - 1] + "…"
 
 
-def _show_checkpoint(
-    options: Options, as_json: bool, trajectory_id: str, checkpoint: dict[str, Any], *, with_state: bool
-) -> None:
+def _show_checkpoint(options: Options, trajectory_id: str, checkpoint: dict[str, Any], *, with_state: bool) -> None:
     step, output, feedback = checkpoint["step"], checkpoint["agent_output"], checkpoint["environment_feedback"]
     number = step["step_number"]
-    if as_json or options.json:
+    if options.json:
         # The state is often most of the bytes: only with --state, as in the table view.
         echo_json(
             checkpoint if with_state else {key: value for key, value in checkpoint.items() if key != "game_state"}
@@ -298,8 +293,8 @@ def _preview(encoded: str) -> str:
 @click.option("--token", envvar="FLE_DB_UI_TOKEN", default=None, help="Access token (default: random off loopback).")
 @json_option
 @click.pass_obj
-def ui(options: Options, host: str, port: int, open_browser: bool, token: str | None, as_json: bool) -> None:
+def ui(options: Options, host: str, port: int, open_browser: bool, token: str | None) -> None:
     """Serve a local read-only web viewer: trajectories, rewards, steps, diffs, trees, status."""
     from ..ui.serve import run  # imported here: the web stack loads only for this command
 
-    run(options.url, host=host, port=port, open_browser=open_browser, token=token, as_json=as_json or options.json)
+    run(options.url, host=host, port=port, open_browser=open_browser, token=token, as_json=options.json)

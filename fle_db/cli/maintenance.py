@@ -20,11 +20,11 @@ _COUNTS = ("trajectories", "steps", "game_states", "agent_outputs", "environment
 @click.option("--all", "show_all", is_flag=True, help="Also list fle-db's internal tables (history, commit log).")
 @json_option
 @click.pass_obj
-def stats(options: Options, show_all: bool, as_json: bool) -> None:
+def stats(options: Options, show_all: bool) -> None:
     """Show what the database holds: counts, sizes per table, game-state compression, step times."""
     with open_client(options, writes=False) as client:
         result = client.get_statistics()
-    if as_json or options.json:
+    if options.json:
         echo_json(result)
         return
     state_bytes = result["game_state_bytes"]
@@ -51,12 +51,12 @@ def stats(options: Options, show_all: bool, as_json: bool) -> None:
 @click.command()
 @json_option
 @click.pass_obj
-def health(options: Options, as_json: bool) -> None:
+def health(options: Options) -> None:
     """Check the database: connectivity, schema, a write probe (leaves no trace), disk and WAL
     (SQLite), connection limits and replication (PostgreSQL). Exit code 1 when failing."""
     with open_client(options, writes=False, auto_migrate=False) as client:  # the probe leaves no trace
         result = client.health_check()
-    if as_json or options.json:
+    if options.json:
         echo_json(result)
     else:
         rows = [("status", result["status"])]
@@ -85,7 +85,6 @@ def cleanup(
     agent_type: str | None,
     keep_best_per_task: int | None,
     yes: bool,
-    as_json: bool,
 ) -> None:
     """Delete trajectories matching every option given, lineage-aware (a trajectory a kept fork
     descends from is kept). A dry run unless --yes: it reports what would go and the bytes freed."""
@@ -99,7 +98,7 @@ def cleanup(
             keep_best_per_task=keep_best_per_task,
             dry_run=not yes,
         )
-    if as_json or options.json:
+    if options.json:
         echo_json(report)
         return
     verb = "would delete" if report["dry_run"] else "deleted"
@@ -116,11 +115,11 @@ def cleanup(
 @click.option("--reindex", is_flag=True, help="Also rebuild the indexes.")
 @json_option
 @click.pass_obj
-def optimize(options: Options, vacuum: bool, reindex: bool, as_json: bool) -> None:
+def optimize(options: Options, vacuum: bool, reindex: bool) -> None:
     """Run the backend's maintenance (ANALYZE; SQLite WAL checkpoint; optionally VACUUM, REINDEX)."""
     with open_client(options, writes=True) as client:
         report = client.optimize(vacuum=vacuum, reindex=reindex)
-    if as_json or options.json:
+    if options.json:
         echo_json(report)
         return
     rows = [(action["action"], f"{action['ms']:,.1f} ms") for action in report["actions"]]
@@ -131,7 +130,7 @@ def optimize(options: Options, vacuum: bool, reindex: bool, as_json: bool) -> No
 @click.command()
 @json_option
 @click.pass_obj
-def validate(options: Options, as_json: bool) -> None:
+def validate(options: Options) -> None:
     """Check everything (structure, checksums, states, records, lineage, numbering). Exit code 1
     when a problem is an error."""
     console = Console(stderr=True)
@@ -140,7 +139,7 @@ def validate(options: Options, as_json: bool) -> None:
         console.status("validating...") as status,
     ):
         report = client.validate(progress=lambda stage, done: status.update(f"validating {stage}: {done:,}"))
-    if as_json or options.json:
+    if options.json:
         echo_json(report)
     else:
         rows = [("result", "ok" if report["ok"] else "PROBLEMS FOUND")]
@@ -154,14 +153,14 @@ def validate(options: Options, as_json: bool) -> None:
 @click.command()
 @json_option
 @click.pass_obj
-def metrics(options: Options, as_json: bool) -> None:
+def metrics(options: Options) -> None:
     """Probe the database (a health check and the statistics) and show the latencies measured
     and the connection pool: a quick look at how fast it answers now."""
     with open_client(options, writes=False, auto_migrate=False) as client:
         client.health_check()
         client.get_statistics()
         result: dict[str, Any] = client.get_performance_metrics()
-    if as_json or options.json:
+    if options.json:
         echo_json(result)
         return
     rows = [

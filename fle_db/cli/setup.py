@@ -20,11 +20,11 @@ def _migrate(options: Options) -> tuple[Settings, list[str], dict[str, Any]]:
 @click.command()
 @json_option
 @click.pass_obj
-def init(options: Options, as_json: bool) -> None:
+def init(options: Options) -> None:
     """Create the database (if needed) and bring its schema up to date; print where it is."""
     settings, applied, status = _migrate(options)
     where = location(settings)
-    if as_json or options.json:
+    if options.json:
         echo_json({"backend": settings.backend, "location": where, "applied": applied, **status})
         return
     done = f"applied {', '.join(applied)}" if applied else "already up to date"
@@ -35,10 +35,10 @@ def init(options: Options, as_json: bool) -> None:
 @click.command()
 @json_option
 @click.pass_obj
-def migrate(options: Options, as_json: bool) -> None:
+def migrate(options: Options) -> None:
     """Apply pending schema migrations; print the revisions applied."""
     _settings, applied, status = _migrate(options)
-    if as_json or options.json:
+    if options.json:
         echo_json({"applied": applied, **status})
     elif applied:
         click.echo(f"Applied {len(applied)} migration(s): {', '.join(applied)}")
@@ -50,7 +50,7 @@ def migrate(options: Options, as_json: bool) -> None:
 @click.command()
 @json_option
 @click.pass_obj
-def status(options: Options, as_json: bool) -> None:
+def status(options: Options) -> None:
     """Show the schema version: current, latest, pending migrations (read-only)."""
     settings = Settings.resolve(options.url)
     if not settings.database_exists():
@@ -69,7 +69,7 @@ def status(options: Options, as_json: bool) -> None:
             result = client.get_migration_status()
         exists = True
     result = {"location": location(settings), "exists": exists, **result}
-    if as_json or options.json:
+    if options.json:
         echo_json(result)
         return
     print_table(
@@ -87,7 +87,7 @@ def status(options: Options, as_json: bool) -> None:
 @click.command()
 @json_option
 @click.pass_obj
-def config(options: Options, as_json: bool) -> None:
+def config(options: Options) -> None:
     """Show the resolved settings (the password is never shown). Does not connect."""
     settings = Settings.resolve(options.url)
     shown: dict[str, Any] = {
@@ -101,7 +101,7 @@ def config(options: Options, as_json: bool) -> None:
         "durability": settings.durability,
         "source": "--url" if options.url is not None else "environment / defaults",
     }
-    if as_json or options.json:
+    if options.json:
         echo_json(shown)
         return
     shown["max_payload_bytes"] = iec_bytes(settings.max_payload_bytes)

@@ -28,7 +28,7 @@ from ._common import (
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated data.")
 @json_option
 @click.pass_obj
-def demo(options: Options, trajectories: int, steps: int, seed: int, as_json: bool) -> None:
+def demo(options: Options, trajectories: int, steps: int, seed: int) -> None:
     """Simulate FLE agent runs: checkpoint every step, crash one run and resume it.
 
     Writes new trajectories (ids demo-<time>-<random>-<i>, dated now) to the database, creating
@@ -37,11 +37,10 @@ def demo(options: Options, trajectories: int, steps: int, seed: int, as_json: bo
     """
     from ..demo import run_demo  # imported here: `fle-db --help` stays fast
 
-    as_json = as_json or options.json
-    console = Console(stderr=True) if as_json else Console()
+    console = Console(stderr=True) if options.json else Console()
     with open_client(options, writes=True, create=True) as client:
         summary = run_demo(client, trajectories=trajectories, steps=steps, console=console, seed=seed)
-    if as_json:
+    if options.json:
         echo_json(summary)
         return
     url = "" if options.url is None else f"--url {options.url} "
@@ -82,7 +81,6 @@ def export_command(
     agent_type: str | None,
     since: str | None,
     until: str | None,
-    as_json: bool,
 ) -> None:
     """Export trajectories (steps, outputs, feedbacks, states, metadata) matching every option
     to PATH, streaming; the file appears complete or not at all."""
@@ -97,7 +95,7 @@ def export_command(
             until=until,
             progress=lambda trajectories, _bytes: advance(trajectories, f"{trajectories:,} trajectories"),
         )
-    if as_json or options.json:
+    if options.json:
         echo_json(result)
         return
     rows = [
@@ -111,7 +109,7 @@ def export_command(
 @click.argument("path")  # checked by import_data: a regular file
 @json_option
 @click.pass_obj
-def import_command(options: Options, path: str, as_json: bool) -> None:
+def import_command(options: Options, path: str) -> None:
     """Import a jsonl export (plain or .zst). Idempotent: what is already stored is counted as
     present; data that differs from the stored data is refused (exit code 1), never overwritten."""
     size = os.path.getsize(path) if os.path.isfile(path) else None
@@ -119,7 +117,7 @@ def import_command(options: Options, path: str, as_json: bool) -> None:
         result = client.import_data(
             path, progress=lambda trajectories, done: advance(done, f"{trajectories:,} trajectories")
         )
-    if as_json or options.json:
+    if options.json:
         echo_json(result)
         return
     rows = [
@@ -137,7 +135,7 @@ def import_command(options: Options, path: str, as_json: bool) -> None:
 @click.argument("target")
 @json_option
 @click.pass_obj
-def copy(options: Options, source: str, target: str, as_json: bool) -> None:
+def copy(options: Options, source: str, target: str) -> None:
     """Copy a whole database (history included) from SOURCE to TARGET, between any backends: URLs,
     or paths of SQLite files. TARGET must be new or empty. Shows a progress bar."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -150,4 +148,4 @@ def copy(options: Options, source: str, target: str, as_json: bool) -> None:
             bar.advance(tasks[table], rows)
 
         result = client.copy_to(target, progress=advance)
-    report(options, as_json, "fle-db copy", result)
+    report(options, "fle-db copy", result)

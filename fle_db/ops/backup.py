@@ -1,8 +1,8 @@
 """Backups, restores, point-in-time recovery and whole-database copies, on every backend alike.
 
-One mechanism underlies all of them: a backend's :meth:`~fle_db.backends.base.Backend.snapshot`
+One mechanism underlies all of them: a backend's :meth:`~fle_db.backends.base.HistoryStore.snapshot`
 (every table read in one consistent transaction, optionally as of a past commit) written into
-another database by :meth:`~fle_db.backends.base.Backend.load_snapshot`.
+another database by :meth:`~fle_db.backends.base.HistoryStore.load_snapshot`.
 
 * A **backup** is a snapshot written into a new SQLite file: portable (a PostgreSQL backup
   restores into SQLite and back), openable with any SQLite tool, and carrying the history and
@@ -10,18 +10,17 @@ another database by :meth:`~fle_db.backends.base.Backend.load_snapshot`.
   under a temporary name, checked (``PRAGMA integrity_check``, then fle-db's own ``validate``:
   every blob's checksum and digest, which ``integrity_check`` cannot see), fsynced and renamed;
   its manifest (``<id>.json``: row counts, SHA-256, schema revision, commit) is written last, the
-  same way. A backup without a manifest is not listed; a stopped backup leaves only ``*.tmp``
-  files, removed by the next backup.
+  same way. A backup without a manifest is not listed; a stopped backup leaves only temporary
+  files (``*.db.tmp*``, ``.<id>.json.*.tmp``) and ``.work-*`` folders, removed by the next backup.
 * A **restore** checks the file's SHA-256 and validates a working copy (migrated forward if the
   backup is older) before it touches the live database, takes a safety backup, then makes the
   backup's rows current in one transaction. The live database's history is kept, so the restore
   itself can be undone with :func:`restore_to`.
-* **Point-in-time recovery** needs no server configuration: see :mod:`fle_db.backends.history`.
+* **Point-in-time recovery** needs no server configuration: see :mod:`fle_db.backends.sql.versioned`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -34,17 +33,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from importlib.metadata import version
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..backends import Backend, open_backend
+from .._version import __version__
+from ..backends import CheckpointStore, as_history, open_backend
 from ..config import Settings, database_url
 from ..errors import ConfigurationError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
-from .files import atomic_file, check_replaceable, fsync_dir
+from ..instants import ago_us, from_us, iso, now_us, parse_duration, parse_instant, to_seconds
+from ..validation import is_int, is_number
+from .files import atomic_file, check_replaceable, fsync
+from .validate import validate
 
 log = logging.getLogger("fle_db")
 
@@ -57,44 +59,8 @@ BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{4}")
 Progress = Callable[[str, int, int], None]
 
 
-def parse_instant(value: Any) -> int:
-    """An instant as epoch microseconds, from a timezone-aware ``datetime``, an ISO 8601 string
-    with an offset (``2026-11-27T20:15:00Z``), or epoch seconds (int or float).
-
-    Raises:
-        ValidationError: anything else, including naive times (ambiguous: which zone?).
-    """
-    if isinstance(value, bool):
-        raise ValidationError(f"a point in time must be a datetime, ISO 8601 string or epoch seconds, got {value!r}")
-    if isinstance(value, (int, float)):
-        if not 0 <= value < 1e11:
-            raise ValidationError(f"epoch seconds out of range: {value!r}")
-        return round(value * 1_000_000)
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValidationError(f"not an ISO 8601 time: {value!r}") from None
-    if not isinstance(value, datetime):
-        raise ValidationError(f"a point in time must be a datetime, ISO 8601 string or epoch seconds, got {value!r}")
-    if value.tzinfo is None:
-        raise ValidationError(f"{value.isoformat()} has no time zone; give an offset (e.g. 'Z' or '+00:00')")
-    try:
-        delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before datetime.min in UTC
-        raise ValidationError(f"{value.isoformat()} is outside the range of times") from None
-    at_us = delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
-    if not 0 <= at_us < 100_000_000_000_000_000:  # the epoch-seconds range above
-        raise ValidationError(f"{value.isoformat()} is outside 1970 .. 5138")
-    return at_us
-
-
-def _iso(at_us: int) -> str:
-    return datetime.fromtimestamp(at_us / 1_000_000, tz=UTC).isoformat()
-
-
 @contextmanager
-def open_database(settings: Settings, url: str | Path, migrate: bool = True) -> Iterator[Backend]:
+def open_database(settings: Settings, url: str | Path, migrate: bool = True) -> Iterator[CheckpointStore]:
     """A backend on ``url`` (a URL, or a path for a SQLite file: see
     :func:`~fle_db.config.database_url`) with ``settings``' other options, migrated to this
     library's schema unless ``migrate=False``; closed on exit."""
@@ -108,7 +74,7 @@ def open_database(settings: Settings, url: str | Path, migrate: bool = True) -> 
 
 
 def copy_database(
-    source: Backend, target: Backend, seq: int | None = None, progress: Progress | None = None
+    source: CheckpointStore, target: CheckpointStore, seq: int | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Copy everything of ``source`` (as committed at ``seq``; None: now) into the empty
     ``target``, history and commit log included, in one target transaction.
@@ -117,7 +83,7 @@ def copy_database(
         ConflictError: ``target`` is not empty.
         SchemaVersionError: ``source`` is not at this library's schema revision (migrate it).
     """
-    with source.snapshot(seq) as snap:
+    with as_history(source).snapshot(seq) as snap:
         expected = target.migration_status().current_version
         if snap.revision != expected:
             raise SchemaVersionError(
@@ -131,24 +97,25 @@ def copy_database(
                 totals[table] = snap.count(table)
             progress(table, rows, totals[table])
 
-        rows = target.load_snapshot(snap, replace=False, progress=tell if progress is not None else None)
-        commit = {"seq": snap.head.seq, "committed_at": _iso(snap.head.committed_at)}
+        rows = as_history(target).load_snapshot(snap, replace=False, progress=tell if progress is not None else None)
+        commit = {"seq": snap.head.seq, "committed_at": iso(snap.head.committed_at)}
     return {"rows": rows, "commit": commit, "schema_version": snap.revision}
 
 
 def restore_to(
-    backend: Backend, settings: Settings, at: Any, target: str | None, store: BackupStore | None
+    backend: CheckpointStore, settings: Settings, at: Any, target: str | None, store: BackupStore | None
 ) -> dict[str, Any]:
     """The database exactly as committed at ``at`` (see :func:`parse_instant`): into ``target``
     (a new SQLite path or the URL of an empty database) or, with ``target=None``, in place as one
     new commit after a safety backup into ``store``."""
-    at_us = parse_instant(at)
-    point = backend.commit_at(at_us)
-    report: dict[str, Any] = {"at": _iso(at_us), "commit": {"seq": point.seq, "committed_at": _iso(point.committed_at)}}
+    at_us = parse_instant(at, "the point in time")
+    history = as_history(backend)
+    point = history.commit_at(at_us)
+    report: dict[str, Any] = {"at": iso(at_us), "commit": {"seq": point.seq, "committed_at": iso(point.committed_at)}}
     if target is None:
         if store is not None:
             report["safety_backup"] = store.create(backend)["id"]
-        report["rows_changed"] = backend.rewind(point.seq)
+        report["rows_changed"] = history.rewind(point.seq)
         return report
     url = database_url(target)
     where = settings.with_url(url)
@@ -184,19 +151,27 @@ class BackupStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        # filelock: fcntl.flock on POSIX, LockFileEx on Windows; imported here because on POSIX
+        # it imports fcntl, and `import fle_db` must work where fcntl does not exist.
+        from filelock import FileLock
+
         self._prepare()
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with FileLock(self.folder / ".lock", mode=0o600):
             yield
-        finally:
-            os.close(fd)
 
     def _sweep_partial(self) -> None:
-        """Remove what a stopped backup left (only ever called under the lock)."""
-        for pattern in ("*.db.tmp*", "*.json.tmp"):
+        """Remove what a stopped backup, verification or restore left: the database copy
+        (``<id>.db.tmp`` and its journal), the manifest's temporary file (``atomic_file``:
+        ``.<id>.json.XXXX.tmp``) and working copies (``.work-*`` folders). Only ever called
+        under the lock, so nothing in progress is removed; links are never followed."""
+        for pattern in ("*.db.tmp*", ".*.json.*.tmp", ".work-*"):
             for leftover in self.folder.glob(pattern):
-                if leftover.is_file() and not leftover.is_symlink():
+                if leftover.is_symlink():
+                    continue
+                if leftover.is_dir() and pattern == ".work-*":
+                    log.warning("removing %s, left by a backup that was stopped", leftover)
+                    shutil.rmtree(leftover, ignore_errors=True)
+                elif leftover.is_file():
                     log.warning("removing %s, left by a backup that was stopped", leftover)
                     leftover.unlink(missing_ok=True)
 
@@ -236,7 +211,7 @@ class BackupStore:
         return manifest
 
     # -- create ----------------------------------------------------------------------------
-    def create(self, backend: Backend) -> dict[str, Any]:
+    def create(self, backend: CheckpointStore) -> dict[str, Any]:
         """Back up ``backend`` consistently (writers may keep writing); returns the manifest.
 
         Raises:
@@ -245,16 +220,16 @@ class BackupStore:
         with self._locked():
             return self._create(backend)
 
-    def _create(self, backend: Backend) -> dict[str, Any]:
+    def _create(self, backend: CheckpointStore) -> dict[str, Any]:
         """:meth:`create`, for a caller that holds the folder lock."""
         self._sweep_partial()
-        now = time.time_ns() // 1000
-        backup_id = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
+        now = now_us()
+        backup_id = from_us(now).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
         work = self.folder / f"{backup_id}.db.tmp"
         started = time.perf_counter()
         with open_database(self.settings, work) as destination:
             copied = copy_database(backend, destination)
-        checks = _verify_file(work)
+        checks = _verify_file(self.settings, work)
         _seal(work)
         final = self.folder / f"{backup_id}.db"
         digest = _sha256(work)
@@ -263,11 +238,11 @@ class BackupStore:
         manifest = {
             "format": MANIFEST_FORMAT,
             "id": backup_id,
-            "timestamp": _iso(now),
+            "timestamp": iso(now),
             "backend": backend.name,
             "source": self.settings.safe_url(),
             "schema_version": copied["schema_version"],
-            "fle_db_version": version("fle-db"),
+            "fle_db_version": __version__,
             "size": final.stat().st_size,
             "sha256": digest,
             "rows": copied["rows"],
@@ -278,7 +253,7 @@ class BackupStore:
         }
         with atomic_file(self.folder / f"{backup_id}.json") as file:
             file.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        fsync_dir(self.folder)
+        fsync(self.folder)
         log.info("backup %s of %s: %d bytes", backup_id, self.settings.safe_url(), manifest["size"])
         return manifest
 
@@ -312,7 +287,7 @@ class BackupStore:
         """
         manifest = self._manifest(backup_id)
         with self._working_copy(manifest) as work:
-            checks = _verify_file(work)
+            checks = _verify_file(self.settings, work)
         return {"id": backup_id, "ok": True, "checks": checks}
 
     @contextmanager
@@ -334,7 +309,7 @@ class BackupStore:
             shutil.rmtree(folder, ignore_errors=True)
 
     # -- restore ---------------------------------------------------------------------------
-    def restore(self, backend: Backend, backup_id: str, target: str | None = None) -> dict[str, Any]:
+    def restore(self, backend: CheckpointStore, backup_id: str, target: str | None = None) -> dict[str, Any]:
         """Restore a backup into ``backend`` (``target=None``: after a safety backup, one new
         commit makes the backup's data current) or into ``target`` (a new SQLite path or the URL
         of an empty database: an exact copy, history included). A backup of an older schema is
@@ -346,13 +321,13 @@ class BackupStore:
         """
         manifest = self._manifest(backup_id)
         with self._locked(), self._working_copy(manifest) as work:
-            checks = _verify_file(work)
+            checks = _verify_file(self.settings, work)
             report: dict[str, Any] = {"id": backup_id, "checks": checks}
             with open_database(self.settings, work) as source:
                 if target is None:
                     report["safety_backup"] = self._create(backend)["id"]
-                    with source.snapshot() as snap:
-                        report["rows"] = backend.load_snapshot(snap, replace=True)
+                    with as_history(source).snapshot() as snap:
+                        report["rows"] = as_history(backend).load_snapshot(snap, replace=True)
                 else:
                     with open_database(self.settings, target) as destination:
                         report["rows"] = copy_database(source, destination)["rows"]
@@ -362,14 +337,10 @@ class BackupStore:
     def prune(self, keep: int | None = None, older_than: float | None = None) -> list[str]:
         """Delete backups beyond the ``keep`` newest and those older than ``older_than`` seconds
         (the newest backup is always kept). Returns the ids deleted."""
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        if keep is not None and (not is_int(keep) or keep < 1):
             raise ValidationError(f"keep must be an integer >= 1, got {keep!r}")
-        if older_than is not None and (
-            isinstance(older_than, bool)
-            or not isinstance(older_than, (int, float))
-            or not 0 <= older_than < float("inf")
-        ):
-            raise ValidationError(f"older_than must be seconds >= 0, got {older_than!r}")
+        if older_than is not None:
+            older_than = parse_duration(older_than, "older_than")
         if keep is None and older_than is None:
             raise ValidationError("prune needs keep or older_than")
         with self._locked():
@@ -379,11 +350,11 @@ class BackupStore:
                 doomed |= {b["id"] for b in backups[:-keep]}
             if older_than is not None:
                 cutoff = time.time() - older_than
-                doomed |= {b["id"] for b in backups[:-1] if datetime.fromisoformat(b["timestamp"]).timestamp() < cutoff}
+                doomed |= {b["id"] for b in backups[:-1] if to_seconds(b["timestamp"]) < cutoff}
             for backup_id in sorted(doomed):
                 (self.folder / f"{backup_id}.json").unlink(missing_ok=True)  # unlisted first
                 (self.folder / f"{backup_id}.db").unlink(missing_ok=True)
-            fsync_dir(self.folder)
+            fsync(self.folder)
         return sorted(doomed)
 
     def newest_age(self) -> float | None:
@@ -391,7 +362,7 @@ class BackupStore:
         backups = self.entries()
         if not backups:
             return None
-        return time.time() - datetime.fromisoformat(backups[-1]["timestamp"]).timestamp()
+        return time.time() - to_seconds(backups[-1]["timestamp"])
 
 
 class BackupScheduler:
@@ -401,10 +372,10 @@ class BackupScheduler:
     thread; :meth:`stop` waits for a backup in progress. A process killed mid-backup leaves only
     temporary files, which are never listed and are removed by the next backup."""
 
-    def __init__(self, store: BackupStore, backend: Backend, interval: float, keep: int) -> None:
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < float("inf"):
+    def __init__(self, store: BackupStore, backend: CheckpointStore, interval: float, keep: int) -> None:
+        if not is_number(interval) or not 0 < interval < float("inf"):
             raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r:.80}")
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        if not is_int(keep) or keep < 1:
             raise ConfigurationError(f"backup_keep must be an integer >= 1, got {keep!r:.80}")
         self.store, self.backend, self.interval, self.keep = store, backend, interval, keep
         self._stop = threading.Event()
@@ -422,7 +393,7 @@ class BackupScheduler:
         if age is None or age >= self.interval:
             manifest = self.store.create(self.backend)
             self.store.prune(keep=self.keep)
-        self.backend.prune_history(time.time_ns() // 1000 - int(self.store.settings.pitr_retention * 1_000_000))
+        as_history(self.backend).prune_history(ago_us(self.store.settings.pitr_retention))
         return manifest
 
     def _run(self) -> None:
@@ -450,18 +421,12 @@ def _seal(path: Path) -> None:
         conn.execute("PRAGMA journal_mode=DELETE")
     conn.close()
     os.chmod(path, 0o600)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync(path)
 
 
-def _verify_file(path: Path) -> dict[str, Any]:
+def _verify_file(settings: Settings, path: Path) -> dict[str, Any]:
     """SQLite's structure check, then fle-db's validation (checksums and digests of everything)
     on a database file. Raises DataIntegrityError naming the first problems."""
-    from ..client import DatabaseClient  # the client's decoders; imported here (client imports ops)
-
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
             result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
@@ -470,8 +435,8 @@ def _verify_file(path: Path) -> dict[str, Any]:
         raise DataIntegrityError(f"{path.name} is not a readable SQLite database: {exc}") from None
     if result != ["ok"]:
         raise DataIntegrityError(f"{path.name} fails integrity_check: {'; '.join(result[:5])}")
-    with DatabaseClient(database_url(path), backup_interval=0) as client:  # migrates an older backup
-        report = client.validate()
+    with open_database(settings, path) as backend:  # migrates an older backup
+        report = validate(backend)
     errors = [p for p in report["problems"] if p["severity"] == "error"]
     if errors:
         shown = "; ".join(f"{p['where']}: {p['detail']}" for p in errors[:3])

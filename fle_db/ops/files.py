@@ -87,12 +87,12 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise StorageFullError(f"the disk is full: {str(path)!r} was not written") from exc
         raise
-    fsync_dir(directory)
+    fsync(directory)
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make the folder's entries (a rename, a new file) durable."""
-    fd = os.open(folder, os.O_RDONLY)
+def fsync(path: Path) -> None:
+    """Make a file's content, or a folder's entries (a rename, a new file), durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -8,14 +8,17 @@ the client's whole life. Slow operations (over the threshold) keep the last :dat
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 WINDOW = 2048
 SLOW_KEPT = 100
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(slots=True)
@@ -74,6 +77,25 @@ class Metrics:
             "slow_operations": slow,
             "slow_threshold_ms": self.slow_ms,
         }
+
+
+def timed(method: F) -> F:
+    """Record each call's latency (and whether it raised) in ``self._metrics``, under the
+    method's name. Marks the method ``is_timed``, which a test checks on every public method."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        failed = True
+        try:
+            result = method(self, *args, **kwargs)
+            failed = False
+            return result
+        finally:
+            self._metrics.record(method.__name__, time.perf_counter() - started, failed)
+
+    wrapper.is_timed = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:

@@ -12,17 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..backends.base import Backend
+from ..backends.base import CheckpointStore, as_admin
 from ..errors import DataIntegrityError, FleDBError
-from ..storage.engine import StateDecoder
+from ..storage.engine import BlobCache, StateDecoder
+from ..storage.records import decode_records
 
 Progress = Callable[[str, int], None]
 
 
-def validate(
-    backend: Backend, decoder: StateDecoder, decode_records: Any, progress: Progress | None = None
-) -> dict[str, Any]:
-    """Run every check; ``progress(stage, items_done)`` is told of long stages."""
+def validate(store: CheckpointStore, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every check; ``progress(stage, items_done)`` is told of long stages.
+
+    Raises:
+        UnsupportedError: the backend does not implement the AdminStore role (its scans).
+    """
+    backend = as_admin(store)
+    decoder = StateDecoder(BlobCache(16 * 1024 * 1024))  # its own cache: verify, don't trust
     problems: list[dict[str, Any]] = []
 
     def report(severity: str, kind: str, where: str, detail: str) -> None:
@@ -48,7 +53,7 @@ def validate(
     for trajectory_id in backend.iter_trajectory_ids():
         for kind, rows in backend.trajectory_records(trajectory_id):
             try:
-                decode_records(rows)
+                decode_records(decoder, rows)
             except DataIntegrityError as exc:
                 report("error", "record", f"{kind} of trajectory {trajectory_id!r}", str(exc))
             checked["records"] += len(rows)

@@ -25,7 +25,6 @@ cached; nothing mutable is, and nothing is shared across processes.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import zlib
 from collections import OrderedDict
@@ -51,7 +50,6 @@ KEYFRAME_INTERVAL = 32
 DELTA_MAX_RATIO = 0.5
 #: After this many deltas in a row that did not pay, stop trying until the next keyframe.
 DELTA_MAX_MISSES = 3
-ZSTD_LEVEL = 3
 CODEC_ZSTD = "zstd"
 CODEC_ZSTD_DELTA = "zstd+delta"
 CODEC_MANIFEST = "manifest"
@@ -90,13 +88,9 @@ class StoredBlob:
     base: StoredBlob | None = None
 
 
-def _digest(raw: bytes) -> str:
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
-
-
 def manifest_id(parts: Iterable[tuple[str, str]]) -> str:
     """A state's id: the digest of its sorted ``(part key, blob id)`` pairs."""
-    return _digest(orjson.dumps(sorted(parts)))
+    return codec.digest(orjson.dumps(sorted(parts)))
 
 
 @dataclass(slots=True)
@@ -109,9 +103,12 @@ class _Keyframe:
 
 @dataclass(slots=True)
 class PendingBases:
-    """Keyframes cut while encoding one write; :meth:`StateEncoder.committed` adopts them."""
+    """Keyframes cut while encoding one write; :meth:`StateEncoder.committed` adopts them.
+    ``rebased``: a delta of this write names a keyframe remembered from an earlier write (which
+    another process may have deleted since)."""
 
     keyframes: dict[tuple[str, str], _Keyframe] = field(default_factory=dict)
+    rebased: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +169,7 @@ class StateEncoder:
         parts: list[tuple[str, str]] = []
         blobs: list[BlobRow] = []
         for key, raw, digest in split:
-            blob = self._blob((trajectory_id or "", key), raw, digest or _digest(raw), pending)
+            blob = self._blob((trajectory_id or "", key), raw, digest or codec.digest(raw), pending)
             parts.append((key, blob.id))
             blobs.append(blob)
         parts.sort()
@@ -188,7 +185,7 @@ class StateEncoder:
         if last is not None and last[0] == raw:
             return last[1]
         codec.verify_exact(raw, value, f"{what}[{key!r}]")
-        digest = _digest(raw)
+        digest = codec.digest(raw)
         if trajectory_id is not None:
             with self._lock:
                 self._validated[slot] = (raw, digest)
@@ -204,9 +201,9 @@ class StateEncoder:
         as a delta against this trajectory's keyframe record of the same ``kind`` when it pays."""
         raw = codec.canonical_json(value, what, self._max_payload)
         if len(raw) < codec.COMPRESS_MIN_BYTES:
-            return EncodedRecord(codec.CODEC_JSON, raw, _digest(raw))
+            return EncodedRecord(codec.CODEC_JSON, raw, codec.digest(raw))
         tag, body, base = self._compress((trajectory_id, "@" + kind), step_number, raw, pending)
-        return EncodedRecord(tag, body, _digest(raw), base)  # type: ignore[arg-type]
+        return EncodedRecord(tag, body, codec.digest(raw), base)  # type: ignore[arg-type]
 
     def _blob(self, slot: tuple[str, str], raw: bytes, blob_id: str, pending: PendingBases) -> BlobRow:
         tag, body, base = self._compress(slot, blob_id, raw, pending)
@@ -218,24 +215,40 @@ class StateEncoder:
         """``(codec, body, base ref)``: a delta against the slot's keyframe when that is at most
         half the raw size, else a plain frame that becomes the slot's next keyframe."""
         keyframe = pending.keyframes.get(slot)
-        if keyframe is None and slot[0]:
+        remembered = keyframe is None and bool(slot[0])
+        if remembered:
             with self._lock:
                 keyframe = self._keyframes.get(slot)
-        if keyframe is not None and keyframe.ref != ref and keyframe.uses < KEYFRAME_INTERVAL:
-            keyframe.uses += 1
-            if keyframe.misses < DELTA_MAX_MISSES:
-                with self._lock:  # a zstd context is not thread-safe; keyframes are shared
-                    body = keyframe.compressor.compress(raw)
-                if len(body) <= DELTA_MAX_RATIO * len(raw):
-                    keyframe.misses = 0
-                    return CODEC_ZSTD_DELTA, body, keyframe.ref
-                keyframe.misses += 1
-            # Incompressible against the keyframe (e.g. a zlib+base64 blob): store it plain and
-            # keep the keyframe, rather than cut a new one that would not do better.
-            return CODEC_ZSTD, _plain_compressor().compress(raw), None
+        if keyframe is not None and keyframe.ref != ref:
+            due, delta = self._delta(keyframe, raw)
+            if delta is not None:
+                pending.rebased |= remembered
+                return CODEC_ZSTD_DELTA, delta, keyframe.ref
+            if due:
+                # Incompressible against the keyframe (e.g. a zlib+base64 blob): store it plain and
+                # keep the keyframe, rather than cut a new one that would not do better.
+                return CODEC_ZSTD, codec.compressor().compress(raw), None
         if slot[0] and (keyframe is None or keyframe.ref != ref):
             pending.keyframes[slot] = _Keyframe(ref, _dict_compressor(raw))
-        return CODEC_ZSTD, _plain_compressor().compress(raw), None
+        return CODEC_ZSTD, codec.compressor().compress(raw), None
+
+    def _delta(self, keyframe: _Keyframe, raw: bytes) -> tuple[bool, bytes | None]:
+        """``(due, delta)``: whether the keyframe still serves (fewer than
+        :data:`KEYFRAME_INTERVAL` uses), and ``raw`` compressed against it if that pays."""
+        # Remembered keyframes are shared by every thread of the client: their counters and
+        # their zstd context (not thread-safe) change only under the lock.
+        with self._lock:
+            if keyframe.uses >= KEYFRAME_INTERVAL:
+                return False, None
+            keyframe.uses += 1
+            if keyframe.misses >= DELTA_MAX_MISSES:
+                return True, None
+            body = keyframe.compressor.compress(raw)
+            if len(body) <= DELTA_MAX_RATIO * len(raw):
+                keyframe.misses = 0
+                return True, body
+            keyframe.misses += 1
+            return True, None
 
     def committed(self, pending: PendingBases) -> None:
         """Adopt the keyframes of a write that committed."""
@@ -256,18 +269,8 @@ def _dict_compressor(raw: bytes) -> zstandard.ZstdCompressor:
     dictionary = zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     # Digest the dictionary once (a CDict): without it zstd reloads it on every compress call,
     # which measured ~40 us per delta against a 50 KB keyframe.
-    dictionary.precompute_compress(level=ZSTD_LEVEL)
+    dictionary.precompute_compress(level=codec.ZSTD_LEVEL)
     return zstandard.ZstdCompressor(dict_data=dictionary, write_checksum=True)
-
-
-_local = threading.local()
-
-
-def _plain_compressor() -> zstandard.ZstdCompressor:
-    compressor = getattr(_local, "compressor", None)
-    if compressor is None:
-        compressor = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
-    return compressor
 
 
 class BlobCache:
@@ -338,7 +341,7 @@ class StateDecoder:
             raise DataIntegrityError(f"blob {blob.id} failed its CRC-32 check: the stored bytes are corrupt")
         try:
             if blob.codec == CODEC_ZSTD:
-                raw = zstandard.ZstdDecompressor().decompress(blob.body)
+                raw = codec.decompressor().decompress(blob.body)
             elif blob.codec == CODEC_ZSTD_DELTA:
                 if blob.base is None:
                     raise DataIntegrityError(f"blob {blob.id} is a delta but its base is missing")
@@ -350,7 +353,7 @@ class StateDecoder:
                 raise DataIntegrityError(f"blob {blob.id} has unknown codec {blob.codec!r}: written by a newer fle-db?")
         except zstandard.ZstdError as exc:
             raise DataIntegrityError(f"blob {blob.id} failed to decompress: {exc}") from exc
-        if _digest(raw) != blob.id:
+        if codec.digest(raw) != blob.id:
             raise DataIntegrityError(f"blob {blob.id} decoded to bytes of another digest: corrupt")
         self.cache.put(blob.id, raw)
         return raw
@@ -362,7 +365,7 @@ class StateDecoder:
         else:
             try:
                 if codec_tag == CODEC_ZSTD:
-                    raw = zstandard.ZstdDecompressor().decompress(body)
+                    raw = codec.decompressor().decompress(body)
                 elif codec_tag == CODEC_ZSTD_DELTA and base is not None:
                     dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
                     raw = zstandard.ZstdDecompressor(dict_data=dictionary).decompress(body)
@@ -372,7 +375,7 @@ class StateDecoder:
                     )
             except zstandard.ZstdError as exc:
                 raise DataIntegrityError(f"a stored record failed to decompress: {exc}") from exc
-        if digest and _digest(raw) != digest:
+        if digest and codec.digest(raw) != digest:
             raise DataIntegrityError(f"a stored record (digest {digest}) decoded to other bytes: corrupt")
         return raw
 

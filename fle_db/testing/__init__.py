@@ -1,8 +1,9 @@
 """Testing helpers shipped with fle-db: the backend conformance suite.
 
 A backend (built in or third-party) proves it keeps the contract of
-:class:`fle_db.backends.base.Backend` by running :class:`BackendConformance` against itself, in a
-few lines of its own test suite::
+the role contracts of :mod:`fle_db.backends.base` by running :class:`BackendConformance` (every
+role; those it does not implement are skipped) against itself, in a few lines of its own test
+suite::
 
     # tests/test_conformance.py
     import pytest
@@ -18,6 +19,22 @@ Needs pytest and hypothesis (``pip install 'fle-db[testing]'``).
 
 from __future__ import annotations
 
-from .conformance import BackendConformance, assert_same_json
+from .conformance import (
+    AdminStoreConformance,
+    BackendConformance,
+    CheckpointStoreConformance,
+    HistoryStoreConformance,
+    SearchStoreConformance,
+    assert_same_json,
+    require_role,
+)
 
-__all__ = ["BackendConformance", "assert_same_json"]
+__all__ = [
+    "AdminStoreConformance",
+    "BackendConformance",
+    "CheckpointStoreConformance",
+    "HistoryStoreConformance",
+    "SearchStoreConformance",
+    "assert_same_json",
+    "require_role",
+]

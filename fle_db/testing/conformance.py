@@ -1,5 +1,9 @@
-"""The backend conformance suite: the contract of :class:`fle_db.backends.base.Backend`, tested
-through the public :class:`~fle_db.DatabaseClient` on a fresh database per test.
+"""The backend conformance suite: the contract of every role of :mod:`fle_db.backends.base`, tested
+through the public :class:`~fle_db.DatabaseClient` (and, for what the client does not expose,
+the backend itself) on a fresh database per test. One suite per role:
+:class:`CheckpointStoreConformance` (required), :class:`SearchStoreConformance`,
+:class:`AdminStoreConformance` and :class:`HistoryStoreConformance`, each optional role's tests
+skipped for a backend that does not implement it; :class:`BackendConformance` runs them all.
 
 Subclass :class:`BackendConformance` in a module pytest collects (the class name must start
 with ``Test``) and provide the ``new_database_url`` fixture: a callable returning the URL of a
@@ -17,7 +21,10 @@ What it covers, per area (each test's name states the behaviour it proves):
 * lineage: forks need their parent step, never change, never cycle; deletions refuse
   dependants (DependencyError) unless cascading, and collect unshared game states;
 * cleanup (lineage-aware, exact dry runs), typed errors, migration status;
-* point in time: restoring an earlier instant in place, and undoing it; copies into an empty
+* search (SearchStore): nodes created with their step, best-first and per-depth reads, atomic
+  statistics under concurrent updates, visits, FLE versions allocated and registered;
+* admin (AdminStore): statistics, health, optimize, validate, read-only queries;
+* point in time (HistoryStore): restoring an earlier instant in place, and undoing it; copies into an empty
   database of the same backend, refused into a filled one;
 * concurrency: threads and processes writing one database at once lose and duplicate nothing.
 """
@@ -29,6 +36,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import pytest
@@ -40,9 +48,11 @@ from .. import (
     DatabaseClient,
     DependencyError,
     NotFoundError,
+    Settings,
     ValidationError,
 )
 from .. import migrations as fle_migrations
+from ..backends import CheckpointStore, as_admin, as_search, open_backend, registry, roles
 
 #: Values whose JSON types are easy to lose: bool vs int, -0.0, 64-bit edges, tiny and huge
 #: floats, unicode outside the BMP, a literal backslash-u0000, empty containers.
@@ -102,6 +112,25 @@ def assert_same_json(actual: Any, expected: Any, path: str = "value") -> None:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 
 
+def require_role(db_or_url: DatabaseClient | str, role: str) -> None:
+    """Skip the calling test unless the backend of ``db_or_url`` (a client, or a database URL)
+    implements the optional ``role`` (``"SearchStore"``, ``"AdminStore"``, ``"HistoryStore"``)."""
+    name = db_or_url.settings.backend if isinstance(db_or_url, DatabaseClient) else Settings.resolve(db_or_url).backend
+    if not roles(registry.backend_class(name))[role]:
+        pytest.skip(f"the {name!r} backend does not implement the {role} role")
+
+
+@contextmanager
+def open_store(url: str, client_options: dict[str, Any]) -> Iterator[CheckpointStore]:
+    """The backend of ``url`` itself (migrated), for the roles the client does not expose."""
+    store = open_backend(Settings.resolve(url, **client_options))
+    try:
+        store.migrate()
+        yield store
+    finally:
+        store.close()
+
+
 def _step(tid: str, n: int, **fields: Any) -> dict[str, Any]:
     return {"trajectory_id": tid, "step_number": n, **fields}
 
@@ -126,9 +155,8 @@ def _write_in_process(url: str, options: dict[str, Any], prefix: str, steps: int
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
-class BackendConformance:
-    """The conformance suite. Subclass it as ``Test<YourBackend>`` and provide the
-    ``new_database_url`` fixture (see the module docstring)."""
+class _Suite:
+    """What every role suite shares: the fixtures a backend provides, and the client."""
 
     #: Whether a database outlives its client and several processes can open it at once (False
     #: for in-memory databases: the persistence and multi-process tests are then skipped).
@@ -154,6 +182,11 @@ class BackendConformance:
         client = DatabaseClient(url, **client_options)
         yield client
         client.close()
+
+
+class CheckpointStoreConformance(_Suite):
+    """The required role: round trips, idempotency, conflicts, resume, lineage, deletion,
+    cleanup, schema and concurrency."""
 
     # -- schema and lifecycle --------------------------------------------------------------
     def test_fresh_database_reports_every_migration_pending_then_up_to_date(
@@ -439,82 +472,6 @@ class BackendConformance:
         with pytest.raises(ValidationError):
             db.cleanup()
 
-    # -- operations ----------------------------------------------------------------------------
-    def test_statistics_count_what_was_written(self, db: DatabaseClient) -> None:
-        db.batch_save_steps(
-            [
-                _step("t", n, agent_output={"c": n}, environment_feedback={"f": n}, game_state={"n": n})
-                for n in range(12)
-            ]
-        )
-        stats = db.get_statistics()
-        assert stats["exact_counts"] is True
-        counts = [stats[k] for k in ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "game_states")]
-        assert counts == [1, 12, 12, 12, 12]
-        assert stats["size"] > 0 and stats["oldest_step_at"] is not None
-
-    def test_health_check_passes_and_its_write_probe_leaves_no_trace(self, db: DatabaseClient) -> None:
-        health = db.health_check()
-        assert health["status"] in ("ok", "degraded"), health
-        assert {"connectivity", "schema", "write_probe", "pool"} <= health["checks"].keys()
-        assert health["checks"]["write_probe"]["status"] == "ok", health
-        assert db.get_statistics()["trajectories"] == 0
-
-    def test_optimize_and_validate_keep_the_data(self, db: DatabaseClient) -> None:
-        for n in range(5):
-            db.save_step(_step("t", n), game_state=_state(n))
-        report = db.optimize(vacuum=True, reindex=True)
-        assert report["actions"] and all(a["ms"] >= 0 for a in report["actions"])
-        result = db.validate()
-        assert result["ok"], result["problems"]
-        assert [s["step_number"] for s in db.load_steps("t")] == list(range(5))
-
-    # -- point in time, copies ---------------------------------------------------------------
-    def test_restore_to_an_earlier_instant_brings_it_back_and_can_be_undone(
-        self, url: str, client_options: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-    ) -> None:
-        options = {"backup_dir": str(tmp_path_factory.mktemp("backups")), **client_options}
-        with DatabaseClient(url, **options) as db:
-            db.save_step(_step("t", 0, action="a"), game_state={"tick": 0})
-            db.save_metadata("t", "k", "before")
-            before = db.recovery_window()["to"]
-            db.save_step(_step("t", 1, action="b"), game_state={"tick": 1})
-            db.save_metadata("t", "k", "after")
-            db.save_step(_step("gone", 0))
-            db.delete_trajectory("gone")
-            after = db.recovery_window()["to"]
-            db.restore_to(before)
-            assert [s["step_number"] for s in db.load_steps("t")] == [0]
-            assert db.load_metadata("t") == {"k": "before"}
-            assert db.load_latest_checkpoint("t")["game_state"] == {"tick": 0}  # type: ignore[index]
-            db.restore_to(after)  # the restore was one more commit: it can be undone
-            assert [s["step_number"] for s in db.load_steps("t")] == [0, 1]
-            assert db.load_metadata("t") == {"k": "after"}
-            with pytest.raises(NotFoundError):
-                db.load_trajectory("gone")
-            assert db.validate()["ok"]
-
-    def test_copy_to_an_empty_database_is_identical_and_refuses_a_filled_one(
-        self, db: DatabaseClient, new_database_url: Callable[[], str], client_options: dict[str, Any]
-    ) -> None:
-        if not self.shared_database:
-            pytest.skip("a copy into another in-memory database could not be opened again (shared_database = False)")
-        for n in range(5):
-            db.save_step(_step("t", n, action=f"a{n}"), agent_output={"c": n}, game_state=_state(n))
-        db.save_metadata("t", "k", EXACT_VALUES)
-        target = new_database_url()
-        db.copy_to(target)
-        with DatabaseClient(target, **client_options) as copy:
-            assert copy.load_steps("t") == db.load_steps("t")
-            assert copy.load_agent_outputs("t") == db.load_agent_outputs("t")
-            assert_same_json(copy.load_metadata("t"), {"k": EXACT_VALUES})
-            steps = copy.load_steps("t")
-            assert copy.load_game_states([s["game_state_id"] for s in steps]) == db.load_game_states(
-                [s["game_state_id"] for s in steps]
-            )
-        with pytest.raises(ConflictError):
-            db.copy_to(target)
-
     # -- concurrency ---------------------------------------------------------------------------
     def test_threads_writing_at_once_lose_and_duplicate_nothing(self, db: DatabaseClient) -> None:
         def work(worker: int) -> list[bool]:
@@ -555,4 +512,198 @@ class BackendConformance:
             assert db.get_statistics()["game_states"] == 45
 
 
-__all__ = ["EXACT_VALUES", "BackendConformance", "assert_same_json"]
+class SearchStoreConformance(_Suite):
+    """The SearchStore role (skipped for a backend without it): search nodes created with their
+    step, atomic statistics, visits, and FLE versions."""
+
+    def test_search_nodes_are_created_with_their_step_and_found_best_first(self, db: DatabaseClient) -> None:
+        require_role(db, "SearchStore")
+        ids = [
+            db.append_step(f"b{n}", {"action": "x"}, node={"tree": "tree", "depth": n % 2, "value": float(n)})[
+                "node_id"
+            ]
+            for n in range(4)
+        ]
+        db.append_step("other", {"action": "x"}, node={"tree": "elsewhere", "depth": 0, "value": 99.0})
+        best = db.get_search_nodes("tree", limit=2)
+        assert [node["node_id"] for node in best] == [ids[3], ids[2]]
+        assert [node["node_id"] for node in db.get_search_nodes("tree", order="recent")] == ids[::-1]
+        per_depth = db.get_best_per_depth("tree", 1)
+        assert [(node["depth"], node["value"]) for node in per_depth] == [(0, 2.0), (1, 3.0)]
+        node = db.get_search_node(trajectory_id="b1", step_number=0)
+        assert node["node_id"] == ids[1] and node["visits"] == 0 and node["tree"] == "tree"
+        with pytest.raises(NotFoundError):
+            db.get_search_node(10**9)
+
+    def test_search_statistics_add_up_under_concurrent_updates(self, db: DatabaseClient) -> None:
+        require_role(db, "SearchStore")
+        node_id = db.append_step("t", {"action": "a"}, node={"tree": "tree", "depth": 0, "value": None})["node_id"]
+
+        def bump(_: int) -> None:
+            for _ in range(10):
+                db.update_search_stats(node_id, add_visits=1, add_value=0.5)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(bump, range(4)))
+        node = db.get_search_node(node_id)
+        assert (node["visits"], node["value"]) == (40, 20.0)
+        set_node = db.update_search_stats(node_id, value=1.5, advantage=-0.25, visits=3)
+        assert (set_node["visits"], set_node["value"], set_node["advantage"]) == (3, 1.5, -0.25)
+
+    def test_visit_counts_children_and_sets_their_advantage_against_their_mean(self, db: DatabaseClient) -> None:
+        require_role(db, "SearchStore")
+        parent = db.append_step("p", {"action": "root"}, node={"tree": "tree", "depth": 0, "value": 0.0})
+        for i, value in enumerate((1.0, 3.0)):
+            db.save_step(
+                _step(f"c{i}", 0, parent_trajectory_id="p", parent_step_number=parent["step_number"]),
+                node={"tree": "tree", "depth": 1, "value": value},
+            )
+        visited = db.visit_search_node(parent["node_id"], children=2)
+        assert visited["visits"] == 2
+        advantages = {n["trajectory_id"]: n["advantage"] for n in db.get_search_nodes("tree") if n["depth"] == 1}
+        assert advantages == {"c0": -1.0, "c1": 1.0}
+
+    def test_versions_are_allocated_distinct_and_registered_idempotently(
+        self, url: str, client_options: dict[str, Any]
+    ) -> None:
+        require_role(url, "SearchStore")
+        with open_store(url, client_options) as store:
+            search = as_search(store)
+            assert search.load_version(None) is None
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                numbers = list(pool.map(lambda i: search.allocate_version(f"v{i}", "m"), range(8)))
+            assert sorted(numbers) == list(range(1, 9))
+            search.register_version(42, "given", "model")
+            search.register_version(42, "again", "other")  # a no-op: the first registration stays
+            assert search.load_version(42) == (42, "given", "model")
+            assert search.load_version(None) == (42, "given", "model")
+            assert search.allocate_version(None, None) == 43
+            assert search.load_version(7) is not None and search.load_version(1000) is None
+
+
+class AdminStoreConformance(_Suite):
+    """The AdminStore role (skipped for a backend without it): statistics, health, maintenance,
+    validation and read-only queries."""
+
+    # -- operations ----------------------------------------------------------------------------
+    def test_statistics_count_what_was_written(self, db: DatabaseClient) -> None:
+        require_role(db, "AdminStore")
+        db.batch_save_steps(
+            [
+                _step("t", n, agent_output={"c": n}, environment_feedback={"f": n}, game_state={"n": n})
+                for n in range(12)
+            ]
+        )
+        stats = db.get_statistics()
+        assert stats["exact_counts"] is True
+        counts = [stats[k] for k in ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "game_states")]
+        assert counts == [1, 12, 12, 12, 12]
+        assert stats["size"] > 0 and stats["oldest_step_at"] is not None
+
+    def test_health_check_passes_and_its_write_probe_leaves_no_trace(self, db: DatabaseClient) -> None:
+        require_role(db, "AdminStore")
+        health = db.health_check()
+        assert health["status"] in ("ok", "degraded"), health
+        assert {"connectivity", "schema", "write_probe", "pool"} <= health["checks"].keys()
+        assert health["checks"]["write_probe"]["status"] == "ok", health
+        assert db.get_statistics()["trajectories"] == 0
+
+    def test_optimize_and_validate_keep_the_data(self, db: DatabaseClient) -> None:
+        require_role(db, "AdminStore")
+        for n in range(5):
+            db.save_step(_step("t", n), game_state=_state(n))
+        report = db.optimize(vacuum=True, reindex=True)
+        assert report["actions"] and all(a["ms"] >= 0 for a in report["actions"])
+        result = db.validate()
+        assert result["ok"], result["problems"]
+        assert [s["step_number"] for s in db.load_steps("t")] == list(range(5))
+
+    def test_read_only_queries_read_and_refuse_to_write(self, url: str, client_options: dict[str, Any]) -> None:
+        require_role(url, "AdminStore")
+        if not self.shared_database:
+            pytest.skip("the rows a client wrote are not visible to another opening (shared_database = False)")
+        with DatabaseClient(url, **client_options) as db:
+            db.save_step(_step("t", 0))
+            db.save_step(_step("u", 0))
+        with open_store(url, client_options) as store:
+            admin = as_admin(store)
+            rows = admin.read_only_query("SELECT id FROM trajectories ORDER BY id", ())
+            assert [row["id"] for row in rows] == ["t", "u"]
+            with pytest.raises(ValidationError):
+                admin.read_only_query("DELETE FROM steps", ())
+            with pytest.raises(ValidationError):
+                admin.read_only_query("SELECT 1; DELETE FROM steps", ())
+            assert len(admin.read_only_query("SELECT trajectory_id FROM steps", ())) == 2
+
+
+class HistoryStoreConformance(_Suite):
+    """The HistoryStore role (skipped for a backend without it): point-in-time restores and
+    whole-database copies."""
+
+    # -- point in time, copies ---------------------------------------------------------------
+    def test_restore_to_an_earlier_instant_brings_it_back_and_can_be_undone(
+        self, url: str, client_options: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        require_role(url, "HistoryStore")
+        options = {"backup_dir": str(tmp_path_factory.mktemp("backups")), **client_options}
+        with DatabaseClient(url, **options) as db:
+            db.save_step(_step("t", 0, action="a"), game_state={"tick": 0})
+            db.save_metadata("t", "k", "before")
+            before = db.recovery_window()["to"]
+            db.save_step(_step("t", 1, action="b"), game_state={"tick": 1})
+            db.save_metadata("t", "k", "after")
+            db.save_step(_step("gone", 0))
+            db.delete_trajectory("gone")
+            after = db.recovery_window()["to"]
+            db.restore_to(before)
+            assert [s["step_number"] for s in db.load_steps("t")] == [0]
+            assert db.load_metadata("t") == {"k": "before"}
+            assert db.load_latest_checkpoint("t")["game_state"] == {"tick": 0}  # type: ignore[index]
+            db.restore_to(after)  # the restore was one more commit: it can be undone
+            assert [s["step_number"] for s in db.load_steps("t")] == [0, 1]
+            assert db.load_metadata("t") == {"k": "after"}
+            with pytest.raises(NotFoundError):
+                db.load_trajectory("gone")
+            assert db.validate()["ok"]
+
+    def test_copy_to_an_empty_database_is_identical_and_refuses_a_filled_one(
+        self, db: DatabaseClient, new_database_url: Callable[[], str], client_options: dict[str, Any]
+    ) -> None:
+        require_role(db, "HistoryStore")
+        if not self.shared_database:
+            pytest.skip("a copy into another in-memory database could not be opened again (shared_database = False)")
+        for n in range(5):
+            db.save_step(_step("t", n, action=f"a{n}"), agent_output={"c": n}, game_state=_state(n))
+        db.save_metadata("t", "k", EXACT_VALUES)
+        target = new_database_url()
+        db.copy_to(target)
+        with DatabaseClient(target, **client_options) as copy:
+            assert copy.load_steps("t") == db.load_steps("t")
+            assert copy.load_agent_outputs("t") == db.load_agent_outputs("t")
+            assert_same_json(copy.load_metadata("t"), {"k": EXACT_VALUES})
+            steps = copy.load_steps("t")
+            assert copy.load_game_states([s["game_state_id"] for s in steps]) == db.load_game_states(
+                [s["game_state_id"] for s in steps]
+            )
+        with pytest.raises(ConflictError):
+            db.copy_to(target)
+
+
+class BackendConformance(
+    CheckpointStoreConformance, SearchStoreConformance, AdminStoreConformance, HistoryStoreConformance
+):
+    """The whole conformance suite: every role, each skipped where the backend lacks it.
+    Subclass it as ``Test<YourBackend>`` and provide the ``new_database_url`` fixture (see the
+    module docstring); or subclass only the role suites you want to run."""
+
+
+__all__ = [
+    "EXACT_VALUES",
+    "AdminStoreConformance",
+    "BackendConformance",
+    "CheckpointStoreConformance",
+    "HistoryStoreConformance",
+    "SearchStoreConformance",
+    "assert_same_json",
+    "require_role",
+]

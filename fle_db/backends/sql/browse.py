@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, select
 
-from ..schema import agent_outputs, blobs, environment_feedbacks, game_state_parts, game_states, steps, trajectories
-from .base import ListedTrajectory, StoredStep, TrajectoryQuery
+from ...schema import agent_outputs, blobs, environment_feedbacks, game_state_parts, game_states, steps, trajectories
+from ..base import ListedTrajectory, StoredStep, TrajectoryQuery
 
 #: Columns of a stored step-scoped record (see ``sql._step_columns``), without the key.
 _RECORD = ("codec", "body", "digest", "base_step_number")

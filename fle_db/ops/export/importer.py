@@ -1,4 +1,4 @@
-"""Import of ``jsonl`` exports (see :mod:`fle_db.ops.export` for the format).
+"""Import of ``jsonl`` exports (see :mod:`fle_db.ops.export.jsonl` for the format).
 
 Import (:func:`import_data`, ``jsonl`` only) goes one trajectory at a time, **the trajectory
 being the unit**: its lines are read and verified (shapes, step order, count and digest) before
@@ -18,26 +18,29 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 import zstandard
 
-from ..errors import ConflictError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
-from ..storage import codec
-from .export import _RECORDS, FORMAT_NAME, FORMAT_VERSION, Progress
-from .files import checked_path
+from ...errors import ConflictError, DataIntegrityError, NotFoundError, SchemaVersionError, ValidationError
+from ...storage import codec
+from ..files import checked_path
+from .jsonl import FORMAT_NAME, FORMAT_VERSION
 
 if TYPE_CHECKING:
-    from ..client import DatabaseClient
+    from ...client import DatabaseClient
 
 log = logging.getLogger("fle_db")
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _IMPORT_BATCH_STEPS = 200
 _IMPORT_BATCH_BYTES = 32 * 1024 * 1024
+_RECORDS = ("step", "agent_output", "environment_feedback")
+#: ``progress(trajectories_done, file_bytes_done)``.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(slots=True)

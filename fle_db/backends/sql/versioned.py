@@ -5,10 +5,15 @@ The model (see ``fle_db.schema``): a write transaction takes commit sequence num
 copies the old image into the table's history twin with ``valid_to_seq = N``. The database as
 committed at S is every live row with ``valid_from_seq <= S`` plus every history row with
 ``valid_from_seq <= S < valid_to_seq``. Nothing here needs server configuration (no WAL
-archiving) and it means the same on SQLite and PostgreSQL.
+archiving) and it means the same on SQLite, PostgreSQL and MySQL/MariaDB. The commit instant
+comes from the dialect's clock hook (the client's clock on SQLite, the server's on PostgreSQL and
+MySQL, so writers on many hosts share one time line).
 
 Reading a past state is a query; rewinding in place is itself one new commit that archives what
 changed after S and brings back what was valid at S, so history stays exact through restores.
+InnoDB checks foreign keys row by row, so a rewind re-inserts keyframes before the deltas naming
+them and a deletion can cut delta links first (``unlink``; the dialect's
+``unlink_bases_before_delete``). The HistoryStore role built on this is :mod:`.history`.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..schema import HISTORY, VERSIONED_TABLES, log_head, trajectories
+from ...schema import HISTORY, VERSIONED_TABLES, log_head, trajectories
 
 #: Tables whose rows reference rows of the same table through a "base" (delta) column: loading in
 #: chunks puts the rows without a base first, so every base exists before what needs it.

@@ -1,0 +1,256 @@
+"""Search trees: the search-node, lineage and version methods of :class:`~fle_db.DatabaseClient`.
+
+A search tree (MCTS, beam search, evolutionary sampling) is a set of nodes, each a step of some
+trajectory with statistics (``visits``, ``value``, ``advantage``); ``append_step(..., node=...)``
+creates them (in :mod:`fle_db.client`, with the checkpoint). This mixin reads and updates them,
+walks lineage across forks, and allocates the numbered versions FLE groups its runs by. It only
+validates arguments and shapes the backend's rows into dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .backends.base import CheckpointStore, NodeQuery, SearchStore, StoredNode, as_search
+from .errors import NotFoundError, ValidationError
+from .models import TEXT_LENGTH
+from .ops.metrics import Metrics, timed
+from .validation import check_count, check_float, check_id, check_node_id, check_step_number, is_int
+
+
+class SearchTrees:
+    """Search-node, lineage and version methods; mixed into :class:`~fle_db.DatabaseClient`."""
+
+    _backend: CheckpointStore
+    _metrics: Metrics
+
+    @property
+    def _search(self) -> SearchStore:
+        """The backend's search trees and FLE versions (UnsupportedError if it lacks the role)."""
+        return as_search(self._backend)
+
+    @timed
+    def get_search_node(self, node_id: int | None = None, *, trajectory_id: str | None = None,
+                        step_number: int | None = None) -> dict[str, Any]:  # fmt: skip
+        """A search-tree node by ``node_id``, or by its step (``trajectory_id`` + ``step_number``):
+        ``{"node_id", "trajectory_id", "step_number", "tree", "depth", "visits", "value",
+        "advantage", "game_state_id", "parent_node_id", "parent_trajectory_id",
+        "parent_step_number", "created_at", "updated_at"}`` (times: epoch microseconds).
+
+        Raises:
+            NotFoundError: no such node. ValidationError: neither or both ways given.
+        """
+        if (node_id is None) == (trajectory_id is None):
+            raise ValidationError("get_search_node: give node_id, or trajectory_id and step_number")
+        if node_id is not None:
+            found = self._search.load_node(node_id=check_node_id(node_id))
+        else:
+            found = self._search.load_node(
+                step=(check_id(trajectory_id, "trajectory_id"), check_step_number(step_number))
+            )
+        if found is None:
+            where = f"{node_id}" if node_id is not None else f"at step {step_number} of {trajectory_id!r}"
+            raise NotFoundError(f"search node {where} does not exist")
+        return node_dict(found)
+
+    @timed
+    def get_search_nodes(
+        self,
+        tree: str,
+        *,
+        order: str = "value",
+        limit: int | None = None,
+        with_state: bool = False,
+        with_value: bool = False,
+        with_advantage: bool = False,
+        trajectory_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Nodes of a tree (and of one trajectory, if given), ``order="value"`` (highest first;
+        nodes without a value last), ``"recent"`` (newest first, by the monotonic node id) or
+        ``"step"`` (highest step number first), at most ``limit``, optionally only those whose
+        step has a game state / a value / an advantage. One indexed query."""
+        check_id(tree, "tree")
+        if trajectory_id is not None:
+            check_id(trajectory_id, "trajectory_id")
+        if order not in ("value", "recent", "step"):
+            raise ValidationError(f"order must be 'value', 'recent' or 'step', got {order!r}")
+        query = NodeQuery(tree, order=order, limit=check_count(limit, "limit"), with_state=with_state,
+                          with_value=with_value, with_advantage=with_advantage,
+                          trajectory_id=trajectory_id)  # fmt: skip
+        return [node_dict(node) for node in self._search.find_nodes(query)]
+
+    @timed
+    def get_best_per_depth(self, tree: str, n: int = 1, *, with_state: bool = False) -> list[dict[str, Any]]:
+        """The ``n`` highest-value nodes of each depth of a tree (nodes without a value are not
+        ranked), by depth then value (ties: the older node first). One query over
+        ``ix_search_nodes_tree``."""
+        check_id(tree, "tree")
+        query = NodeQuery(tree, per_depth=check_count(n, "n"), with_state=with_state)
+        return [node_dict(node) for node in self._search.find_nodes(query)]
+
+    @timed
+    def get_tree_summary(self, tree: str) -> dict[str, Any]:
+        """``{"nodes": int, "max_depth": int | None}`` of a tree (0 and None for an unknown or
+        empty tree). One aggregate query over ``ix_search_nodes_tree``. Read-only.
+
+        Raises:
+            ValidationError: ``tree`` is not an id.
+        """
+        count, deepest = self._search.tree_summary(check_id(tree, "tree"))
+        return {"nodes": count, "max_depth": deepest}
+
+    @timed
+    def get_node_values(self, tree: str | None = None, *, tree_prefix: str | None = None) -> list[float]:
+        """Every node value that is not None, oldest node first, of ``tree``, or of every tree
+        whose id starts with ``tree_prefix`` (exactly one of them). Read-only.
+
+        Raises:
+            ValidationError: neither or both given, or not an id.
+        """
+        if (tree is None) == (tree_prefix is None):
+            raise ValidationError("get_node_values: give tree or tree_prefix")
+        if tree is not None:
+            return self._search.tree_values("", check_id(tree, "tree"))
+        return self._search.tree_values(check_id(tree_prefix, "tree_prefix"), None)
+
+    @timed
+    def get_lineage(self, trajectory_id: str, step_number: int) -> list[dict[str, Any]]:
+        """The path from the root to this step, root first, as ``[{"trajectory_id",
+        "step_number"}]``, across forks: a step's parent is its explicit parent step, else the
+        previous step of its trajectory, else (a fork's first step) the fork point. One
+        recursive query.
+
+        Raises:
+            NotFoundError: the step does not exist.
+        """
+        path = self._backend.lineage(check_id(trajectory_id, "trajectory_id"), check_step_number(step_number))
+        return [{"trajectory_id": tid, "step_number": number} for tid, number in path]
+
+    @timed
+    def get_children(self, trajectory_id: str, step_number: int) -> list[dict[str, Any]]:
+        """The steps whose parent (as in :meth:`get_lineage`) is this step, as
+        ``[{"trajectory_id", "step_number"}]`` sorted; ``[]`` for a leaf.
+
+        Raises:
+            NotFoundError: the step does not exist.
+        """
+        check_id(trajectory_id, "trajectory_id")
+        number = check_step_number(step_number)
+        found = self._backend.children(trajectory_id, number)
+        if not found and self._backend.load_step(trajectory_id, number) is None:
+            raise NotFoundError(f"step {step_number} of trajectory {trajectory_id!r} does not exist")
+        return [{"trajectory_id": tid, "step_number": n} for tid, n in found]
+
+    @timed
+    def update_search_stats(
+        self,
+        node_id: int,
+        *,
+        add_visits: int = 0,
+        add_value: float = 0.0,
+        value: float | None = None,
+        advantage: float | None = None,
+        visits: int | None = None,
+    ) -> dict[str, Any]:
+        """Atomically change a node's statistics in one UPDATE — add ``add_visits`` and
+        ``add_value`` (increments computed by the database: concurrent updates never lose one),
+        or set ``visits`` / ``value`` / ``advantage`` — and return the node after it. Not idempotent for
+        increments (a retry adds twice), so it is never retried automatically.
+
+        Raises:
+            NotFoundError: no such node. ValidationError: bad number, or both value forms.
+        """
+        if value is not None and add_value:
+            raise ValidationError("update_search_stats: give add_value or value, not both")
+        if visits is not None and add_visits:
+            raise ValidationError("update_search_stats: give add_visits or visits, not both")
+        if not is_int(add_visits):
+            raise ValidationError(f"add_visits must be an integer, got {add_visits!r}")
+        node = self._search.bump_search_stats(
+            check_node_id(node_id),
+            add_visits,
+            check_float(add_value, "add_value") or 0.0,
+            check_float(value, "value"),
+            check_float(advantage, "advantage"),
+            check_count(visits, "visits"),
+        )
+        return node_dict(node)
+
+    @timed
+    def visit_search_node(self, node_id: int, children: int = 1) -> dict[str, Any]:
+        """FLE's sampler ``visit``, in one transaction: add ``children`` visits to the node, and
+        set each child node's advantage to its value minus the mean of its siblings' values.
+        Returns the node after it.
+
+        Raises:
+            NotFoundError: no such node.
+        """
+        return node_dict(self._search.visit(check_node_id(node_id), check_count(children, "children") or 0))
+
+    # -- versions ---------------------------------------------------------------------------
+    @timed
+    def allocate_version(self, description: str | None = None, model: str | None = None) -> int:
+        """Reserve the next version number (the largest created or reserved + 1, from 1) with its
+        ``description`` and ``model``, atomically: concurrent callers in any process get distinct
+        numbers. Not idempotent: every call reserves a new number.
+
+        Raises:
+            ValidationError: ``description`` or ``model`` is not a string (or a ``model`` over
+            200 characters).
+        """
+        return self._search.allocate_version(*_version_fields(description, model))
+
+    @timed
+    def register_version(self, version: int, description: str | None = None, model: str | None = None) -> None:
+        """Record a version number chosen by the caller, with its ``description`` and
+        ``model``. Idempotent: a version recorded already keeps its first description and model.
+
+        Raises:
+            ValidationError: ``version`` is not a 64-bit integer, or a bad ``description``/``model``.
+        """
+        self._search.register_version(_check_version(version), *_version_fields(description, model))
+
+    @timed
+    def get_version(self, version: int | None = None) -> dict[str, Any] | None:
+        """``{"version", "description", "model"}`` of a recorded version (``None``: of the
+        largest one), or None when there is no such version. Read-only.
+
+        Raises:
+            ValidationError: ``version`` is not a 64-bit integer.
+        """
+        found = self._search.load_version(_check_version(version) if version is not None else None)
+        return {"version": found[0], "description": found[1], "model": found[2]} if found is not None else None
+
+
+def _check_version(version: Any) -> int:
+    if not is_int(version) or not -(2**63) <= version < 2**63:
+        raise ValidationError(f"version must be a 64-bit integer, got {version!r:.80}")
+    return int(version)
+
+
+def _version_fields(description: Any, model: Any) -> tuple[str | None, str | None]:
+    if description is not None and (not isinstance(description, str) or "\x00" in description):
+        raise ValidationError(f"description must be a string without NUL characters, got {description!r:.80}")
+    if model is not None and (not isinstance(model, str) or len(model) > TEXT_LENGTH or "\x00" in model):
+        raise ValidationError(f"model must be a string of at most {TEXT_LENGTH} characters, got {model!r:.80}")
+    return description, model
+
+
+def node_dict(node: StoredNode) -> dict[str, Any]:
+    """A stored node as the dict the node methods return."""
+    return {
+        "node_id": node.id,
+        "trajectory_id": node.trajectory_id,
+        "step_number": node.step_number,
+        "tree": node.tree,
+        "depth": node.depth,
+        "visits": node.visits,
+        "value": node.value,
+        "advantage": node.advantage,
+        "game_state_id": node.game_state_id,
+        "parent_node_id": node.parent_id,
+        "parent_trajectory_id": node.parent_trajectory_id,
+        "parent_step_number": node.parent_step_number,
+        "created_at": node.created_at,
+        "updated_at": node.updated_at,
+    }
