@@ -533,7 +533,8 @@ class DatabaseClient(SearchTrees, Recovery):
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         """Write the selected trajectories — with steps, agent outputs, feedbacks, game states and
-        metadata — to ``path``, streaming (memory holds one trajectory, not the export).
+        metadata — to ``path``, streaming (memory is bounded by bytes, not by the data: see
+        ``fle_db.ops.export``).
 
         ``format``: ``"jsonl"`` (importable with :meth:`import_data`; zstd-compressed when
         ``path`` ends in ``.zst``), ``"chat"`` (one OpenAI-style conversation per trajectory, for

@@ -60,6 +60,7 @@ from .rows import (
     NodeRow,
     SaveResult,
     Snapshot,
+    StepPage,
     StepRow,
     StoredCheckpoint,
     StoredNode,
@@ -268,6 +269,17 @@ class CheckpointStore(ABC):
     def load_step_records(self, kind: str, trajectory_id: str) -> list[StoredStep]:
         """``kind`` is ``agent_outputs`` or ``environment_feedbacks``: a trajectory's rows in
         step order."""
+
+    @abstractmethod
+    def load_step_page(self, trajectory_id: str, after: int | None, max_steps: int, max_bytes: int) -> StepPage:
+        """The next page of a trajectory's step numbers after ``after`` (None: from the first):
+        at most ``max_steps`` numbers whose steps, agent outputs and feedbacks hold at most
+        ``max_bytes`` stored (at least one number, whatever its size; sizes are read without the
+        bodies). Empty lists when no numbers remain."""
+
+    @abstractmethod
+    def game_state_sizes(self, state_ids: Sequence[str]) -> dict[str, int]:
+        """``{state_id: raw_size}`` of the states found among ``state_ids``, without their bodies."""
 
     @abstractmethod
     def load_metadata(self, trajectory_id: str) -> list[StoredRecord]:
@@ -520,6 +532,7 @@ __all__ = [
     "SaveResult",
     "SearchStore",
     "Snapshot",
+    "StepPage",
     "StepRow",
     "StoredCheckpoint",
     "StoredNode",

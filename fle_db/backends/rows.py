@@ -222,6 +222,18 @@ class StoredStep:
 
 
 @dataclass(frozen=True, slots=True)
+class StepPage:
+    """A page of a trajectory's records (see ``CheckpointStore.load_step_page``), each list in
+    step order, every delta whose keyframe lies outside the page with it attached; ``more``:
+    numbers may follow the page."""
+
+    steps: list[StoredStep]
+    agent_outputs: list[StoredStep]
+    environment_feedbacks: list[StoredStep]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoredCheckpoint:
     """A step with its agent output, environment feedback and game state (each None when the
     checkpoint has none), read in one statement."""
@@ -386,6 +398,7 @@ __all__ = [
     "NodeRow",
     "SaveResult",
     "Snapshot",
+    "StepPage",
     "StepRow",
     "StoredCheckpoint",
     "StoredNode",

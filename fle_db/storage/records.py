@@ -11,7 +11,8 @@ deleted since; such a write fails on the foreign key, and is written once more, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -239,32 +240,56 @@ class Records:
 
 
 def decode_records(decoder: StateDecoder, rows: list[StoredStep]) -> list[Any]:
-    """Decode step-scoped rows of one trajectory and table; a delta's keyframe is either in
-    ``rows`` (whole-trajectory loads) or attached to the row (resume).
+    """Decode step-scoped rows of one trajectory and table (see :func:`iter_records`).
+
+    Raises:
+        DataIntegrityError: a delta's keyframe is missing, or stored bytes are corrupt.
+    """
+    with codec.gc_paused():
+        return list(iter_records(decoder, rows))
+
+
+def iter_records(decoder: StateDecoder, rows: list[StoredStep]) -> Iterator[Any]:
+    """Decode step-scoped rows of one trajectory and table, one at a time as iterated; a
+    delta's keyframe is either in ``rows`` (whole-trajectory loads) or attached to the row
+    (resume, export pages). A keyframe's raw bytes are kept only while a later row needs them.
 
     Raises:
         DataIntegrityError: a delta's keyframe is missing, or stored bytes are corrupt.
     """
     by_number = {row.step_number: row for row in rows}
+    uses = Counter(row.base_step_number for row in rows if row.base_step_number is not None)
     raw: dict[int, bytes] = {}
+    for row in rows:
+        value = orjson.loads(_record_raw(decoder, row, by_number, raw, uses))
+        if row.base_step_number is not None:
+            uses[row.base_step_number] -= 1
+            if not uses[row.base_step_number]:
+                raw.pop(row.base_step_number, None)
+        yield value
 
-    def resolve(row: StoredStep) -> bytes:
-        got = raw.get(row.step_number)
-        if got is None:
-            base = None
-            if row.base_step_number is not None:
-                base_row = row.base or by_number.get(row.base_step_number)
-                if base_row is None:
-                    raise DataIntegrityError(
-                        f"record {row.step_number} of {row.trajectory_id!r} is a delta of missing "
-                        f"record {row.base_step_number}"
-                    )
-                base = resolve(base_row)
-            got = raw[row.step_number] = decoder.record(row.codec, row.body, row.digest, base)
-        return got
 
-    with codec.gc_paused():
-        return [orjson.loads(resolve(row)) for row in rows]
+def _record_raw(
+    decoder: StateDecoder, row: StoredStep, by_number: dict[int, StoredStep], raw: dict[int, bytes], uses: Counter[int]
+) -> bytes:
+    """The verified raw bytes of ``row``, kept in ``raw`` while ``uses`` counts later deltas of
+    it. (A function, not a recursive closure: that would be a reference cycle holding every row
+    until the cyclic collector runs, which export pauses.)"""
+    got = raw.get(row.step_number)
+    if got is None:
+        base = None
+        if row.base_step_number is not None:
+            base_row = row.base or by_number.get(row.base_step_number)
+            if base_row is None:
+                raise DataIntegrityError(
+                    f"record {row.step_number} of {row.trajectory_id!r} is a delta of missing "
+                    f"record {row.base_step_number}"
+                )
+            base = _record_raw(decoder, base_row, by_number, raw, uses)
+        got = decoder.record(row.codec, row.body, row.digest, base)
+        if uses[row.step_number]:
+            raw[row.step_number] = got
+    return got
 
 
 def body(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from ..base import (
     Checkpoint,
     ListedTrajectory,
     SaveResult,
+    StepPage,
     StoredCheckpoint,
     StoredRecord,
     StoredState,
@@ -549,6 +550,80 @@ class SQLCheckpoints(SQLCore):
                 .order_by(table.c.step_number)
             ).all()
         return [_stored_step(row) for row in rows]
+
+    @_idempotent
+    def load_step_page(self, trajectory_id: str, after: int | None, max_steps: int, max_bytes: int) -> StepPage:
+        with self._read() as conn:
+            sizes, complete = self._record_sizes(conn, trajectory_id, after, max_steps)
+            if not sizes:
+                return StepPage([], [], [], False)
+            total, last = 0, sizes[0][0]
+            for number, size in sizes:
+                total += size
+                if total > max_bytes and number != sizes[0][0]:
+                    break
+                last = number
+            pages = [
+                self._record_range(conn, table, trajectory_id, sizes[0][0], last) for table in browse.RECORD_TABLES
+            ]
+        return StepPage(pages[0], pages[1], pages[2], not complete or last != sizes[-1][0])
+
+    @staticmethod
+    def _record_sizes(
+        conn: Connection, trajectory_id: str, after: int | None, limit: int
+    ) -> tuple[list[tuple[int, int]], bool]:
+        """``(step_number, stored bytes of its records)`` of the next numbers after ``after``
+        (without reading the bodies), and whether they are all that remain. Each table is read
+        ``limit`` rows ahead; numbers beyond the first table's last row read are left out."""
+        totals: dict[int, int] = {}
+        horizon: int | None = None
+        for table in browse.RECORD_TABLES:
+            query = select(table.c.step_number, func.length(table.c.body)).where(table.c.trajectory_id == trajectory_id)
+            if after is not None:
+                query = query.where(table.c.step_number > after)
+            rows = conn.execute(query.order_by(table.c.step_number).limit(limit)).all()
+            for number, size in rows:
+                totals[number] = totals.get(number, 0) + int(size)
+            if len(rows) == limit:
+                horizon = rows[-1][0] if horizon is None else min(horizon, rows[-1][0])
+        return sorted((n, size) for n, size in totals.items() if horizon is None or n <= horizon), horizon is None
+
+    def _record_range(
+        self, conn: Connection, table: Table, trajectory_id: str, first: int, last: int
+    ) -> list[StoredStep]:
+        """The records of ``table`` numbered ``first``..``last`` in order, each delta whose
+        keyframe lies outside the range with it attached (read once, shared)."""
+        rows = [
+            _stored_step(row)
+            for row in conn.execute(
+                select(*_step_columns(table))
+                .where(table.c.trajectory_id == trajectory_id, table.c.step_number.between(first, last))
+                .order_by(table.c.step_number)
+            )
+        ]
+        # A keyframe missing altogether is reported when its delta is decoded.
+        wanted = {r.base_step_number for r in rows if r.base_step_number is not None} - {r.step_number for r in rows}
+        outside: dict[int, StoredStep] = {}
+        if wanted:
+            for row in conn.execute(
+                select(*_step_columns(table)).where(
+                    table.c.trajectory_id == trajectory_id, table.c.step_number.in_(sorted(wanted))
+                )
+            ):
+                keyframe = self._with_bases(conn, _stored_step(row), table)
+                outside[keyframe.step_number] = keyframe
+        return [replace(r, base=outside[r.base_step_number]) if r.base_step_number in outside else r for r in rows]
+
+    @_idempotent
+    def game_state_sizes(self, state_ids: Sequence[str]) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        with self._read() as conn:
+            for i in range(0, len(state_ids), _VERIFY_CHUNK):
+                query = select(game_states.c.id, game_states.c.raw_size).where(
+                    game_states.c.id.in_(state_ids[i : i + _VERIFY_CHUNK])
+                )
+                sizes.update((sid, int(size)) for sid, size in conn.execute(query))
+        return sizes
 
     @_idempotent
     def load_metadata(self, trajectory_id: str) -> list[StoredRecord]:
