@@ -397,8 +397,9 @@ def test_export_memory_is_bounded_by_bytes_whatever_the_data(db_url: str, tmp_pa
     max_payload = 1024 * 1024
     with DatabaseClient(db_url, max_payload_bytes=max_payload) as client:
         checkpoints = _fill_for_export(client, shape, max_payload)
-    # parquet: pyarrow's writer holds a row group (up to ~16 MiB of JSON) several times over, so
-    # with states near the limit its peak is bounded but above this budget.
+    # parquet with states near the limit measured +92..98 MiB against this 102 MiB budget (it was
+    # +185 MiB before row groups were cut at max_payload_bytes): within it, but too close to assert
+    # on a loaded machine, so that case is asserted for jsonl only.
     for fmt in ("jsonl", "parquet") if shape == "many steps" else ("jsonl",):
         done = subprocess.run(
             [sys.executable, "-c", _EXPORT, db_url, str(tmp_path / f"out.{fmt}"), str(max_payload), fmt],

@@ -79,7 +79,7 @@ def export_data(
         elif fmt == "chat":
             sink = ChatSink(out)
         else:
-            sink = ParquetSink(raw)
+            sink = ParquetSink(raw, client.settings.max_payload_bytes)
         for tid in trajectory_ids:
             trajectory, metadata, records = _read_trajectory(client, tid, sink.needs_states)
             with codec.gc_paused():  # decoding builds many objects, no cycles (see codec)

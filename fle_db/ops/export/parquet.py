@@ -30,8 +30,12 @@ class ParquetSink:
     needs_states = True
     skipped = 0
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], max_payload_bytes: int) -> None:
         pa, pq = pyarrow_modules()
+        # A row group is flushed at _PARQUET_BYTES of JSON, or sooner at max_payload_bytes: pyarrow
+        # holds a row group several times over while writing it, and export memory must stay
+        # within 2 x max_payload_bytes + 100 MiB whatever the data.
+        self._flush_bytes = min(_PARQUET_BYTES, max_payload_bytes)
         self._pa = pa
         string, i64, f64 = pa.string(), pa.int64(), pa.float64()
         self._schema = pa.schema(
@@ -54,7 +58,12 @@ class ParquetSink:
                 ("game_state", string),
             ]
         )
-        self._writer = pq.ParquetWriter(raw, self._schema, compression="zstd")
+        # The JSON columns (up to max_payload_bytes a value) get neither a dictionary nor min/max
+        # statistics: both would keep copies of whole values in memory and in the file's footer.
+        small = ["trajectory_id", "agent_type", "task", "parent_trajectory_id", "game_state_id"]
+        self._writer = pq.ParquetWriter(
+            raw, self._schema, compression="zstd", use_dictionary=small, write_statistics=[*small, "step_number"]
+        )
         self._rows: list[dict[str, Any]] = []
         self._bytes = 0
 
@@ -96,7 +105,7 @@ class ParquetSink:
     def _append(self, row: dict[str, Any]) -> None:
         self._rows.append(row)
         self._bytes += sum(len(v) for v in row.values() if isinstance(v, str))
-        if len(self._rows) >= _PARQUET_ROWS or self._bytes >= _PARQUET_BYTES:
+        if len(self._rows) >= _PARQUET_ROWS or self._bytes >= self._flush_bytes:
             self._flush()
 
     def _flush(self) -> None:
