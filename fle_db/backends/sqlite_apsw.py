@@ -155,16 +155,15 @@ class _Trace:
     so it records the result columns (known before any row) and refuses a second statement.
     A separate object, so that apsw's cursor does not refer back to :class:`Cursor`."""
 
-    __slots__ = ("description", "single", "statements")
+    __slots__ = ("description", "statements")
 
     def __init__(self) -> None:
         self.description: tuple[tuple[Any, ...], ...] | None = None
-        self.single = True
         self.statements = 0
 
     def __call__(self, cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
         self.statements += 1
-        if self.single and self.statements > 1:
+        if self.statements > 1:
             return False  # apsw raises ExecTraceAbort; Cursor.execute reports it
         self.description = cursor.description or None
         return True
@@ -173,13 +172,14 @@ class _Trace:
 class Cursor:
     """A DB-API cursor over one apsw cursor."""
 
-    arraysize = 1
+    __slots__ = ("_cursor", "_trace", "arraysize", "connection", "lastrowid", "rowcount")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._cursor = connection.apsw.cursor()
         self._trace = _Trace()
         self._cursor.exec_trace = self._trace
+        self.arraysize = 1
         self.rowcount = -1
         self.lastrowid: int | None = None
 
@@ -196,7 +196,7 @@ class Cursor:
                 the parameters do not match.
         """
         trace = self._trace
-        trace.single, trace.statements, trace.description = True, 0, None
+        trace.statements, trace.description = 0, None
         conn = self.connection.apsw
         try:
             self._cursor.execute(sql, parameters)
@@ -206,22 +206,27 @@ class Cursor:
             _raise(exc)
         except TypeError as exc:  # a value apsw cannot bind
             raise ProgrammingError(f"Error binding parameter: {exc}") from exc
-        self.rowcount = conn.changes() if trace.description is None and _changes_rows(sql) else -1
-        self.lastrowid = conn.last_insert_rowid()
+        if trace.description is None and _changes_rows(sql):
+            self.rowcount = conn.changes()
+            self.lastrowid = conn.last_insert_rowid()
+        else:
+            self.rowcount = -1
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Iterator[Parameters] | Sequence[Parameters]) -> Cursor:
         """Run one statement once per parameter set; ``rowcount`` is the rows changed by all."""
-        trace = self._trace
-        trace.single, trace.statements, trace.description = False, 0, None
+        self._trace.description = None
         conn = self.connection.apsw
         before = conn.total_changes()
+        self._cursor.exec_trace = None  # no rows to describe, and no call per parameter set
         try:
             self._cursor.executemany(sql, seq_of_parameters)
         except apsw.Error as exc:
             _raise(exc)
         except TypeError as exc:
             raise ProgrammingError(f"Error binding parameter: {exc}") from exc
+        finally:
+            self._cursor.exec_trace = self._trace
         self.rowcount = conn.total_changes() - before if _changes_rows(sql) else -1
         return self
 
