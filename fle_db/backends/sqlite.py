@@ -7,11 +7,11 @@ about once per process and reported by ``health_check()`` when that SQLite has t
 
 Per connection: WAL journal (readers never block the writer), ``synchronous=FULL`` by default
 (a save that returned survives power loss; ``durability="fast"`` selects NORMAL, trading that
-for speed), foreign keys on, and a busy timeout equal to ``connection_timeout``. pysqlite's own
-transaction handling is switched off (``isolation_level = None``) so that fle-db emits ``BEGIN``
-itself: write transactions start with ``BEGIN IMMEDIATE``, taking the write lock up front, so
-concurrent writer processes queue on the busy timeout instead of failing with "database is
-locked" when a deferred transaction tries to upgrade its lock.
+for speed), foreign keys on, and a busy timeout equal to ``connection_timeout`` (all set by
+:func:`open_connection`). The driver never begins a transaction by itself (``isolation_level =
+None``) so that fle-db emits ``BEGIN`` itself: write transactions start with ``BEGIN IMMEDIATE``,
+taking the write lock up front, so concurrent writer processes queue on the busy timeout instead
+of failing with "database is locked" when a deferred transaction tries to upgrade its lock.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class SQLiteBackend(SQLBackend):
             # One in-memory database is one connection. A pool of exactly that connection makes
             # threads take turns (StaticPool would hand it to several threads at once, mixing
             # their transactions: the conformance suite's thread test failed with FK errors).
-            memory = dbapi.connect(":memory:", check_same_thread=False)
+            memory = open_connection(settings)
             engine = create_engine(
                 "sqlite://",
                 module=dbapi,
@@ -168,18 +168,12 @@ class SQLiteBackend(SQLBackend):
         else:
             _check_regular(path)
             if settings.read_only:
-                # mode=ro: the file is opened read-only by the OS call (query_only below as well).
                 if not os.path.exists(path):
                     raise BackendUnavailableError(f"the SQLite database {path!r} does not exist (opened read-only)")
-                mode = "ro"
             else:
                 if settings.auto_migrate:
                     _create_owner_only(Path(path))
                 _warn_wal_reset_bug(dbapi)
-                # mode=rw: a connection never creates the file (only migrate() does), so reading a
-                # missing database says so instead of leaving an empty one behind.
-                mode = "rw"
-            uri = f"file:{quote(os.path.abspath(path))}?mode={mode}"
             engine = create_engine(
                 "sqlite://",
                 module=dbapi,
@@ -187,23 +181,8 @@ class SQLiteBackend(SQLBackend):
                 pool_size=settings.max_connections,
                 max_overflow=0,
                 pool_timeout=timeout,
-                creator=lambda: dbapi.connect(uri, uri=True, check_same_thread=False, timeout=timeout),
+                creator=lambda: open_connection(settings),
             )
-        pragmas = [
-            f"PRAGMA busy_timeout = {int(timeout * 1000)}",
-            "PRAGMA foreign_keys = ON",
-            f"PRAGMA synchronous = {SYNCHRONOUS[settings.durability]}",
-        ]
-        if settings.read_only:
-            pragmas.append("PRAGMA query_only = 1")
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-            for pragma in pragmas:
-                dbapi_conn.execute(pragma)
-            if path is not None and not settings.read_only:
-                _ensure_wal(dbapi, dbapi_conn, timeout)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -350,6 +329,40 @@ class SQLiteBackend(SQLBackend):
             raw.set_progress_handler(None, 0)
             raw.set_authorizer(None)
             raw.execute("PRAGMA query_only = 0")
+
+
+def open_connection(settings: Any) -> Any:
+    """A new DB-API connection to the SQLite database of ``settings``, set up as every fle-db
+    SQLite connection is; the client's engine opens its connections with it, and so should any
+    other component (an async client).
+
+    The driver is :func:`driver`'s; the busy timeout is ``connection_timeout``; foreign keys on;
+    ``synchronous`` per ``durability``; no transaction is begun implicitly (fle-db emits
+    ``BEGIN``/``BEGIN IMMEDIATE``). A file is opened ``mode=rw`` (never created: only migrating
+    creates it) and put in WAL mode, or ``mode=ro`` plus ``query_only`` when ``read_only`` (the
+    OS call opens it read-only). ``:memory:`` opens a new private in-memory database.
+    """
+    path = database_path(settings.url)
+    dbapi = driver(settings.url)
+    timeout = settings.connection_timeout
+    if path is None:
+        conn = dbapi.connect(":memory:", check_same_thread=False)
+    else:
+        uri = f"file:{quote(os.path.abspath(path))}?mode={'ro' if settings.read_only else 'rw'}"
+        conn = dbapi.connect(uri, uri=True, check_same_thread=False, timeout=timeout)
+    try:
+        conn.isolation_level = None
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[settings.durability]}")
+        if settings.read_only:
+            conn.execute("PRAGMA query_only = 1")
+        elif path is not None:
+            _ensure_wal(dbapi, conn, timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def database_path(url: URL) -> str | None:
