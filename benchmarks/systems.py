@@ -17,6 +17,7 @@ agent_output, environment_feedback}``, ``states.data`` the orjson of the game st
 from __future__ import annotations
 
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ Loaded = tuple[dict[str, Any], dict[str, Any]]
 
 _RAW_COLUMNS = "(traj_id TEXT NOT NULL, step INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (traj_id, step))"
 RAW_DDL = (f"CREATE TABLE steps {_RAW_COLUMNS}", f"CREATE TABLE states {_RAW_COLUMNS}")
+#: The commit floor's one-row table (see :func:`commit_floor`).
+FLOOR_DDL = "CREATE TABLE commit_floor (n BIGINT NOT NULL)"
 #: LangGraph's own checkpoint format version: its graph loop (``langgraph/pregel/_checkpoint.py``)
 #: writes v=4; the ``LATEST_VERSION = 2`` still exported by ``langgraph.checkpoint.base`` is
 #: deprecated and would make PostgresSaver run a pending-sends migration query on every read.
@@ -356,6 +359,39 @@ class LangGraphPostgres(_LangGraph):
 
     def close(self) -> None:
         self._conn.close()
+
+
+# -- the commit floor -----------------------------------------------------------------------
+def commit_floor(backend: str, location: str, commits: int) -> tuple[float, str]:
+    """``(seconds per commit, durability)`` of the smallest durable write transaction, timed over
+    ``commits`` of them in a fresh database: one autocommit ``UPDATE`` of a one-row, one-integer
+    table (sqlite3 in WAL with ``synchronous=FULL``; psycopg with the server's synchronous commit),
+    one statement, one round trip. An empty ``BEGIN; COMMIT`` is no floor: neither engine writes
+    or syncs anything for a transaction that changed nothing."""
+    if backend == "postgres":
+        with psycopg.connect(location, autocommit=True) as conn:
+            conn.execute(FLOOR_DDL)
+            conn.execute("INSERT INTO commit_floor (n) VALUES (0)")
+            durability = f"autocommit UPDATE, {pg_synchronous_commit(location)}"
+            start = time.perf_counter()
+            for _ in range(commits):
+                conn.execute("UPDATE commit_floor SET n = n + 1")
+            elapsed = time.perf_counter() - start
+        return elapsed / commits, durability
+    lite = sqlite3.connect(location, isolation_level=None)
+    try:
+        lite.execute("PRAGMA journal_mode=WAL")
+        lite.execute("PRAGMA synchronous=FULL")
+        lite.execute(FLOOR_DDL)
+        lite.execute("INSERT INTO commit_floor (n) VALUES (0)")
+        durability = f"autocommit UPDATE, {sqlite_synchronous(lite)}"
+        start = time.perf_counter()
+        for _ in range(commits):
+            lite.execute("UPDATE commit_floor SET n = n + 1")
+        elapsed = time.perf_counter() - start
+    finally:
+        lite.close()
+    return elapsed / commits, durability
 
 
 SPECS: tuple[SystemSpec, ...] = (
