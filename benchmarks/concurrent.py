@@ -6,8 +6,8 @@ write at the same time into one fresh database:
 
 * ``small`` -- ``--small-steps`` (60) steps per writer of ~300 bytes of JSON, no parts, no state;
 * ``fle`` -- FLE-like checkpoints (``fle_db.workload.Workload``: step, agent output, feedback and a
-  ~53 KB game state), ``--fle-steps`` (50) per writer, at most ``--fle-max-total`` (800) per run,
-  so 12 each at N = 64.
+  ~53 KB game state), ``--fle-steps`` (50) per writer, at most ``--fle-max-total`` (1600) per run,
+  so 25 each at N = 64.
 
 Systems (``benchmarks.systems``, the same write loops as ``benchmarks.run``): on PostgreSQL
 ``fle-db`` (``save_step``), ``psycopg-txn`` (raw psycopg, same rows, one pipelined transaction per
@@ -447,7 +447,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="fresh runs of every configuration (default 3)")
     parser.add_argument("--small-steps", type=int, default=60, help="small steps per writer (default 60)")
     parser.add_argument("--fle-steps", type=int, default=50, help="FLE-like checkpoints per writer (default 50)")
-    parser.add_argument("--fle-max-total", type=int, default=800, help="cap on FLE-like checkpoints per run (800)")
+    parser.add_argument("--fle-max-total", type=int, default=1600, help="cap on FLE-like checkpoints per run (1600)")
     parser.add_argument("--pgbouncer-writers", default="16", help="N at which fle-db also runs through PgBouncer")
     parser.add_argument("--sample-writers", default="16", help="N at which pg_stat_activity is sampled")
     parser.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
