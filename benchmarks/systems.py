@@ -386,28 +386,24 @@ def commit_floor(backend: str, location: str, commits: int) -> tuple[float, str]
     or syncs anything for a transaction that changed nothing."""
     if backend == "postgres":
         with psycopg.connect(location, autocommit=True) as conn:
-            conn.execute(FLOOR_DDL)
-            conn.execute("INSERT INTO commit_floor (n) VALUES (0)")
-            durability = f"autocommit UPDATE, {pg_synchronous_commit(location)}"
-            start = time.perf_counter()
-            for _ in range(commits):
-                conn.execute("UPDATE commit_floor SET n = n + 1")
-            elapsed = time.perf_counter() - start
-        return elapsed / commits, durability
+            return _timed_updates(conn, commits), f"autocommit UPDATE, {pg_synchronous_commit(location)}"
     lite = sqlite3.connect(location, isolation_level=None)
     try:
         lite.execute("PRAGMA journal_mode=WAL")
         lite.execute("PRAGMA synchronous=FULL")
-        lite.execute(FLOOR_DDL)
-        lite.execute("INSERT INTO commit_floor (n) VALUES (0)")
-        durability = f"autocommit UPDATE, {sqlite_synchronous(lite)}"
-        start = time.perf_counter()
-        for _ in range(commits):
-            lite.execute("UPDATE commit_floor SET n = n + 1")
-        elapsed = time.perf_counter() - start
+        return _timed_updates(lite, commits), f"autocommit UPDATE, {sqlite_synchronous(lite)}"
     finally:
         lite.close()
-    return elapsed / commits, durability
+
+
+def _timed_updates(conn: Any, commits: int) -> float:
+    """Seconds per autocommit ``UPDATE`` of :data:`FLOOR_DDL`'s one row on a sqlite3 or psycopg connection."""
+    conn.execute(FLOOR_DDL)
+    conn.execute("INSERT INTO commit_floor (n) VALUES (0)")
+    start = time.perf_counter()
+    for _ in range(commits):
+        conn.execute("UPDATE commit_floor SET n = n + 1")
+    return (time.perf_counter() - start) / commits
 
 
 SPECS: tuple[SystemSpec, ...] = (
