@@ -18,8 +18,8 @@ Measured per system and backend:
   counting only what the data added: (bytes after close - bytes of the system's freshly
   initialised empty database) / raw JSON bytes;
 * **commit floor** -- per backend, the time of the smallest durable write transaction (one
-  autocommit UPDATE of one integer), measured in the same run, and each system's time per
-  checkpoint divided by it.
+  autocommit UPDATE of one integer), measured right before each system's run, and that system's
+  time per checkpoint divided by it.
 
 Every system's stored data is checked against the input before its reads are timed.
 
@@ -81,8 +81,8 @@ from benchmarks.systems import SPECS, SYSTEM_NAMES, Loaded, System, SystemSpec, 
 STATE_PICKS = 200
 #: Of those, how many are also compared with the input during verification.
 VERIFIED_PICKS = 20
-#: Transactions timed for the commit floor, per backend and repeat.
-FLOOR_COMMITS = 500
+#: Transactions timed for the commit floor before each system's run.
+FLOOR_COMMITS = 300
 
 
 class VerificationError(AssertionError):
@@ -112,11 +112,12 @@ class RunResult:
 
 @dataclass
 class FloorResult:
-    """The commit floor of one backend in one repeat (see :func:`benchmarks.systems.commit_floor`)."""
+    """The commit floor of one backend, measured right before ``system``'s run in one repeat
+    (see :func:`benchmarks.systems.commit_floor`)."""
 
+    system: str
     backend: str
     repeat: int
-    position: int
     durability: str = ""
     commit_s: float = float("nan")
     error: str | None = None
@@ -281,8 +282,8 @@ def summarise(
     floors: Sequence[FloorResult],
 ) -> list[dict[str, Any]]:
     """One summary row per system and backend, with fle-db's ratios and the ratio to the commit
-    floor computed per repeat."""
-    floor = {(f.backend, f.repeat): f.commit_s for f in floors if f.error is None}
+    floor computed per repeat (each run against the floor measured right before it)."""
+    floor = {(f.system, f.backend, f.repeat): f.commit_s for f in floors if f.error is None}
     rows = []
     for spec in specs:
         mine = [r for r in results if r.system == spec.name and r.backend == spec.backend]
@@ -311,7 +312,7 @@ def summarise(
                 "empty_bytes": empty_bytes,
                 "pct_raw_json_added": math.nan if empty_bytes is None else 100.0 * (closed - empty_bytes) / raw_bytes,
                 "floor_ratio": [
-                    (1.0 / r.steps_per_s) / floor[r.backend, r.repeat] for r in ok if (r.backend, r.repeat) in floor
+                    (1.0 / r.steps_per_s) / floor[key] for r in ok if (key := (r.system, r.backend, r.repeat)) in floor
                 ],
                 "fle_write_ratio": [f.steps_per_s / r.steps_per_s for f, r in paired],
                 "fle_size_ratio": [f.bytes_closed / r.bytes_closed for f, r in paired if r.bytes_closed],
@@ -321,7 +322,7 @@ def summarise(
 
 
 def floor_summary(floors: Sequence[FloorResult], backend: str) -> str:
-    """``commit floor 0.123 ms median (min-max) = 8,130 commits/s`` over the backend's repeats."""
+    """``commit floor 0.123 ms median (min-max) = 8,130 commits/s`` over the backend's measurements."""
     times = [f.commit_s * 1000.0 for f in floors if f.backend == backend and f.error is None]
     if not times:
         return "commit floor FAILED"
@@ -390,21 +391,16 @@ def print_tables(
         console.print(table)
 
 
-def run_floor(
-    console: Console, backend: str, pg: PgServer | None, data_dir: Path, repeat: int, position: int, repeats: int
-) -> FloorResult:
-    """Measure the backend's commit floor in a fresh database (see :func:`benchmarks.systems.commit_floor`)."""
-    floor = FloorResult(backend, repeat, position)
+def run_floor(console: Console, spec: SystemSpec, pg: PgServer | None, data_dir: Path, repeat: int) -> FloorResult:
+    """Measure the commit floor of ``spec``'s backend in a fresh database, right before its run
+    (see :func:`benchmarks.systems.commit_floor`): both see the same load on the machine."""
+    floor = FloorResult(spec.name, spec.backend, repeat)
     try:
-        with scratch_location(backend, pg, data_dir, f"floor_{backend}_r{repeat}") as where:
-            floor.commit_s, floor.durability = commit_floor(backend, where, FLOOR_COMMITS)
-        console.print(
-            f"[dim]repeat {repeat + 1}/{repeats} #{position + 1} {backend:8} {'commit floor':18} "
-            f"{1.0 / floor.commit_s:8,.0f} commits/s  {floor.commit_s * 1000:.3f} ms[/dim]"
-        )
+        with scratch_location(spec.backend, pg, data_dir, f"floor_{spec.name}_{spec.backend}_r{repeat}") as where:
+            floor.commit_s, floor.durability = commit_floor(spec.backend, where, FLOOR_COMMITS)
     except Exception as exc:  # the systems' results stand without it
         floor.error = f"{type(exc).__name__}: {exc}"
-        console.print(f"[red]repeat {repeat + 1} {backend} commit floor FAILED: {floor.error}[/red]")
+        console.print(f"[red]repeat {repeat + 1} {spec.backend} commit floor FAILED: {floor.error}[/red]")
     return floor
 
 
@@ -440,12 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         empty = empty_sizes(specs, pg, data_dir, console)
         results: list[RunResult] = []
         floors: list[FloorResult] = []
-        jobs: list[SystemSpec | str] = [*specs, *backends]  # a backend's name: its commit floor
         for repeat in range(args.repeat):
-            for position, spec in enumerate(rotated(jobs, repeat)):
-                if isinstance(spec, str):
-                    floors.append(run_floor(console, spec, pg, data_dir, repeat, position, args.repeat))
-                    continue
+            for position, spec in enumerate(rotated(specs, repeat)):
+                floors.append(floor := run_floor(console, spec, pg, data_dir, repeat))
                 result = RunResult(spec.name, spec.backend, repeat, position, spec.bulk)
                 label = f"{spec.name}_{spec.backend}_r{repeat}"
                 try:
@@ -454,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     console.print(
                         f"[dim]repeat {repeat + 1}/{args.repeat} #{position + 1} {spec.backend:8} {spec.name:18} "
                         f"{result.steps_per_s:8,.0f} steps/s  resume {fmt_ms(median(result.resume_ms))} ms  "
-                        f"{result.checks} reads verified[/dim]"
+                        f"{result.checks} reads verified  (commit floor {floor.commit_s * 1000:.3f} ms)[/dim]"
                     )
                 except Exception as exc:  # one broken system must not hide the others' results
                     result.error = f"{type(exc).__name__}: {exc}"
@@ -469,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Ratios: fle-db ÷ baseline within the same repeat, median (min-max) over repeats; write ratio > 1 "
             "means fle-db writes faster, size ratio < 1 means fle-db is smaller. Per checkpoint ÷ commit floor: the "
             "system's time per checkpoint over the time of one smallest durable transaction of the same repeat, "
-            f"median (min-max); commit floor = {FLOOR_COMMITS} autocommit UPDATEs of one integer, same durability. "
+            f"median (min-max); commit floor = {FLOOR_COMMITS} autocommit UPDATEs of one integer, same durability, "
+            "measured right before each system's run. "
             "% raw JSON above empty: (closed size - size of the system's empty database) / raw JSON. "
             "(bulk) = not durable per checkpoint. "
             + ("Cyclic GC left running (--keep-gc)." if args.keep_gc else "Cyclic GC paused in timed phases.")
