@@ -29,13 +29,14 @@ def test_an_exhausted_pool_raises_a_timeout_error_after_connection_timeout(db_ur
         db.save_step({"trajectory_id": "t", "step_number": 0})  # usable again once connections return
 
 
-def test_sqlite_connections_use_wal_full_sync_foreign_keys_and_busy_timeout(make_url) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_connections_use_wal_full_sync_foreign_keys_busy_timeout_and_secure_delete(make_url) -> None:  # type: ignore[no-untyped-def]
     with DatabaseClient(make_url("sqlite"), connection_timeout=7) as db:
         with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
             assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 7000
+            assert conn.execute(text("PRAGMA secure_delete")).scalar() == 1  # deleted rows are zeroed
 
 
 def test_fast_durability_is_an_explicit_option_on_both_backends(db_url: str) -> None:

@@ -337,7 +337,7 @@ def open_connection(settings: Any) -> Any:
     other component (an async client).
 
     The driver is :func:`driver`'s; the busy timeout is ``connection_timeout``; foreign keys on;
-    ``synchronous`` per ``durability``; no transaction is begun implicitly (fle-db emits
+    ``synchronous`` per ``durability``; ``secure_delete`` on; no transaction is begun implicitly (fle-db emits
     ``BEGIN``/``BEGIN IMMEDIATE``). A file is opened ``mode=rw`` (never created: only migrating
     creates it) and put in WAL mode, or ``mode=ro`` plus ``query_only`` when ``read_only`` (the
     OS call opens it read-only). ``:memory:`` opens a new private in-memory database.
@@ -355,6 +355,9 @@ def open_connection(settings: Any) -> Any:
         conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[settings.durability]}")
+        # Deleted rows (delete_trajectory, cleanup) are overwritten with zeros, not left in free
+        # pages: Debian's system SQLite is built that way, apsw's bundled one is not.
+        conn.execute("PRAGMA secure_delete = ON")
         if settings.read_only:
             conn.execute("PRAGMA query_only = 1")
         elif path is not None:
