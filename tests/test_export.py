@@ -453,7 +453,7 @@ def test_export_files_are_owner_only_and_replace_the_target_atomically(filled: D
 
 
 def test_unknown_format_is_a_validation_error(filled: DatabaseClient, tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="jsonl, chat, parquet"):
+    with pytest.raises(ValidationError, match="jsonl, chat, sft, preference, adp, parquet, hf"):
         filled.export_data(tmp_path / "e.csv", "csv")
     assert not (tmp_path / "e.csv").exists()
 

@@ -38,7 +38,9 @@ class Sink(Protocol):
         """Write one trajectory; return the number of checkpoints written."""
         ...
 
-    def finish(self, trajectories: int, checkpoints: int) -> None: ...
+    def finish(self, trajectories: int, checkpoints: int) -> dict[str, Any]:
+        """End the output; return what the format adds to the export's report (often nothing)."""
+        ...
 
 
 def json_text(value: Any) -> str | None:

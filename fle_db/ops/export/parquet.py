@@ -113,9 +113,10 @@ class ParquetSink:
             self._writer.write_table(self._pa.Table.from_pylist(self._rows, schema=self._schema))
             self._rows, self._bytes = [], 0
 
-    def finish(self, trajectories: int, checkpoints: int) -> None:
+    def finish(self, trajectories: int, checkpoints: int) -> dict[str, Any]:
         self._flush()
         self._writer.close()
+        return {}
 
 
 def pyarrow_modules() -> tuple[Any, Any]:
