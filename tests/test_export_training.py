@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fle_db import DatabaseClient, ValidationError
+from fle_db.backends.base import TrajectoryFilter
 from fle_db.cli import main
 from fle_db.ops.export import export_data
 from fle_db.ops.export.adp import ADP_SCHEMA_VERSION
-from fle_db.backends.base import TrajectoryFilter
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -140,7 +140,8 @@ def test_preference_counts_explicit_children_as_continuations(db: DatabaseClient
 def test_hf_folder_loads_with_datasets_and_its_card_states_schema_counts_filters_and_version(
     tree: DatabaseClient, tmp_path: Path
 ) -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets  # the test extra installs it
+
     folder = tmp_path / "ds"
     report = tree.export_data(folder, "hf", task="build")
     assert report["rows"] == 5 and report["shards"] == 1
@@ -171,7 +172,7 @@ def test_hf_refuses_a_non_empty_folder_or_a_file_and_leaves_nothing_behind(
     (tmp_path / "file").write_text("mine")
     with pytest.raises(ValidationError, match="not a folder"):
         tree.export_data(tmp_path / "file", "hf")
-    with pytest.raises(ValidationError, match="drop the .zst suffix"):
+    with pytest.raises(ValidationError, match=r"drop the \.zst suffix"):
         tree.export_data(tmp_path / "x.zst", "hf")
     assert sorted(os.listdir(tmp_path)) == ["file", "full"]
     assert os.listdir(tmp_path / "full") == ["keep.txt"]
@@ -260,9 +261,7 @@ def test_adp_records_validate_against_the_agent_data_protocol_schema(tree: Datab
 
 # -- CLI --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["sft", "preference", "adp", "hf"])
-def test_cli_exports_each_training_format_with_filters_and_json_output(
-    db_url: str, fmt: str, tmp_path: Path
-) -> None:
+def test_cli_exports_each_training_format_with_filters_and_json_output(db_url: str, fmt: str, tmp_path: Path) -> None:
     if fmt == "hf":
         pytest.importorskip("pyarrow")
     with DatabaseClient(db_url) as db:
