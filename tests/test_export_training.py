@@ -7,8 +7,10 @@ node values rank the other way round from their trajectories' total rewards.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import tracemalloc
 from pathlib import Path
 from typing import Any, Literal
 
@@ -280,3 +282,42 @@ def test_cli_exports_each_training_format_with_filters_and_json_output(db_url: s
     result = CliRunner().invoke(main, args)  # hf: the folder is no longer empty
     assert (result.exit_code == 0) == (fmt != "hf"), result.output
     assert "Traceback" not in result.output
+
+
+# -- memory -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["sft", "preference", "adp", "hf"])
+def test_training_export_memory_does_not_grow_with_the_number_of_trajectories(
+    backend: str, make_url: Any, fmt: str, tmp_path: Path
+) -> None:
+    """The transient peak (as in test_export) of 24 forked runs stays that of 2: one
+    trajectory's text (``preference``: one prompt) and, for ``hf``, a row group bounded by
+    ``max_payload_bytes``."""
+    if fmt == "hf":
+        pytest.importorskip("pyarrow")
+    peaks = []
+    for count in (2, 24):
+        with DatabaseClient(make_url(backend), max_payload_bytes=1024 * 1024) as db:
+            for t in range(count):
+                db.save_trajectory({"id": f"t{t}", "task": "build", "total_reward": float(t)})
+                db.batch_save_steps(
+                    [
+                        {
+                            "trajectory_id": f"t{t}",
+                            "step_number": n,
+                            "agent_output": {"code": f"# {t} {n}\n" + "x = 1\n" * 4000},
+                            "environment_feedback": {"stdout": "ok " * 1000},
+                        }
+                        for n in range(30)
+                    ]
+                )
+                db.fork_trajectory(f"t{t}", 20, f"t{t}-fork", total_reward=t + 0.5)
+                db.save_step(
+                    {"trajectory_id": f"t{t}-fork", "step_number": 21}, agent_output={"code": "y = 2\n" * 4000}
+                )
+            gc.collect()
+            tracemalloc.start()
+            db.export_data(tmp_path / f"{fmt}-{count}", fmt)
+            current, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            peaks.append(peak - current)
+    assert peaks[1] < peaks[0] * 1.5 + 2 * 1024 * 1024, f"{fmt}: transient peak grew from {peaks[0]:,} to {peaks[1]:,}"
