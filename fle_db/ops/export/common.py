@@ -48,6 +48,11 @@ def json_text(value: Any) -> str | None:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode() if value is not None else None
 
 
+def text_or_none(value: Any) -> str | None:
+    """``value`` if it is a string, else None (a column of text)."""
+    return value if isinstance(value, str) else None
+
+
 def line(record: dict[str, Any]) -> bytes:
     """One JSON Lines line."""
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)

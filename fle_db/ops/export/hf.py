@@ -29,7 +29,7 @@ from ..._version import __version__
 from ...instants import iso, now_us
 from ...validation import is_number
 from .chat import Conversation, NodeStats
-from .common import Checkpoint
+from .common import Checkpoint, text_or_none
 from .parquet import pyarrow_modules
 
 _SHARD_BYTES = 128 * 1024 * 1024
@@ -97,7 +97,8 @@ class HfSink:
         success = trajectory.get("success")
         self._rows.append(
             {
-                **{k: v if isinstance(v, str) else None for k, v in talk.metadata(trajectory).items()},
+                "trajectory_id": trajectory["id"],
+                **{key: text_or_none(trajectory.get(key)) for key in ("task", "agent_type")},
                 "total_reward": float(reward) if is_number(reward) else None,
                 "success": success if isinstance(success, bool) else None,
                 "steps": talk.steps,
