@@ -5,6 +5,7 @@ the limit, with nothing written."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from conftest import ALL_BACKENDS
@@ -52,3 +53,14 @@ def test_max_payload_bytes_cannot_exceed_what_the_raw_size_column_holds() -> Non
     with pytest.raises(ConfigurationError, match="max_payload_bytes"):
         Settings.resolve("sqlite://", max_payload_bytes=2**31)
     assert Settings.resolve("sqlite://", max_payload_bytes=2**31 - 1).max_payload_bytes == 2**31 - 1
+
+
+def test_filters_of_70000_trajectory_ids_work_on_every_backend(db: DatabaseClient, tmp_path: Path) -> None:
+    # More ids than any engine takes as separate parameters (SQLite 32,766, PostgreSQL 65,535).
+    for i in range(3):
+        db.save_trajectory({"id": f"t{i}", "task": "x"})
+    ids = [f"t{i}" for i in range(70_000)]
+    assert db.export_data(str(tmp_path / "out.jsonl"), trajectory_ids=ids)["trajectories"] == 3
+    report = db.cleanup(trajectory_ids=ids, dry_run=True)
+    assert report["trajectories"] == ["t0", "t1", "t2"]
+    assert isinstance(report["bytes_freed"], int)

@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, 
 
 from ...schema import agent_outputs, blobs, environment_feedbacks, game_state_parts, game_states, steps, trajectories
 from ..base import ListedTrajectory, StoredStep, TrajectoryQuery
+from .idlist import in_ids
 
 #: Columns of a stored step-scoped record (see ``sql._step_columns``), without the key.
 _RECORD = ("codec", "body", "digest", "base_step_number")
@@ -117,7 +118,7 @@ def _filters(query: TrajectoryQuery) -> list[ColumnElement[bool]]:
         # collation's are not); ids are ASCII, so lower() is exact.
         conditions.append(func.lower(t.id).contains(query.id_contains.lower(), autoescape=True))
     if query.ids is not None:
-        conditions.append(t.id.in_(query.ids))
+        conditions.append(in_ids(t.id, query.ids))
     return conditions
 
 

@@ -42,6 +42,7 @@ from ..base import (
 )
 from . import versioned
 from .core import _VERIFY_CHUNK, SQLCore, _idempotent
+from .idlist import in_ids
 
 #: What a cleanup report counts, besides bytes.
 _TALLIED = ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "trajectory_metadata", "search_nodes",
@@ -57,7 +58,7 @@ def _selected(table: Any, criteria: TrajectoryFilter | CleanupCriteria) -> list[
     id, task and agent-type criteria both filters share, and an export's creation window."""
     conditions = []
     if criteria.trajectory_ids is not None:
-        conditions.append(table.c.id.in_(criteria.trajectory_ids))
+        conditions.append(in_ids(table.c.id, criteria.trajectory_ids))
     if criteria.task is not None:
         conditions.append(table.c.task == criteria.task)
     if criteria.agent_type is not None:
@@ -184,9 +185,11 @@ class SQLLineage(SQLCore):
         for table in (*TRAJECTORY_CHILD_TABLES, trajectories):
             key = table.c.id if table is trajectories else table.c.trajectory_id
             if measure and "body" in table.c:
-                tally["bytes"] += conn.execute(
-                    select(func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
-                ).scalar_one()
+                tally["bytes"] += int(  # MySQL's SUM is a DECIMAL
+                    conn.execute(
+                        select(func.coalesce(func.sum(func.length(table.c.body)), 0)).where(key == tid)
+                    ).scalar_one()
+                )
             tally[table.name] += versioned.retire(conn, table, key == tid, self.unlink_bases_before_delete)
         self._collect_garbage(conn, state_ids, tally)
 
