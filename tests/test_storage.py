@@ -154,6 +154,45 @@ def test_a_writer_whose_keyframe_was_deleted_elsewhere_still_saves(db_url: str) 
         assert other.load_game_state(ids["game_state_id"]) == cp["game_state"]
 
 
+def test_a_part_this_client_stored_last_is_referenced_without_being_encoded_again() -> None:
+    encoder = StateEncoder(10_000_000)
+    state = Workload(5).checkpoint(0, 0, "t")["game_state"]
+    first = PendingBases()
+    stored = encoder.encode(state, "s", "t", first)
+    assert len(stored.blobs) == len(stored.parts) and not first.rebased
+    uncommitted = encoder.encode(state, "s", "t", PendingBases())
+    assert uncommitted.blobs == stored.blobs, "a part is referenced only once its write committed"
+    encoder.committed(first)
+    again = PendingBases()
+    referenced = encoder.encode(state, "s", "t", again)
+    assert referenced.id == stored.id and referenced.parts == stored.parts
+    assert referenced.blobs == () and again.rebased  # a retry may have to write them whole
+    encoder.forget()
+    assert len(encoder.encode(state, "s", "t", PendingBases()).blobs) == len(stored.parts)
+
+
+def test_a_state_whose_parts_were_deleted_elsewhere_is_saved_whole_and_loads_exactly(db_url: str) -> None:
+    work = Workload(4)
+    with DatabaseClient(db_url) as writer, DatabaseClient(db_url) as other:
+        cp = work.checkpoint(0, 0, "t")
+        for n in range(3):  # the same state each step: every part is referenced after step 0
+            writer.save_step({**cp["step"], "step_number": n}, game_state=cp["game_state"])
+        other.delete_trajectory("t")
+        ids = writer.save_step({**cp["step"], "step_number": 3}, game_state=cp["game_state"])
+        assert other.load_game_state(ids["game_state_id"]) == cp["game_state"]
+        assert [s["step_number"] for s in other.load_steps("t")] == [3]
+        assert other.validate()["ok"]
+
+
+def test_a_trajectory_deleted_elsewhere_is_created_again_by_the_next_step(db_url: str) -> None:
+    with DatabaseClient(db_url) as writer, DatabaseClient(db_url) as other:
+        writer.save_step({"trajectory_id": "t", "step_number": 0, "action": "a"})
+        other.delete_trajectory("t")
+        writer.save_step({"trajectory_id": "t", "step_number": 1, "action": "b"})
+        assert other.load_trajectory("t")["id"] == "t"
+        assert [s["action"] for s in other.load_steps("t")] == ["b"]
+
+
 def test_steps_outputs_and_feedbacks_are_stored_as_deltas_and_load_exactly(db: DatabaseClient, db_url: str) -> None:
     work = Workload(11)
     saved = [work.checkpoint(0, n, "r") for n in range(10)]

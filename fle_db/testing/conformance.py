@@ -318,6 +318,19 @@ class CheckpointStoreConformance(_Suite):
         assert db.delete_trajectory("t") == ["t"]
         assert db.get_statistics()["game_states"] == 0 and db.get_statistics()["blobs"] == 0
 
+    def test_a_trajectory_deleted_and_saved_again_is_stored_whole(self, db: DatabaseClient) -> None:
+        """The client remembers the trajectory row and the state parts it stored last, and only
+        references them; after they were deleted, the backend must refuse those references
+        (MissingReferenceError) so that the client writes everything again."""
+        for round_ in range(2):
+            for n in range(3):
+                db.save_step(_step("t", n, code=str(n)), game_state=_state(1))
+            steps = db.load_steps("t")
+            assert [s["code"] for s in steps] == ["0", "1", "2"], round_
+            assert db.load_game_state(steps[-1]["game_state_id"]) == _state(1)
+            assert db.validate()["ok"]
+            assert db.delete_trajectory("t") == ["t"]
+
     # -- reading what is not there -----------------------------------------------------------
     def test_missing_records_raise_not_found(self, db: DatabaseClient) -> None:
         with pytest.raises(NotFoundError):

@@ -3,7 +3,9 @@ environment feedbacks, game states with their blobs, metadata (part of the Check
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -55,6 +57,8 @@ from . import browse, versioned
 from .core import _VERIFY_CHUNK, SQLCore, _idempotent, _Raw, _rowcount, now_us
 
 _EMPTY_BODY = b"{}"
+#: How many trajectory ids a backend remembers as stored (see ``SQLCheckpoints.save_checkpoints``).
+_KNOWN_TRAJECTORIES = 4096
 
 
 #: Checkpoint part (attribute of :class:`Checkpoint`) -> its one-record-per-step table.
@@ -187,6 +191,8 @@ class SQLCheckpoints(SQLCore):
         self._select_latest, self._select_checkpoint, self._select_state, self._select_states = _read_statements(
             dialect
         )
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     def _ensure_trajectories(self, conn: Connection, ids: Sequence[str], now: int) -> None:
         self._raw_trajectory.run(
@@ -271,17 +277,39 @@ class SQLCheckpoints(SQLCore):
             if body is not None
         )
         self._check_bodies(blob.body for cp in checkpoints if cp.game_state for blob in cp.game_state.blobs)
-        now = now_us()
-        with self._write() as conn:
-            existed = self._write_checkpoints(conn, checkpoints, now, log=True)
+        ids = list(dict.fromkeys(cp.trajectory_id for cp in checkpoints))
+        with self._known_lock:
+            assumed = {tid for tid in ids if tid in self._known}
+        try:
+            with self._write() as conn:
+                existed = self._write_checkpoints(conn, checkpoints, now_us(), log=True, assumed=assumed)
+        except MissingReferenceError:
+            if not assumed:
+                raise
+            # Deleted by another process since this one stored it: create it again.
+            with self._known_lock:
+                for tid in ids:
+                    self._known.pop(tid, None)
+            with self._write() as conn:
+                existed = self._write_checkpoints(conn, checkpoints, now_us(), log=True)
+        with self._known_lock:
+            for tid in ids:
+                self._known[tid] = None
+                self._known.move_to_end(tid)
+            while len(self._known) > _KNOWN_TRAJECTORIES:
+                self._known.popitem(last=False)
         return [_save_result(cp, existed) for cp in checkpoints]
 
     def _write_checkpoints(
-        self, conn: Connection, checkpoints: Sequence[Checkpoint], now: int, log: bool
+        self, conn: Connection, checkpoints: Sequence[Checkpoint], now: int, log: bool, assumed: Collection[str] = ()
     ) -> set[tuple[str, int]]:
         """Insert the checkpoints' rows inside the caller's write transaction, taking the commit
         number first in the same pipeline when ``log`` (else the caller took it); returns the keys
-        of the steps that were stored before (identical). ConflictError if any part differs."""
+        of the steps that were stored before (identical). ConflictError if any part differs.
+
+        The trajectory rows are created if missing, except those of ``assumed`` (which this
+        backend stored before: re-inserting them was one more statement per checkpoint); a
+        write naming one that was deleted since fails with MissingReferenceError."""
         step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
         record_rows = {
             part: [_record_values(cp, blob, now) for cp in checkpoints if (blob := getattr(cp, part)) is not None]
@@ -293,7 +321,8 @@ class SQLCheckpoints(SQLCore):
         # of the immutable records are read after it, and only a shortfall costs a query.
         with self._pipeline(conn):
             logged = self._log_commit(conn) if log else []
-            self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now)
+            ids = [tid for tid in dict.fromkeys(cp.trajectory_id for cp in checkpoints) if tid not in assumed]
+            self._ensure_trajectories(conn, ids, now)
             states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
             if states:
                 self._insert_states(conn, list(states.values()), now)
