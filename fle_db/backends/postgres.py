@@ -15,17 +15,31 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, extract, func, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    Text,
+    cast,
+    create_engine,
+    extract,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 
 from ..errors import ConfigurationError, QueryTimeoutError, ValidationError
-from ..schema import metadata
+from ..schema import VERSIONED_TABLES, commit_log, metadata
 from .base import ConnectionOptions
 from .readonly import ReadOnlyLogin, capped_rows
 from .sql import SQLBackend
+from .sql.versioned import HEAD_SEQ, CurrentCommit
 
 #: Tables with at least this many rows (by the planner's estimate) are counted approximately: an exact
 #: count reads the whole heap, payloads included (steps keep bodies under ~2 KB inline).
@@ -38,6 +52,15 @@ MIGRATION_LOCK_KEY = int.from_bytes(b"fle_db", "big")
 SYNCHRONOUS_COMMIT = {"full": "on", "fast": "off"}
 
 
+@compiles(CurrentCommit, "postgresql")
+def _transaction_token(element: CurrentCommit, compiler: Any, **kw: Any) -> str:
+    """The commit token on PostgreSQL: this transaction's id (``pg_current_xact_id()``, 64 bits,
+    never reused by the cluster) plus ``log_head.seq``, a base that a copy into this database
+    sets above every token it loaded. Writers share no row: nothing orders them but the data
+    they touch (see :mod:`fle_db.backends.sql.versioned`)."""
+    return str(compiler.process(HEAD_SEQ + cast(cast(func.pg_current_xact_id(), Text), BigInteger), **kw))
+
+
 class PostgresBackend(SQLBackend):
     """PostgreSQL server, many writers."""
 
@@ -47,6 +70,8 @@ class PostgresBackend(SQLBackend):
     read_isolation = "AUTOCOMMIT"
     # A backup or copy reads every table in one snapshot.
     snapshot_isolation = "REPEATABLE READ"
+    # Commit tokens are transaction ids: writers never queue on log_head.
+    counted_commits = False
 
     def _make_read_only_login(self) -> ReadOnlyLogin:
         return PostgresReadOnlyLogin(self.settings)
@@ -189,6 +214,12 @@ class PostgresBackend(SQLBackend):
             },
         }
         return checks
+
+    def _lock_out_writers(self, conn: Connection) -> None:
+        """``EXCLUSIVE`` locks on the versioned tables and the commit log: writers (``ROW
+        EXCLUSIVE``) wait until this transaction ends, readers do not."""
+        names = ", ".join(str(t.name) for t in (*VERSIONED_TABLES, commit_log))  # fle-db's own tables
+        conn.execute(text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
 
     @contextmanager
     def _migration_lock(self, conn: Connection) -> Iterator[None]:

@@ -292,7 +292,7 @@ class SQLCheckpoints(SQLCore):
         # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
         # of the immutable records are read after it, and only a shortfall costs a query.
         with self._pipeline(conn):
-            logged = self._log_commit(conn) if log else []
+            logged = self._open_commit(conn) if log else []
             self._ensure_trajectories(conn, list(dict.fromkeys(cp.trajectory_id for cp in checkpoints)), now)
             states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
             if states:
@@ -303,6 +303,8 @@ class SQLCheckpoints(SQLCore):
                 counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
             # A node already stored for its step keeps its (mutable) statistics.
             self._raw_node.run(conn, node_rows)
+            if log:
+                logged.append(self._close_commit(conn))
         for cursor in logged:
             _rowcount(cursor)
         for cursor, table, rows, what in counted:
