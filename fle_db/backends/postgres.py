@@ -1,11 +1,13 @@
 """PostgreSQL backend (psycopg 3 through SQLAlchemy).
 
 Connections are pooled (``pool_size = max_connections``, no overflow, ``pool_timeout =
-connection_timeout``) and checked before use (``pool_pre_ping``), so a connection the server
-dropped is replaced instead of failing the next call. Commits are synchronous by default
-(``durability="full"``): a save that returned is durable; ``durability="fast"`` sets
-``synchronous_commit=off`` for fle-db's sessions. Migrations serialise on a transaction-scoped advisory
-lock; PostgreSQL DDL is transactional, so a failed migration leaves nothing behind.
+connection_timeout``) and not pinged before use (a round trip per call): a connection the server
+dropped fails its first statement, is discarded, and the call is retried (idempotent calls until
+``retry_deadline``; the others too when their COMMIT was never sent, see ``_restartable``).
+Commits are synchronous by default (``durability="full"``): a save that returned is durable;
+``durability="fast"`` sets ``synchronous_commit=off`` for fle-db's sessions. Migrations
+serialise on a transaction-scoped advisory lock; PostgreSQL DDL is transactional, so a failed
+migration leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -96,7 +98,6 @@ class PostgresBackend(SQLBackend):
             pool_size=settings.max_connections,
             max_overflow=0,
             pool_timeout=settings.connection_timeout,
-            pool_pre_ping=True,
             connect_args={
                 "connect_timeout": max(1, round(settings.connection_timeout)),
                 "application_name": "fle-db",

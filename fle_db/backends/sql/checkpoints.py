@@ -52,7 +52,7 @@ from ..base import (
     TrajectoryRow,
 )
 from . import browse, versioned
-from .core import _VERIFY_CHUNK, SQLCore, _idempotent, _Raw, _rowcount, now_us
+from .core import _VERIFY_CHUNK, SQLCore, _idempotent, _Raw, _restartable, _rowcount, now_us
 
 _EMPTY_BODY = b"{}"
 
@@ -313,6 +313,7 @@ class SQLCheckpoints(SQLCore):
                 existed |= self._verify_stored(conn, table, rows, now, what)
         return existed
 
+    @_restartable
     def append_checkpoint(
         self, trajectory_id: str, build: Callable[[int], Checkpoint]
     ) -> tuple[SaveResult, int | None]:

@@ -154,6 +154,20 @@ def _idempotent(method: Callable[..., T]) -> Callable[..., T]:
     return retried
 
 
+def _restartable(method: Callable[..., T]) -> Callable[..., T]:
+    """Mark a write method that is not idempotent (appending a step, deleting, rewinding...) but
+    safe to re-run after a lost connection as long as its COMMIT was never sent: the transaction
+    then certainly rolled back. This is how a pooled connection the server closed while idle
+    (found dead on first use, as nothing pings it) never fails such a call. A connection lost
+    during the COMMIT is reported (``commit_unknown``), not retried."""
+
+    @functools.wraps(method)
+    def retried(self: SQLCore, *args: Any, **kwargs: Any) -> T:
+        return self._retrying(lambda: method(self, *args, **kwargs), idempotent=False)
+
+    return retried
+
+
 def now_us() -> int:
     """Wall-clock time in integer microseconds since the epoch (UTC)."""
     return time.time_ns() // 1000
@@ -336,9 +350,10 @@ class SQLCore(CheckpointStore):
         more than the violated foreign key."""
         return "a foreign key's target" if "FOREIGN KEY constraint failed" in str(exc) else None
 
-    def _retrying(self, operation: Callable[[], T]) -> T:
-        """Run an idempotent ``operation``, retrying with exponential backoff (50 ms doubling to
-        2 s, with jitter) while the connection is lost, until ``retry_deadline`` seconds.
+    def _retrying(self, operation: Callable[[], T], idempotent: bool = True) -> T:
+        """Run ``operation``, retrying with exponential backoff (50 ms doubling to 2 s, with
+        jitter) while the connection is lost, until ``retry_deadline`` seconds; when it is not
+        ``idempotent``, only while its COMMIT was never sent (see :func:`_restartable`).
 
         Only once the backend has reached its database: a wrong URL fails at once instead of
         being retried."""
@@ -350,7 +365,7 @@ class SQLCore(CheckpointStore):
                 self._reached = True
                 return result
             except BackendUnavailableError as exc:
-                if not (exc.retryable and self._reached):
+                if not (exc.retryable and self._reached) or (exc.commit_unknown and not idempotent):
                     raise
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -373,14 +388,20 @@ class SQLCore(CheckpointStore):
         anyway: this only saves taking a write lock for nothing)."""
         if self.settings.read_only:
             raise ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: nothing was written")
-        with self._translate(), self.engine.connect() as conn:
-            conn.execution_options(fle_write=True)
-            with conn.begin():
-                self._in_transaction.conn = conn
-                try:
-                    yield conn
-                finally:
-                    self._in_transaction.conn = None
+        committing = False
+        try:
+            with self._translate(), self.engine.connect() as conn:
+                conn.execution_options(fle_write=True)
+                with conn.begin():
+                    self._in_transaction.conn = conn
+                    try:
+                        yield conn
+                    finally:
+                        self._in_transaction.conn = None
+                    committing = True
+        except BackendUnavailableError as exc:
+            exc.commit_unknown = committing and exc.retryable
+            raise
 
     def _refuse_second_connection(self, *_args: Any) -> None:
         """Pool checkout hook: a thread inside a write transaction never waits for a second

@@ -37,7 +37,7 @@ from ..base import (
     Snapshot,
 )
 from . import versioned
-from .core import SQLCore, _idempotent, _rowcount, now_us
+from .core import SQLCore, _idempotent, _restartable, _rowcount, now_us
 
 
 def _instant(at_us: int) -> str:
@@ -130,6 +130,7 @@ class SQLHistory(SQLCore, HistoryStore):
 
                 yield Snapshot(head, horizon, migrations.current_revision(conn), rows, count)
 
+    @_restartable
     def load_snapshot(
         self, snapshot: Snapshot, replace: bool, progress: Callable[[str, int], None] | None = None
     ) -> dict[str, int]:
@@ -200,12 +201,14 @@ class SQLHistory(SQLCore, HistoryStore):
                 "a copy or restore goes into an empty database only"
             )
 
+    @_restartable
     def rewind(self, seq: int) -> dict[str, int]:
         with self._commit() as conn:
             self._lock_out_writers(conn)
             point = self._check_seq(conn, seq)
             return versioned.rewind(conn, point.committed_at, self.unlink_bases_before_delete)
 
+    @_restartable
     def prune_history(self, before_us: int) -> dict[str, int]:
         deleted: dict[str, int] = {}
         with self._write() as conn:

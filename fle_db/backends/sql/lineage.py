@@ -42,7 +42,7 @@ from ..base import (
     TrajectoryFilter,
 )
 from . import versioned
-from .core import _VERIFY_CHUNK, SQLCore, _idempotent
+from .core import _VERIFY_CHUNK, SQLCore, _idempotent, _restartable
 
 #: What a cleanup report counts, besides bytes.
 _TALLIED = ("trajectories", "steps", "agent_outputs", "environment_feedbacks", "trajectory_metadata", "search_nodes",
@@ -85,6 +85,7 @@ def _unused(conn: Connection, query: Select[Any]) -> list[Any]:
 class SQLLineage(SQLCore):
     """Lineage queries, fork-tree walks, deletion and cleanup."""
 
+    @_restartable
     def delete_trajectory(self, trajectory_id: str, cascade: bool) -> list[str]:
         with self._commit() as conn:
             if not self._exists(conn, trajectory_id):
@@ -106,6 +107,7 @@ class SQLLineage(SQLCore):
                 self._delete_one(conn, tid, tally)
         return order
 
+    @_restartable
     def cleanup(self, criteria: CleanupCriteria, dry_run: bool) -> dict[str, Any]:
         with self._commit() as conn:
             selected = self._select_for_cleanup(conn, criteria)
