@@ -69,6 +69,11 @@ class SQLHistory(SQLCore, HistoryStore):
         with self._read() as conn:
             return self._head(conn)
 
+    @_idempotent
+    def commit_position(self) -> CommitPoint:
+        with self._read() as conn:
+            return self._head(conn)[1]
+
     def _commit_at(self, conn: Connection, at_us: int) -> CommitPoint:
         horizon, latest = self._head(conn)
         if at_us < horizon.committed_at:
