@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     cast,
     create_engine,
+    event,
     extract,
     func,
     text,
@@ -52,6 +53,22 @@ CONNECTIONS_DEGRADED_SHARE = 0.9
 MIGRATION_LOCK_KEY = int.from_bytes(b"fle_db", "big")
 #: ``durability`` -> ``synchronous_commit``.
 SYNCHRONOUS_COMMIT = {"full": "on", "fast": "off"}
+
+
+def _no_preparing_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
+    """Prepared statements where they are safe. psycopg prepares a statement once it ran
+    ``prepare_threshold`` (5) times on a connection, saving its parse and plan on every later
+    call. Behind a pooler in transaction mode (PgBouncer 1.18 keeps no prepared statements across
+    transactions) one client connection's transactions land on different server connections,
+    where a prepared name is missing or, worse, names another statement: there preparing is off.
+    Detected once per new connection: a pooler hands out a backend key of its own, so the pid it
+    announced is not the server's ``pg_backend_pid()``."""
+    with dbapi_conn.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    dbapi_conn.rollback()
+    if pid != dbapi_conn.info.backend_pid:
+        dbapi_conn.prepare_threshold = None
 
 
 @compiles(CurrentCommit, "postgresql")
@@ -93,7 +110,7 @@ class PostgresBackend(SQLBackend):
 
     def _create_engine(self) -> Engine:
         settings = self.settings
-        return create_engine(
+        engine = create_engine(
             settings.url,
             pool_size=settings.max_connections,
             max_overflow=0,
@@ -105,6 +122,8 @@ class PostgresBackend(SQLBackend):
                 + (" -c default_transaction_read_only=on" if settings.read_only else ""),
             },
         )
+        event.listen(engine, "connect", _no_preparing_behind_a_pooler)
+        return engine
 
     def _after_load(self, conn: Connection) -> None:
         """The search-node id sequence continues after the highest id loaded."""
