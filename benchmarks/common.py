@@ -46,14 +46,15 @@ T = TypeVar("T")
 # -- workload -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One pre-generated FLE-like checkpoint (see :class:`fle_db.workload.Workload`)."""
+    """One pre-generated checkpoint: FLE-like (see :class:`fle_db.workload.Workload`), or a small
+    step with no parts and no state (``benchmarks.concurrent``)."""
 
     tid: str
     step: int
     record: dict[str, Any]  # the step record (trajectory_id, step_number, action, observation, ...)
-    agent_output: dict[str, Any]
-    environment_feedback: dict[str, Any]
-    state: dict[str, Any]
+    agent_output: dict[str, Any] | None
+    environment_feedback: dict[str, Any] | None
+    state: dict[str, Any] | None
 
     def step_side(self) -> dict[str, Any]:
         """What the raw baselines and LangGraph store as the step: step record, output, feedback."""
@@ -92,7 +93,7 @@ def generate_round_robin(trajectories: int, steps: int, seed: int) -> list[Item]
 def raw_json_bytes(items: Sequence[Item]) -> tuple[int, int]:
     """``(step-side bytes, state bytes)`` of the raw baselines' orjson serialisation of ``items``."""
     steps = sum(len(orjson.dumps(item.step_side())) for item in items)
-    states = sum(len(orjson.dumps(item.state)) for item in items)
+    states = sum(len(orjson.dumps(item.state)) for item in items if item.state is not None)
     return steps, states
 
 

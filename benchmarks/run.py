@@ -14,7 +14,12 @@ Measured per system and backend:
 * **load-any-state ms** -- median and max over 200 random (trajectory, step) picks;
 * **bytes on disk** -- SQLite file + ``-wal`` + ``-shm`` with the writer open and after close;
   PostgreSQL: summed ``pg_total_relation_size`` of the system's tables;
-* **% of raw JSON** -- bytes on disk / the orjson bytes the raw baselines serialise.
+* **% of raw JSON** -- bytes on disk / the orjson bytes the raw baselines serialise, and the same
+  counting only what the data added: (bytes after close - bytes of the system's freshly
+  initialised empty database) / raw JSON bytes;
+* **commit floor** -- per backend, the time of the smallest durable write transaction (one
+  autocommit UPDATE of one integer), measured right before each system's run, and that system's
+  time per checkpoint divided by it.
 
 Every system's stored data is checked against the input before its reads are timed.
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import random
 import shutil
 import sys
@@ -69,12 +75,14 @@ from benchmarks.common import (
     trajectory_id,
     write_json,
 )
-from benchmarks.systems import SPECS, SYSTEM_NAMES, Loaded, System, SystemSpec
+from benchmarks.systems import SPECS, SYSTEM_NAMES, Loaded, System, SystemSpec, commit_floor
 
 #: Random (trajectory, step) picks for the load-any-state metric.
 STATE_PICKS = 200
 #: Of those, how many are also compared with the input during verification.
 VERIFIED_PICKS = 20
+#: Transactions timed for the commit floor before each system's run.
+FLOOR_COMMITS = 300
 
 
 class VerificationError(AssertionError):
@@ -99,6 +107,19 @@ class RunResult:
     bytes_open: int = 0
     bytes_closed: int = 0
     checks: int = 0  # verified reads
+    error: str | None = None
+
+
+@dataclass
+class FloorResult:
+    """The commit floor of one backend, measured right before ``system``'s run in one repeat
+    (see :func:`benchmarks.systems.commit_floor`)."""
+
+    system: str
+    backend: str
+    repeat: int
+    durability: str = ""
+    commit_s: float = float("nan")
     error: str | None = None
 
 
@@ -148,6 +169,22 @@ def disk_bytes(spec: SystemSpec, where: str) -> int:
     if spec.backend == "postgres":
         return pg_table_bytes(where)
     return sqlite_bytes(Path(where))
+
+
+def empty_sizes(
+    specs: Sequence[SystemSpec], pg: PgServer | None, data_dir: Path, console: Console
+) -> dict[tuple[str, str], int]:
+    """Bytes of each system's freshly initialised, empty database after close (not timed): what
+    the bytes-above-empty column subtracts. A system that fails to open is left out."""
+    sizes = {}
+    for spec in specs:
+        try:
+            with scratch_location(spec.backend, pg, data_dir, f"{spec.name}_{spec.backend}_empty") as where:
+                spec.factory(where).close()
+                sizes[spec.name, spec.backend] = disk_bytes(spec, where)
+        except Exception as exc:  # reported with the system's own runs, which fail the same way
+            console.print(f"[red]{spec.backend} {spec.name}: empty database FAILED: {type(exc).__name__}: {exc}[/red]")
+    return sizes
 
 
 def _check(loaded: Loaded, item: Item, what: str) -> None:
@@ -237,8 +274,16 @@ def run_once(
     result.bytes_closed = disk_bytes(spec, where)
 
 
-def summarise(results: Sequence[RunResult], specs: Sequence[SystemSpec], raw_bytes: int) -> list[dict[str, Any]]:
-    """One summary row per system and backend, with fle-db's ratios computed per repeat."""
+def summarise(
+    results: Sequence[RunResult],
+    specs: Sequence[SystemSpec],
+    raw_bytes: int,
+    empty: dict[tuple[str, str], int],
+    floors: Sequence[FloorResult],
+) -> list[dict[str, Any]]:
+    """One summary row per system and backend, with fle-db's ratios and the ratio to the commit
+    floor computed per repeat (each run against the floor measured right before it)."""
+    floor = {(f.system, f.backend, f.repeat): f.commit_s for f in floors if f.error is None}
     rows = []
     for spec in specs:
         mine = [r for r in results if r.system == spec.name and r.backend == spec.backend]
@@ -247,6 +292,7 @@ def summarise(results: Sequence[RunResult], specs: Sequence[SystemSpec], raw_byt
         paired = [(fle[r.repeat], r) for r in ok if r.repeat in fle]
         any_state = [ms for r in ok for ms in r.any_state_ms]
         closed = median([r.bytes_closed for r in ok])
+        empty_bytes = empty.get((spec.name, spec.backend))
         rows.append(
             {
                 "system": spec.name,
@@ -263,6 +309,11 @@ def summarise(results: Sequence[RunResult], specs: Sequence[SystemSpec], raw_byt
                 "bytes_open": median([r.bytes_open for r in ok]),
                 "bytes_closed": closed,
                 "pct_raw_json": 100.0 * closed / raw_bytes,
+                "empty_bytes": empty_bytes,
+                "pct_raw_json_added": math.nan if empty_bytes is None else 100.0 * (closed - empty_bytes) / raw_bytes,
+                "floor_ratio": [
+                    (1.0 / r.steps_per_s) / floor[key] for r in ok if (key := (r.system, r.backend, r.repeat)) in floor
+                ],
                 "fle_write_ratio": [f.steps_per_s / r.steps_per_s for f, r in paired],
                 "fle_size_ratio": [f.bytes_closed / r.bytes_closed for f, r in paired if r.bytes_closed],
             }
@@ -270,24 +321,44 @@ def summarise(results: Sequence[RunResult], specs: Sequence[SystemSpec], raw_byt
     return rows
 
 
-def print_tables(console: Console, rows: Sequence[dict[str, Any]], backends: Sequence[str], n_items: int) -> None:
-    """One table per backend."""
+def floor_summary(floors: Sequence[FloorResult], backend: str) -> str:
+    """``commit floor 0.123 ms median (min-max) = 8,130 commits/s`` over the backend's measurements."""
+    times = [f.commit_s * 1000.0 for f in floors if f.backend == backend and f.error is None]
+    if not times:
+        return "commit floor FAILED"
+    spread = f" ({min(times):.3f}-{max(times):.3f})" if len(times) > 1 else ""
+    return f"commit floor {median(times):.3f} ms{spread} = {1000.0 / median(times):,.0f} commits/s"
+
+
+def print_tables(
+    console: Console,
+    rows: Sequence[dict[str, Any]],
+    backends: Sequence[str],
+    n_items: int,
+    floors: Sequence[FloorResult],
+) -> None:
+    """One table per backend, titled with its commit floor."""
     for backend in backends:
         mine = [row for row in rows if row["backend"] == backend]
         if not mine:
             continue
         disk = "MB on disk\nopen / closed" if backend == "sqlite" else "MB on disk\n(tables)"
-        table = Table(title=f"{backend}: {n_items} checkpoints, round-robin", title_justify="left")
+        table = Table(
+            title=f"{backend}: {n_items} checkpoints, round-robin; {floor_summary(floors, backend)}",
+            title_justify="left",
+        )
         columns: tuple[tuple[str, JustifyMethod], ...] = (
             ("System", "left"),
             ("Durability", "left"),
             ("Write steps/s\nmedian (min-max)", "right"),
             ("fle-db ÷ this\nwrite speed", "right"),
+            ("per checkpoint\n÷ commit floor", "right"),
             ("Resume\nms", "right"),
             ("Load traj\nms", "right"),
             ("Any state ms\nmedian / max", "right"),
             (disk, "right"),
             ("% raw\nJSON", "right"),
+            ("% raw JSON\nabove empty", "right"),
             ("fle-db ÷ this\nsize", "right"),
         )
         for header, justify in columns:
@@ -295,7 +366,7 @@ def print_tables(console: Console, rows: Sequence[dict[str, Any]], backends: Seq
         for row in mine:
             name = row["system"] + (" (bulk)" if row["bulk"] else "")
             if not row["runs"]:
-                table.add_row(name, "[red]FAILED[/red]", *["-"] * 8)
+                table.add_row(name, "[red]FAILED[/red]", *["-"] * 10)
                 continue
             is_fle = row["system"] == "fle-db"
             size = (
@@ -308,14 +379,29 @@ def print_tables(console: Console, rows: Sequence[dict[str, Any]], backends: Seq
                 row["durability"],
                 fmt_rate(row["steps_per_s"]),
                 "-" if is_fle else fmt_ratio(row["fle_write_ratio"]),
+                fmt_ratio(row["floor_ratio"]),
                 fmt_ms(row["resume_ms"]),
                 fmt_ms(row["load_trajectory_ms"]),
                 f"{fmt_ms(row['any_state_ms'])} / {fmt_ms(row['any_state_max_ms'])}",
                 size,
                 f"{row['pct_raw_json']:.1f}",
+                "-" if row["empty_bytes"] is None else f"{row['pct_raw_json_added']:.2f}",
                 "-" if is_fle else fmt_ratio(row["fle_size_ratio"]),
             )
         console.print(table)
+
+
+def run_floor(console: Console, spec: SystemSpec, pg: PgServer | None, data_dir: Path, repeat: int) -> FloorResult:
+    """Measure the commit floor of ``spec``'s backend in a fresh database, right before its run
+    (see :func:`benchmarks.systems.commit_floor`): both see the same load on the machine."""
+    floor = FloorResult(spec.name, spec.backend, repeat)
+    try:
+        with scratch_location(spec.backend, pg, data_dir, f"floor_{spec.name}_{spec.backend}_r{repeat}") as where:
+            floor.commit_s, floor.durability = commit_floor(spec.backend, where, FLOOR_COMMITS)
+    except Exception as exc:  # the systems' results stand without it
+        floor.error = f"{type(exc).__name__}: {exc}"
+        console.print(f"[red]repeat {repeat + 1} {spec.backend} commit floor FAILED: {floor.error}[/red]")
+    return floor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -347,9 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Raw JSON (orjson) per run: steps {mb(step_bytes)} MB + states {mb(state_bytes)} MB = {mb(raw_bytes)} MB"
         )
 
+        empty = empty_sizes(specs, pg, data_dir, console)
         results: list[RunResult] = []
+        floors: list[FloorResult] = []
         for repeat in range(args.repeat):
             for position, spec in enumerate(rotated(specs, repeat)):
+                floors.append(floor := run_floor(console, spec, pg, data_dir, repeat))
                 result = RunResult(spec.name, spec.backend, repeat, position, spec.bulk)
                 label = f"{spec.name}_{spec.backend}_r{repeat}"
                 try:
@@ -358,20 +447,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                     console.print(
                         f"[dim]repeat {repeat + 1}/{args.repeat} #{position + 1} {spec.backend:8} {spec.name:18} "
                         f"{result.steps_per_s:8,.0f} steps/s  resume {fmt_ms(median(result.resume_ms))} ms  "
-                        f"{result.checks} reads verified[/dim]"
+                        f"{result.checks} reads verified  (commit floor {floor.commit_s * 1000:.3f} ms)[/dim]"
                     )
                 except Exception as exc:  # one broken system must not hide the others' results
                     result.error = f"{type(exc).__name__}: {exc}"
                     console.print(f"[red]repeat {repeat + 1} {spec.backend} {spec.name} FAILED: {result.error}[/red]")
                 results.append(result)
 
-        rows = summarise(results, specs, raw_bytes)
-        print_tables(console, rows, backends, len(items))
+        rows = summarise(results, specs, raw_bytes, empty, floors)
+        print_tables(console, rows, backends, len(items), floors)
         console.print(
             "Write = checkpoints / wall time of the write loop (serialisation included). Read columns: medians "
             f"over all repeats' samples (resume and load-traj: every trajectory; any state: {STATE_PICKS} picks). "
             "Ratios: fle-db ÷ baseline within the same repeat, median (min-max) over repeats; write ratio > 1 "
-            "means fle-db writes faster, size ratio < 1 means fle-db is smaller. (bulk) = not durable per checkpoint. "
+            "means fle-db writes faster, size ratio < 1 means fle-db is smaller. Per checkpoint ÷ commit floor: the "
+            "system's time per checkpoint over the time of one smallest durable transaction of the same repeat, "
+            f"median (min-max); commit floor = {FLOOR_COMMITS} autocommit UPDATEs of one integer, same durability, "
+            "measured right before each system's run. "
+            "% raw JSON above empty: (closed size - size of the system's empty database) / raw JSON. "
+            "(bulk) = not durable per checkpoint. "
             + ("Cyclic GC left running (--keep-gc)." if args.keep_gc else "Cyclic GC paused in timed phases.")
         )
         note_source_change(console, facts)
@@ -388,9 +482,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             elapsed,
             raw_json_bytes={"steps": step_bytes, "states": state_bytes},
             runs=[asdict(r) for r in results],
+            commit_floor=[asdict(f) for f in floors],
+            empty_bytes={f"{name}/{backend}": size for (name, backend), size in empty.items()},
             summary=rows,
         )
-        return 1 if any(r.error for r in results) else 0
+        return 1 if any(r.error for r in results) or any(f.error for f in floors) else 0
     finally:
         if own_dir:
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,7 +1,8 @@
 """The systems ``benchmarks.run`` compares, each behind the same small interface.
 
 Every system opens a fresh database (a SQLite file or a scratch PostgreSQL database) in its
-constructor (untimed: schema creation), then:
+constructor (untimed: schema creation; ``create=False`` opens one another instance prepared, as
+the writer processes of ``benchmarks.concurrent`` do), then:
 
 * :meth:`System.write` stores the checkpoints in the given order -- this is the timed write loop,
   serialisation included;
@@ -11,12 +12,14 @@ constructor (untimed: schema creation), then:
 
 Raw baselines store two tables ``steps(traj_id, step, data TEXT)`` and ``states(traj_id, step,
 data TEXT)`` with primary key ``(traj_id, step)``; ``steps.data`` is the orjson of ``{step,
-agent_output, environment_feedback}``, ``states.data`` the orjson of the game state.
+agent_output, environment_feedback}``, ``states.data`` the orjson of the game state (no row for a
+checkpoint without one).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,11 +33,15 @@ from fle_db import DatabaseClient
 
 from .common import Item, pg_synchronous_commit, sqlite_synchronous
 
-#: ``(step record, game state)`` as read back and decoded.
-Loaded = tuple[dict[str, Any], dict[str, Any]]
+#: ``(step record, game state)`` as read back and decoded (None: a checkpoint without a state).
+Loaded = tuple[dict[str, Any], dict[str, Any] | None]
 
 _RAW_COLUMNS = "(traj_id TEXT NOT NULL, step INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (traj_id, step))"
 RAW_DDL = (f"CREATE TABLE steps {_RAW_COLUMNS}", f"CREATE TABLE states {_RAW_COLUMNS}")
+#: How long a raw sqlite3 writer waits for another process's write lock.
+BUSY_TIMEOUT_S = 120.0
+#: The commit floor's one-row table (see :func:`commit_floor`).
+FLOOR_DDL = "CREATE TABLE commit_floor (n BIGINT NOT NULL)"
 #: LangGraph's own checkpoint format version: its graph loop (``langgraph/pregel/_checkpoint.py``)
 #: writes v=4; the ``LATEST_VERSION = 2`` still exported by ``langgraph.checkpoint.base`` is
 #: deprecated and would make PostgresSaver run a pending-sends migration query on every read.
@@ -71,11 +78,12 @@ class System(ABC):
 
 @dataclass(frozen=True)
 class SystemSpec:
-    """A system on one backend: ``factory(location)`` opens it on a SQLite path or PostgreSQL URL."""
+    """A system on one backend: ``factory(location)`` opens it on a SQLite path or PostgreSQL URL
+    and creates its schema; ``factory(location, create=False)`` opens an already created one."""
 
     name: str
     backend: str
-    factory: Callable[[str], System]
+    factory: Callable[..., System]
     bulk: bool = False  # not one durable transaction per checkpoint
 
 
@@ -83,7 +91,7 @@ class SystemSpec:
 class FleDb(System):
     """fle-db's public API: ``save_step`` per checkpoint (one transaction each)."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, *, create: bool = True) -> None:  # migrating is idempotent
         self._postgres = location.startswith("postgresql://")
         url = location if self._postgres else f"sqlite:///{location}"
         self._url = location
@@ -145,9 +153,9 @@ class _RawTables(System):
         state = conn.execute(
             q("SELECT data FROM states WHERE traj_id = ? ORDER BY step DESC LIMIT 1"), (tid,)
         ).fetchone()
-        if step is None or state is None:
+        if step is None:
             raise LookupError(f"no checkpoint for {tid}")
-        return orjson.loads(step[0])["step"], orjson.loads(state[0])
+        return orjson.loads(step[0])["step"], None if state is None else orjson.loads(state[0])
 
     def load_trajectory(self, tid: str) -> list[Loaded]:
         conn, q = self._reader(), self._sql
@@ -168,11 +176,12 @@ class _RawTables(System):
 class Sqlite3Txn(_RawTables):
     """stdlib sqlite3, WAL, ``synchronous=FULL``, ``BEGIN``/``COMMIT`` around each checkpoint's two rows."""
 
-    def __init__(self, location: str) -> None:
-        self._conn = sqlite3.connect(location, isolation_level=None)
+    def __init__(self, location: str, *, create: bool = True) -> None:
+        # a long busy timeout and BEGIN IMMEDIATE: writer processes on one file queue for the lock
+        self._conn = sqlite3.connect(location, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
-        for ddl in RAW_DDL:
+        for ddl in RAW_DDL if create else ():
             self._conn.execute(ddl)
 
     def durability(self) -> str:
@@ -182,10 +191,13 @@ class Sqlite3Txn(_RawTables):
         conn, dumps = self._conn, orjson.dumps
         for item in items:
             step_json = dumps(item.step_side()).decode()
-            state_json = dumps(item.state).decode()
-            conn.execute("BEGIN")
+            state_json = None if item.state is None else dumps(item.state).decode()
+            conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT INTO steps (traj_id, step, data) VALUES (?, ?, ?)", (item.tid, item.step, step_json))
-            conn.execute("INSERT INTO states (traj_id, step, data) VALUES (?, ?, ?)", (item.tid, item.step, state_json))
+            if state_json is not None:
+                conn.execute(
+                    "INSERT INTO states (traj_id, step, data) VALUES (?, ?, ?)", (item.tid, item.step, state_json)
+                )
             conn.execute("COMMIT")
 
     def _reader(self) -> sqlite3.Connection:
@@ -201,10 +213,10 @@ class _PsycopgRaw(_RawTables):
 
     mark = "%s"
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, *, create: bool = True) -> None:
         self._url = location
         self._conn = psycopg.connect(location)
-        for ddl in RAW_DDL:
+        for ddl in RAW_DDL if create else ():
             self._conn.execute(ddl)
         self._conn.commit()
 
@@ -229,13 +241,15 @@ class PsycopgTxn(_PsycopgRaw):
         with conn.pipeline(), conn.cursor() as cur:
             for item in items:
                 step_json = dumps(item.step_side()).decode()
-                state_json = dumps(item.state).decode()
                 cur.execute(
                     "INSERT INTO steps (traj_id, step, data) VALUES (%s, %s, %s)", (item.tid, item.step, step_json)
                 )
-                cur.execute(
-                    "INSERT INTO states (traj_id, step, data) VALUES (%s, %s, %s)", (item.tid, item.step, state_json)
-                )
+                if item.state is not None:
+                    state_json = dumps(item.state).decode()
+                    cur.execute(
+                        "INSERT INTO states (traj_id, step, data) VALUES (%s, %s, %s)",
+                        (item.tid, item.step, state_json),
+                    )
                 conn.commit()  # in a pipeline: sends COMMIT, then waits for its result
 
 
@@ -278,15 +292,18 @@ class _LangGraph(System):
         for item in items:
             config = self._configs.get(item.tid) or {"configurable": {"thread_id": item.tid, "checkpoint_ns": ""}}
             previous = self._versions.get(item.tid, {})
-            versions = {channel: saver.get_next_version(previous.get(channel), None) for channel in ("step", "state")}
+            values: dict[str, Any] = {"step": item.step_side()}
+            if item.state is not None:
+                values["state"] = item.state
+            versions = {channel: saver.get_next_version(previous.get(channel), None) for channel in values}
             checkpoint = {
                 "v": LANGGRAPH_CHECKPOINT_V,
                 "id": str(uuid6(clock_seq=item.step)),
                 "ts": datetime.now(UTC).isoformat(),
-                "channel_values": {"step": item.step_side(), "state": item.state},
+                "channel_values": values,
                 "channel_versions": versions,
                 "versions_seen": {},
-                "updated_channels": ["step", "state"],
+                "updated_channels": list(values),
             }
             metadata = {"source": "loop", "step": item.step, "parents": {}}
             self._configs[item.tid] = saver.put(config, checkpoint, metadata, versions)
@@ -296,7 +313,7 @@ class _LangGraph(System):
     @staticmethod
     def _loaded(checkpoint_tuple: Any) -> Loaded:
         values = checkpoint_tuple.checkpoint["channel_values"]
-        return values["step"]["step"], values["state"]
+        return values["step"]["step"], values.get("state")
 
     def resume(self, tid: str) -> Loaded:
         found = self.saver.get_tuple({"configurable": {"thread_id": tid, "checkpoint_ns": ""}})
@@ -322,13 +339,14 @@ class _LangGraph(System):
 class LangGraphSqlite(_LangGraph):
     """``SqliteSaver`` on its own ``sqlite3`` connection (WAL; ``synchronous`` left at its default)."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, *, create: bool = True) -> None:
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         super().__init__()
         self._conn = sqlite3.connect(location, check_same_thread=False)
         self.saver = SqliteSaver(self._conn)
-        self.saver.setup()
+        if create:
+            self.saver.setup()
 
     def durability(self) -> str:
         return f"commit/put, {sqlite_synchronous(self._conn)}"
@@ -341,7 +359,7 @@ class LangGraphPostgres(_LangGraph):
     """``PostgresSaver`` on a connection opened as its ``from_conn_string`` does (autocommit,
     ``prepare_threshold=0``, dict rows), after ``setup()``."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, *, create: bool = True) -> None:
         from langgraph.checkpoint.postgres import PostgresSaver
         from psycopg.rows import dict_row
 
@@ -349,13 +367,43 @@ class LangGraphPostgres(_LangGraph):
         self._url = location
         self._conn = psycopg.connect(location, autocommit=True, prepare_threshold=0, row_factory=dict_row)
         self.saver = PostgresSaver(self._conn)
-        self.saver.setup()
+        if create:
+            self.saver.setup()
 
     def durability(self) -> str:
         return f"autocommit pipeline/put, {pg_synchronous_commit(self._url)}"
 
     def close(self) -> None:
         self._conn.close()
+
+
+# -- the commit floor -----------------------------------------------------------------------
+def commit_floor(backend: str, location: str, commits: int) -> tuple[float, str]:
+    """``(seconds per commit, durability)`` of the smallest durable write transaction, timed over
+    ``commits`` of them in a fresh database: one autocommit ``UPDATE`` of a one-row, one-integer
+    table (sqlite3 in WAL with ``synchronous=FULL``; psycopg with the server's synchronous commit),
+    one statement, one round trip. An empty ``BEGIN; COMMIT`` is no floor: neither engine writes
+    or syncs anything for a transaction that changed nothing."""
+    if backend == "postgres":
+        with psycopg.connect(location, autocommit=True) as conn:
+            return _timed_updates(conn, commits), f"autocommit UPDATE, {pg_synchronous_commit(location)}"
+    lite = sqlite3.connect(location, isolation_level=None)
+    try:
+        lite.execute("PRAGMA journal_mode=WAL")
+        lite.execute("PRAGMA synchronous=FULL")
+        return _timed_updates(lite, commits), f"autocommit UPDATE, {sqlite_synchronous(lite)}"
+    finally:
+        lite.close()
+
+
+def _timed_updates(conn: Any, commits: int) -> float:
+    """Seconds per autocommit ``UPDATE`` of :data:`FLOOR_DDL`'s one row on a sqlite3 or psycopg connection."""
+    conn.execute(FLOOR_DDL)
+    conn.execute("INSERT INTO commit_floor (n) VALUES (0)")
+    start = time.perf_counter()
+    for _ in range(commits):
+        conn.execute("UPDATE commit_floor SET n = n + 1")
+    return (time.perf_counter() - start) / commits
 
 
 SPECS: tuple[SystemSpec, ...] = (

@@ -34,6 +34,7 @@ from .validation import (
     as_list,
     check_callback,
     check_count,
+    check_float,
     check_id,
     check_ids,
     check_query,
@@ -530,6 +531,8 @@ class DatabaseClient(SearchTrees, Recovery):
         agent_type: str | None = None,
         since: datetime | str | float | None = None,
         until: datetime | str | float | None = None,
+        success: bool | None = None,
+        min_total_reward: float | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
         """Write the selected trajectories — with steps, agent outputs, feedbacks, game states and
@@ -538,26 +541,38 @@ class DatabaseClient(SearchTrees, Recovery):
 
         ``format``: ``"jsonl"`` (importable with :meth:`import_data`; zstd-compressed when
         ``path`` ends in ``.zst``), ``"chat"`` (one OpenAI-style conversation per trajectory, for
-        fine-tuning) or ``"parquet"`` (one row per step; needs ``pip install 'fle-db[parquet]'``);
+        fine-tuning), ``"sft"`` (``chat`` plus per-turn rewards and search values),
+        ``"preference"`` (TRL conversational pairs of sibling continuations ranked by value),
+        ``"adp"`` (Agent Data Protocol trajectories), ``"parquet"`` (one row per step) or ``"hf"``
+        (a folder: Parquet shards of ``sft`` rows and a dataset card; ``path`` must be absent or
+        an empty folder); ``parquet`` and ``hf`` need ``pip install 'fle-db[parquet]'``;
         ``fle_db.ops.export`` documents each layout. Filters (AND): ``trajectory_ids``,
-        ``task``, ``agent_type``, and ``since`` / ``until`` on when the trajectory was first
+        ``task``, ``agent_type``, ``since`` / ``until`` on when the trajectory was first
         saved into this database (aware datetime, ISO 8601 with offset, or epoch seconds;
-        ``since`` inclusive, ``until`` exclusive). Parents come before their forks. The file is
-        written to a temporary name (owner-only) and renamed over ``path`` when complete;
-        ``progress(trajectories_done, 0)`` is called after each trajectory. Read-only.
+        ``since`` inclusive, ``until`` exclusive), ``success`` (the trajectory's flag) and
+        ``min_total_reward`` (inclusive; a trajectory without a total reward fails it). Parents
+        come before their forks. The output is written to a temporary name beside ``path``
+        (owner-only) and renamed into place when complete; ``progress(trajectories_done, 0)`` is
+        called after each trajectory. Read-only.
 
-        Returns ``{"path", "format", "trajectories", "checkpoints", "skipped", "bytes", "seconds"}``.
+        Returns ``{"path", "format", "trajectories", "checkpoints", "skipped", "bytes", "seconds"}``
+        (``preference`` adds ``pairs`` and ``ties``; ``hf`` adds ``shards`` and ``rows``).
 
         Raises:
-            ValidationError: unknown format, bad filter. ConfigurationError: ``parquet`` without
-            pyarrow. Database errors propagate and leave no file.
+            ValidationError: unknown format, bad filter, ``hf`` into a non-empty folder.
+            ConfigurationError: ``parquet`` / ``hf`` without pyarrow. Database errors propagate
+            and leave nothing behind.
         """
+        if success is not None and not isinstance(success, bool):
+            raise ValidationError(f"success must be True, False or None, got {success!r:.80}")
         criteria = TrajectoryFilter(
             check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None,
             check_text(task, "task"),
             check_text(agent_type, "agent_type"),
             instants.optional_instant(since, "since"),
             instants.optional_instant(until, "until"),
+            success,
+            check_float(min_total_reward, "min_total_reward"),
         )
         return export.export_data(
             self,

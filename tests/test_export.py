@@ -178,7 +178,7 @@ def test_export_then_import_into_an_empty_database_gives_identical_data(
 def test_pages_of_one_step_and_one_state_export_the_same_file_with_deltas_resolved_across_pages(
     db: DatabaseClient, target: DatabaseClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fle_db.ops import export
+    from fle_db.ops.export import reader as export
 
     fill(db, trajectories=2, steps=40)
     with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
@@ -453,7 +453,7 @@ def test_export_files_are_owner_only_and_replace_the_target_atomically(filled: D
 
 
 def test_unknown_format_is_a_validation_error(filled: DatabaseClient, tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="jsonl, chat, parquet"):
+    with pytest.raises(ValidationError, match="jsonl, chat, sft, preference, adp, parquet, hf"):
         filled.export_data(tmp_path / "e.csv", "csv")
     assert not (tmp_path / "e.csv").exists()
 

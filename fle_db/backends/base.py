@@ -217,6 +217,12 @@ class CheckpointStore(ABC):
         """The steps whose parent (in the sense of :meth:`lineage`) is this step."""
 
     @abstractmethod
+    def branch_points(self, trajectory_id: str) -> list[int]:
+        """Step numbers of this trajectory that may have two or more children (in the sense of
+        :meth:`children`): those some trajectory forks from or some step names as its explicit
+        parent, ascending. A superset is allowed; the caller checks with :meth:`children`."""
+
+    @abstractmethod
     def iter_selected_trajectories(self, criteria: TrajectoryFilter) -> Iterator[str]:
         """Ids of the trajectories ``criteria`` selects, parents first: a selected fork comes
         after the selected trajectory it forks from (depth-first from each selected trajectory

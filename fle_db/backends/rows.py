@@ -294,6 +294,8 @@ class TrajectoryFilter:
     agent_type: str | None = None
     since_us: int | None = None  # first saved at or after (epoch microseconds)
     until_us: int | None = None  # first saved before (epoch microseconds)
+    success: bool | None = None  # the trajectory's success column equals this
+    min_total_reward: float | None = None  # total_reward at least this (a null total_reward fails)
 
 
 #: What :class:`TrajectoryQuery` can order by: a column or a computed value (``steps``).

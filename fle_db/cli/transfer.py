@@ -60,16 +60,20 @@ def demo(options: Options, trajectories: int, steps: int, seed: int) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "chat", "parquet"]),
+    type=click.Choice(["jsonl", "chat", "sft", "preference", "adp", "parquet", "hf"]),
     default="jsonl",
     show_default=True,
-    help="jsonl: importable (.zst path: compressed); chat: fine-tuning conversations; parquet: analysis.",
+    help="jsonl: importable (.zst path: compressed); chat: fine-tuning conversations; sft: chat with per-turn "
+    "rewards and search values; preference: TRL pairs of sibling branches ranked by value; adp: Agent Data "
+    "Protocol; parquet: analysis; hf: a Hugging Face dataset folder (PATH absent or empty).",
 )
 @click.option("--trajectory", "trajectory_ids", multiple=True, help="Only these trajectory ids (repeatable).")
 @click.option("--task", help="Only trajectories of this task.")
 @click.option("--agent", "agent_type", help="Only trajectories of this agent type.")
 @click.option("--since", help="Only trajectories first saved at or after this ISO 8601 time (with offset).")
 @click.option("--until", help="Only trajectories first saved before this ISO 8601 time (with offset).")
+@click.option("--success/--failure", "success", default=None, help="Only trajectories that succeeded / failed.")
+@click.option("--min-total-reward", type=float, help="Only trajectories whose total reward is at least this.")
 @json_option
 @click.pass_obj
 def export_command(
@@ -81,9 +85,11 @@ def export_command(
     agent_type: str | None,
     since: str | None,
     until: str | None,
+    success: bool | None,
+    min_total_reward: float | None,
 ) -> None:
     """Export trajectories (steps, outputs, feedbacks, states, metadata) matching every option
-    to PATH, streaming; the file appears complete or not at all."""
+    to PATH, streaming; the file (or the hf folder) appears complete or not at all."""
     with open_client(options, writes=False) as client, progress("exporting", None) as advance:
         result = client.export_data(
             path,
@@ -93,6 +99,8 @@ def export_command(
             agent_type=agent_type,
             since=since,
             until=until,
+            success=success,
+            min_total_reward=min_total_reward,
             progress=lambda trajectories, _bytes: advance(trajectories, f"{trajectories:,} trajectories"),
         )
     if options.json:

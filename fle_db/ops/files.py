@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -88,6 +89,58 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
             raise StorageFullError(f"the disk is full: {str(path)!r} was not written") from exc
         raise
     fsync(directory)
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A new owner-only folder beside ``path`` to fill; when the block succeeds its files are
+    fsynced and it is renamed to ``path`` (an empty folder there is replaced), then the parent
+    fsynced; on failure it is removed with everything in it.
+
+    Raises:
+        ValidationError: ``path`` is something other than an absent or empty folder (checked
+        before and again just before the rename), or its parent cannot be used.
+        StorageFullError: the disk filled up (nothing is left behind).
+    """
+    _check_empty_folder(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))  # mode 0700
+    except OSError as exc:
+        raise ValidationError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        yield work
+        for folder, _, names in os.walk(work):
+            for name in names:
+                fsync(Path(folder) / name)
+            fsync(Path(folder))
+        _check_empty_folder(path)
+        with suppress(FileNotFoundError):
+            os.rmdir(path)
+        os.rename(work, path)
+    except BaseException as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise StorageFullError(f"the disk is full: {str(path)!r} was not written") from exc
+        raise
+    fsync(parent)
+
+
+def _check_empty_folder(path: Path) -> None:
+    """Raise ValidationError unless ``path`` is absent or an empty folder (not a symlink)."""
+    try:
+        mode = os.stat(path, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ValidationError(f"{str(path)!r} cannot be examined: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(mode):
+        raise ValidationError(f"{str(path)!r} exists and is not a folder: give a new or empty folder")
+    with os.scandir(path) as entries:
+        empty = next(entries, None) is None
+    if not empty:
+        raise ValidationError(f"{str(path)!r} is not empty: give a new or empty folder")
 
 
 def fsync(path: Path) -> None:

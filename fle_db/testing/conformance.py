@@ -422,6 +422,17 @@ class CheckpointStoreConformance(_Suite):
             db.save_trajectory({"id": "root", "parent_trajectory_id": "fork", "parent_step_number": 4})
         assert db.load_trajectory("fork")["parent_step_number"] == 3
 
+    def test_branch_points_cover_every_step_with_two_or_more_children(self, db: DatabaseClient) -> None:
+        for n in range(3):
+            db.save_step(_step("root", n))
+        db.fork_trajectory("root", 1, "fork")
+        db.save_step(_step("fork", 2))
+        db.save_step({**_step("other", 9), "parent_trajectory_id": "root", "parent_step_number": 0})
+        points = set(db._backend.branch_points("root"))
+        assert {0, 1} <= points
+        assert all(len(db.get_children("root", n)) >= 2 for n in {0, 1})
+        assert db._backend.branch_points("fork") == []
+
     def test_deleting_a_trajectory_with_forks_needs_cascade(self, db: DatabaseClient) -> None:
         db.save_step(_step("root", 0), game_state={"shared": True})
         db.save_trajectory({"id": "fork", "parent_trajectory_id": "root", "parent_step_number": 0})

@@ -68,6 +68,10 @@ def _selected(table: Any, criteria: TrajectoryFilter | CleanupCriteria) -> list[
             conditions.append(table.c.created_at >= criteria.since_us)
         if criteria.until_us is not None:
             conditions.append(table.c.created_at < criteria.until_us)
+        if criteria.success is not None:
+            conditions.append(table.c.success == criteria.success)
+        if criteria.min_total_reward is not None:
+            conditions.append(table.c.total_reward >= criteria.min_total_reward)
     return conditions
 
 
@@ -315,6 +319,18 @@ class SQLLineage(SQLCore):
                 ).where(steps.c.parent_trajectory_id.is_(None))
             )  # fmt: skip
             found.update((str(r[0]), int(r[1])) for r in forks)
+        return sorted(found)
+
+    @_idempotent
+    def branch_points(self, trajectory_id: str) -> list[int]:
+        forked = select(trajectories.c.parent_step_number).where(
+            trajectories.c.parent_trajectory_id == trajectory_id, trajectories.c.parent_step_number.is_not(None)
+        )
+        named = select(steps.c.parent_step_number).where(
+            steps.c.parent_trajectory_id == trajectory_id, steps.c.parent_step_number.is_not(None)
+        )
+        with self._read() as conn:
+            found = {int(n) for n in conn.execute(forked.union(named)).scalars()}
         return sorted(found)
 
     def iter_selected_trajectories(self, criteria: TrajectoryFilter) -> Iterator[str]:

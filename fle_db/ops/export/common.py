@@ -38,12 +38,19 @@ class Sink(Protocol):
         """Write one trajectory; return the number of checkpoints written."""
         ...
 
-    def finish(self, trajectories: int, checkpoints: int) -> None: ...
+    def finish(self, trajectories: int, checkpoints: int) -> dict[str, Any]:
+        """End the output; return what the format adds to the export's report (often nothing)."""
+        ...
 
 
 def json_text(value: Any) -> str | None:
     """Canonical (sorted-key) JSON text of a value; None stays None."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode() if value is not None else None
+
+
+def text_or_none(value: Any) -> str | None:
+    """``value`` if it is a string, else None (a column of text)."""
+    return value if isinstance(value, str) else None
 
 
 def line(record: dict[str, Any]) -> bytes:

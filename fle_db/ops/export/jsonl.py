@@ -49,13 +49,20 @@ def header(client: DatabaseClient, criteria: TrajectoryFilter) -> dict[str, Any]
         "schema_version": client.get_migration_status()["current_version"],
         "backend": client.settings.backend,
         "created_at": iso(now_us()),
-        "filters": {
-            "trajectory_ids": list(criteria.trajectory_ids) if criteria.trajectory_ids is not None else None,
-            "task": criteria.task,
-            "agent_type": criteria.agent_type,
-            "since": optional_iso(criteria.since_us),
-            "until": optional_iso(criteria.until_us),
-        },
+        "filters": filters(criteria),
+    }
+
+
+def filters(criteria: TrajectoryFilter) -> dict[str, Any]:
+    """The filters of an export, as its header and the ``hf`` dataset card state them."""
+    return {
+        "trajectory_ids": list(criteria.trajectory_ids) if criteria.trajectory_ids is not None else None,
+        "task": criteria.task,
+        "agent_type": criteria.agent_type,
+        "since": optional_iso(criteria.since_us),
+        "until": optional_iso(criteria.until_us),
+        "success": criteria.success,
+        "min_total_reward": criteria.min_total_reward,
     }
 
 
@@ -98,5 +105,6 @@ class JsonlSink:
         )
         return count
 
-    def finish(self, trajectories: int, checkpoints: int) -> None:
+    def finish(self, trajectories: int, checkpoints: int) -> dict[str, Any]:
         self._out.write(line({"kind": "end", "trajectories": trajectories, "checkpoints": checkpoints}))
+        return {}

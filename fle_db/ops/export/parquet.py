@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from ...errors import ConfigurationError
 from ...validation import is_number
-from .common import Checkpoint, json_text
+from .common import Checkpoint, json_text, text_or_none
 
 _PARQUET_ROWS = 2048
 _PARQUET_BYTES = 16 * 1024 * 1024
@@ -71,8 +71,8 @@ class ParquetSink:
         reward = trajectory.get("total_reward")
         common = {
             "trajectory_id": trajectory["id"],
-            "agent_type": _str_or_none(trajectory.get("agent_type")),
-            "task": _str_or_none(trajectory.get("task")),
+            "agent_type": text_or_none(trajectory.get("agent_type")),
+            "task": text_or_none(trajectory.get("task")),
             "total_reward": float(reward) if is_number(reward) else None,
             "success": trajectory.get("success") if isinstance(trajectory.get("success"), bool) else None,
             "parent_trajectory_id": trajectory.get("parent_trajectory_id"),
@@ -113,9 +113,10 @@ class ParquetSink:
             self._writer.write_table(self._pa.Table.from_pylist(self._rows, schema=self._schema))
             self._rows, self._bytes = [], 0
 
-    def finish(self, trajectories: int, checkpoints: int) -> None:
+    def finish(self, trajectories: int, checkpoints: int) -> dict[str, Any]:
         self._flush()
         self._writer.close()
+        return {}
 
 
 def pyarrow_modules() -> tuple[Any, Any]:
@@ -126,7 +127,3 @@ def pyarrow_modules() -> tuple[Any, Any]:
     except ImportError as exc:
         raise ConfigurationError(f"format='parquet' needs pyarrow: {_PARQUET_HINT}") from exc
     return pyarrow, pyarrow.parquet
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
