@@ -437,7 +437,8 @@ class SQLCore(CheckpointStore):
             for cursor in self._open_commit(conn):
                 _rowcount(cursor)
             yield conn
-            _rowcount(self._close_commit(conn))
+            if conn.in_transaction():  # a dry run rolled back: nothing to log
+                _rowcount(self._close_commit(conn))
 
     def _open_commit(self, conn: Connection) -> list[Any]:
         """Send what starts a commit (with a counter: its bump, and with it the lock that orders
