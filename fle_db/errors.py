@@ -61,9 +61,13 @@ class SchemaVersionError(FleDBError):
 
 class BackendUnavailableError(FleDBError, ConnectionError):
     """The database cannot be reached or opened. ``retryable`` is True for a lost connection
-    (fle-db has already retried idempotent calls until ``retry_deadline`` when you see it)."""
+    (fle-db has already retried the call until ``retry_deadline`` when you see it, unless
+    ``commit_unknown``). ``commit_unknown`` is True when the connection was lost while the write's
+    COMMIT was in flight: it may or may not be stored (a write that is not idempotent, such as
+    ``append_step``, is then not retried)."""
 
     retryable: bool = False
+    commit_unknown: bool = False
 
 
 class ConnectionTimeoutError(BackendUnavailableError, TimeoutError):

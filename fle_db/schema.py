@@ -78,7 +78,7 @@ def _partial(condition: str) -> dict[str, Any]:
 
 
 def _valid_from() -> Column[int]:
-    """The commit (``log_head.seq``) that made this version of the row current (0: before 0005)."""
+    """The token of the commit that made this version of the row current (0: before 0005)."""
     return Column("valid_from_seq", BigInteger, nullable=False, server_default=text("0"))
 
 
@@ -259,13 +259,14 @@ fle_versions = Table(
 TRAJECTORY_CHILD_TABLES = (agent_outputs, environment_feedbacks, trajectory_metadata, search_nodes, steps)
 
 # -- Point-in-time recovery (migration 0005) -------------------------------------------------
-# Every write transaction takes the next commit sequence number from the one-row ``log_head``
-# (its row lock serialises writers, so seq order is commit order) and stamps it on the rows it
-# writes (``valid_from_seq``). A row that is updated or deleted first moves its old image into the
-# table's ``<name>_history`` twin with ``valid_to_seq``. The database as committed at sequence S
-# is then: live rows with valid_from_seq <= S, plus history rows with valid_from_seq <= S <
-# valid_to_seq. ``commit_log`` maps sequence numbers to commit instants (strictly increasing
-# microseconds, never stepping back with the clock); times before ``horizon_at`` were pruned.
+# Every write transaction has a commit token (see ``backends/sql/versioned.py``: the transaction
+# id on PostgreSQL, a counter in ``log_head`` on SQLite and MySQL/MariaDB) and stamps it on the
+# rows it writes (``valid_from_seq``). A row that is updated or deleted first moves its old image
+# into the table's ``<name>_history`` twin with ``valid_to_seq``. ``commit_log`` maps tokens to
+# commit instants, logged by each transaction's last statement (above every instant it can see);
+# the database as of instant T is every commit logged at or before T. ``log_head`` holds the
+# counter (PostgreSQL: the base added to transaction ids), the recovery horizon (times before
+# ``horizon_at`` were pruned) and the instant floor of an empty log.
 
 log_head = Table(
     "log_head",

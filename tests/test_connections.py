@@ -119,7 +119,7 @@ def test_postgres_connections_dropped_by_the_server_are_replaced(make_url) -> No
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                 (database,),
             )
-        assert len(db.load_steps("t")) == 1  # pre-ping replaced the dead connection
+        assert len(db.load_steps("t")) == 1  # the dead connection failed, was discarded, the call retried
 
 
 def test_sqlite_connections_keep_fle_db_transaction_control_after_reads(make_url) -> None:  # type: ignore[no-untyped-def]
@@ -205,3 +205,13 @@ def test_no_write_method_waits_for_a_second_connection_with_max_connections_1(
             started = time.monotonic()
             write()
             assert time.monotonic() - started < 2, name
+
+
+def test_postgres_connections_prepare_repeated_statements_when_no_pooler_is_in_between(make_url) -> None:  # type: ignore[no-untyped-def]
+    with DatabaseClient(make_url("postgres"), max_connections=1) as db:
+        for n in range(8):
+            db.save_step({"trajectory_id": "t", "step_number": n})
+        with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
+            assert conn.connection.dbapi_connection.prepare_threshold is not None
+            prepared = conn.execute(text("SELECT statement FROM pg_prepared_statements")).scalars().all()
+        assert any(statement.startswith("INSERT INTO steps") for statement in prepared)

@@ -178,3 +178,32 @@ def test_another_applications_tables_are_refused_and_left_untouched(db_url: str)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT note FROM steps")).scalar() == "theirs"
     engine.dispose()
+
+
+def test_downgrading_commit_tokens_renumbers_commits_in_instant_order_and_upgrading_keeps_them(
+    backend: str, make_url
+) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+
+    url = make_url(backend)
+    with DatabaseClient(url, backup_interval=0) as db:
+        for n in range(5):
+            db.save_step({"trajectory_id": "t", "step_number": n}, game_state={"tick": n})
+            db.save_metadata("t", "k", n)
+        middle = db.recovery_window()["to"]
+        db.delete_trajectory("t")
+    engine = _engine(url)
+    with engine.begin() as conn:
+        command.downgrade(fle_migrations._config(conn), "0007_read_only_login")
+    with engine.connect() as conn:
+        log = conn.execute(text("SELECT seq, committed_at FROM commit_log ORDER BY committed_at, seq")).all()
+        assert [row[0] for row in log] == list(range(1, len(log) + 1))
+        assert conn.execute(text("SELECT seq FROM log_head")).scalar() == len(log)
+        for table in ("steps", "trajectory_metadata_history", "steps_history"):
+            stamped = conn.execute(text(f"SELECT max(valid_from_seq) FROM {table}")).scalar()
+            assert stamped is None or 0 <= stamped <= len(log)
+    engine.dispose()
+    with DatabaseClient(url, backup_interval=0) as db:  # migrates to head again
+        db.restore_to(middle)
+        assert [s["step_number"] for s in db.load_steps("t")] == list(range(5))
+        assert db.load_metadata("t") == {"k": 4}

@@ -430,6 +430,19 @@ class HistoryStore(ABC):
         """``(horizon, latest)``: the oldest and newest commits a point-in-time read can reach."""
 
     @abstractmethod
+    def commit_position(self) -> CommitPoint:
+        """The commit position: the newest commit a new reader sees, as ``(token, instant)``.
+        It is what follows the database's changes (replaces the old ``log_head`` sequence):
+        monotonic, a later call never returns an earlier instant, and every row a reader sees is
+        of a commit at or before it. Commits are ordered by instant, not by token (a token is
+        only unique). Where writers run concurrently (PostgreSQL) a commit in flight can still
+        appear with an instant at or just below the position: its last statement ran, its COMMIT
+        had not returned. A reader that must not miss one (a live tail) reads again once every
+        transaction that was in flight has ended: once ``pg_snapshot_xmin(pg_current_snapshot())``
+        passes the ``pg_snapshot_xmax`` of the snapshot it read in; the token minus
+        ``log_head.seq`` is the commit's transaction id."""
+
+    @abstractmethod
     def commit_at(self, at_us: int) -> CommitPoint:
         """The newest commit at or before ``at_us`` (epoch microseconds).
 

@@ -132,7 +132,6 @@ class MySQLBackend(SQLBackend):
             pool_size=self.settings.max_connections,
             max_overflow=0,
             pool_timeout=self.settings.connection_timeout,
-            pool_pre_ping=True,
             pool_recycle=POOL_RECYCLE_S,
             isolation_level="READ COMMITTED",
         )

@@ -1,11 +1,13 @@
 """PostgreSQL backend (psycopg 3 through SQLAlchemy).
 
 Connections are pooled (``pool_size = max_connections``, no overflow, ``pool_timeout =
-connection_timeout``) and checked before use (``pool_pre_ping``), so a connection the server
-dropped is replaced instead of failing the next call. Commits are synchronous by default
-(``durability="full"``): a save that returned is durable; ``durability="fast"`` sets
-``synchronous_commit=off`` for fle-db's sessions. Migrations serialise on a transaction-scoped advisory
-lock; PostgreSQL DDL is transactional, so a failed migration leaves nothing behind.
+connection_timeout``) and not pinged before use (a round trip per call): a connection the server
+dropped fails its first statement, is discarded, and the call is retried (idempotent calls until
+``retry_deadline``; the others too when their COMMIT was never sent, see ``_restartable``).
+Commits are synchronous by default (``durability="full"``): a save that returned is durable;
+``durability="fast"`` sets ``synchronous_commit=off`` for fle-db's sessions. Migrations
+serialise on a transaction-scoped advisory lock; PostgreSQL DDL is transactional, so a failed
+migration leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,17 +17,32 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, extract, func, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    Text,
+    cast,
+    create_engine,
+    event,
+    extract,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 
 from ..errors import ConfigurationError, QueryTimeoutError, ValidationError
-from ..schema import metadata
+from ..schema import VERSIONED_TABLES, commit_log, metadata
 from .base import ConnectionOptions
 from .readonly import ReadOnlyLogin, capped_rows
 from .sql import SQLBackend
+from .sql.versioned import HEAD_SEQ, CurrentCommit
 
 #: Tables with at least this many rows (by the planner's estimate) are counted approximately: an exact
 #: count reads the whole heap, payloads included (steps keep bodies under ~2 KB inline).
@@ -38,6 +55,31 @@ MIGRATION_LOCK_KEY = int.from_bytes(b"fle_db", "big")
 SYNCHRONOUS_COMMIT = {"full": "on", "fast": "off"}
 
 
+def _no_preparing_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
+    """Prepared statements where they are safe. psycopg prepares a statement once it ran
+    ``prepare_threshold`` (5) times on a connection, saving its parse and plan on every later
+    call. Behind a pooler in transaction mode (PgBouncer 1.18 keeps no prepared statements across
+    transactions) one client connection's transactions land on different server connections,
+    where a prepared name is missing or, worse, names another statement: there preparing is off.
+    Detected once per new connection: a pooler hands out a backend key of its own, so the pid it
+    announced is not the server's ``pg_backend_pid()``."""
+    with dbapi_conn.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    dbapi_conn.rollback()
+    if pid != dbapi_conn.info.backend_pid:
+        dbapi_conn.prepare_threshold = None
+
+
+@compiles(CurrentCommit, "postgresql")
+def _transaction_token(element: CurrentCommit, compiler: Any, **kw: Any) -> str:
+    """The commit token on PostgreSQL: this transaction's id (``pg_current_xact_id()``, 64 bits,
+    never reused by the cluster) plus ``log_head.seq``, a base that a copy into this database
+    sets above every token it loaded. Writers share no row: nothing orders them but the data
+    they touch (see :mod:`fle_db.backends.sql.versioned`)."""
+    return str(compiler.process(HEAD_SEQ + cast(cast(func.pg_current_xact_id(), Text), BigInteger), **kw))
+
+
 class PostgresBackend(SQLBackend):
     """PostgreSQL server, many writers."""
 
@@ -47,6 +89,8 @@ class PostgresBackend(SQLBackend):
     read_isolation = "AUTOCOMMIT"
     # A backup or copy reads every table in one snapshot.
     snapshot_isolation = "REPEATABLE READ"
+    # Commit tokens are transaction ids: writers never queue on log_head.
+    counted_commits = False
 
     def _make_read_only_login(self) -> ReadOnlyLogin:
         return PostgresReadOnlyLogin(self.settings)
@@ -66,12 +110,11 @@ class PostgresBackend(SQLBackend):
 
     def _create_engine(self) -> Engine:
         settings = self.settings
-        return create_engine(
+        engine = create_engine(
             settings.url,
             pool_size=settings.max_connections,
             max_overflow=0,
             pool_timeout=settings.connection_timeout,
-            pool_pre_ping=True,
             connect_args={
                 "connect_timeout": max(1, round(settings.connection_timeout)),
                 "application_name": "fle-db",
@@ -79,6 +122,8 @@ class PostgresBackend(SQLBackend):
                 + (" -c default_transaction_read_only=on" if settings.read_only else ""),
             },
         )
+        event.listen(engine, "connect", _no_preparing_behind_a_pooler)
+        return engine
 
     def _after_load(self, conn: Connection) -> None:
         """The search-node id sequence continues after the highest id loaded."""
@@ -189,6 +234,12 @@ class PostgresBackend(SQLBackend):
             },
         }
         return checks
+
+    def _lock_out_writers(self, conn: Connection) -> None:
+        """``EXCLUSIVE`` locks on the versioned tables and the commit log: writers (``ROW
+        EXCLUSIVE``) wait until this transaction ends, readers do not."""
+        names = ", ".join(str(t.name) for t in (*VERSIONED_TABLES, commit_log))  # fle-db's own tables
+        conn.execute(text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
 
     @contextmanager
     def _migration_lock(self, conn: Connection) -> Iterator[None]:

@@ -365,7 +365,8 @@ class MigrationStatus:
 
 @dataclass(frozen=True, slots=True)
 class CommitPoint:
-    """One commit of the log: its sequence number and instant (epoch microseconds, UTC)."""
+    """One commit of the log: its token (``seq``: unique, not ordered; on SQLite and MySQL a
+    counter) and instant (epoch microseconds, UTC), which orders commits."""
 
     seq: int
     committed_at: int

@@ -54,7 +54,7 @@ from ..base import (
     TrajectoryRow,
 )
 from . import browse, versioned
-from .core import _VERIFY_CHUNK, SQLCore, _idempotent, _Raw, _rowcount, now_us
+from .core import _VERIFY_CHUNK, SQLCore, _idempotent, _Raw, _restartable, _rowcount, now_us
 
 _EMPTY_BODY = b"{}"
 #: How many trajectory ids a backend remembers as stored (see ``SQLCheckpoints.save_checkpoints``).
@@ -320,7 +320,7 @@ class SQLCheckpoints(SQLCore):
         # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
         # of the immutable records are read after it, and only a shortfall costs a query.
         with self._pipeline(conn):
-            logged = self._log_commit(conn) if log else []
+            logged = self._open_commit(conn) if log else []
             ids = [tid for tid in dict.fromkeys(cp.trajectory_id for cp in checkpoints) if tid not in assumed]
             self._ensure_trajectories(conn, ids, now)
             states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
@@ -332,6 +332,8 @@ class SQLCheckpoints(SQLCore):
                 counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
             # A node already stored for its step keeps its (mutable) statistics.
             self._raw_node.run(conn, node_rows)
+            if log:
+                logged.append(self._close_commit(conn))
         for cursor in logged:
             _rowcount(cursor)
         for cursor, table, rows, what in counted:
@@ -340,6 +342,7 @@ class SQLCheckpoints(SQLCore):
                 existed |= self._verify_stored(conn, table, rows, now, what)
         return existed
 
+    @_restartable
     def append_checkpoint(
         self, trajectory_id: str, build: Callable[[int], Checkpoint]
     ) -> tuple[SaveResult, int | None]:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     bindparam,
     case,
     event,
+    func,
     insert,
     null,
     select,
@@ -153,6 +154,20 @@ def _idempotent(method: Callable[..., T]) -> Callable[..., T]:
     return retried
 
 
+def _restartable(method: Callable[..., T]) -> Callable[..., T]:
+    """Mark a write method that is not idempotent (appending a step, deleting, rewinding...) but
+    safe to re-run after a lost connection as long as its COMMIT was never sent: the transaction
+    then certainly rolled back. This is how a pooled connection the server closed while idle
+    (found dead on first use, as nothing pings it) never fails such a call. A connection lost
+    during the COMMIT is reported (``commit_unknown``), not retried."""
+
+    @functools.wraps(method)
+    def retried(self: SQLCore, *args: Any, **kwargs: Any) -> T:
+        return self._retrying(lambda: method(self, *args, **kwargs), idempotent=False)
+
+    return retried
+
+
 def now_us() -> int:
     """Wall-clock time in integer microseconds since the epoch (UTC)."""
     return time.time_ns() // 1000
@@ -178,26 +193,23 @@ class SQLCore(CheckpointStore):
         event.listen(self.engine, "checkout", self._refuse_second_connection)
         self._reached = False  # set by the first call that got an answer (see _retrying)
         dialect = self.engine.dialect
-        # The commit sequence: bump the one-row head (its row lock orders writers) and log the
-        # commit; rows read the number with versioned.CURRENT_SEQ. Commit instants strictly
-        # increase even when the clock steps back.
+        # The commit: a dialect with a counter bumps the one-row head first (its row lock orders
+        # writers, see versioned.py); every dialect logs the commit's token and instant as the
+        # transaction's last statement. Instants strictly increase over what the committer can
+        # see, even when the clock steps back.
+        self._raw_bump = _Raw(update(log_head).where(log_head.c.id == 1).values(seq=log_head.c.seq + 1), dialect)
         clock = self._clock()
-        self._raw_bump = _Raw(
-            update(log_head)
-            .where(log_head.c.id == 1)
-            .values(
-                seq=log_head.c.seq + 1,
-                committed_at=case((log_head.c.committed_at >= clock, log_head.c.committed_at + 1), else_=clock),
-            ),
-            dialect,
+        seen = func.coalesce(
+            select(func.max(commit_log.c.committed_at)).scalar_subquery(),
+            select(log_head.c.committed_at).where(log_head.c.id == 1).scalar_subquery(),
         )
         self._raw_log = _Raw(
             insert(commit_log).from_select(
-                ["seq", "committed_at"], select(log_head.c.seq, log_head.c.committed_at).where(log_head.c.id == 1)
+                ["seq", "committed_at"], select(versioned.CURRENT_SEQ, case((seen >= clock, seen + 1), else_=clock))
             ),
             dialect,
         )
-        self._raw_head = _Raw(select(log_head.c.seq).where(log_head.c.id == 1), dialect)
+        self._raw_head = _Raw(select(versioned.CURRENT_SEQ), dialect)
 
     def _stamped(self, table: Table) -> tuple[Any, list[str]]:
         """INSERT of ``table`` whose rows carry the current commit (see :mod:`.versioned`); the
@@ -338,9 +350,10 @@ class SQLCore(CheckpointStore):
         more than the violated foreign key."""
         return "a foreign key's target" if "FOREIGN KEY constraint failed" in str(exc) else None
 
-    def _retrying(self, operation: Callable[[], T]) -> T:
-        """Run an idempotent ``operation``, retrying with exponential backoff (50 ms doubling to
-        2 s, with jitter) while the connection is lost, until ``retry_deadline`` seconds.
+    def _retrying(self, operation: Callable[[], T], idempotent: bool = True) -> T:
+        """Run ``operation``, retrying with exponential backoff (50 ms doubling to 2 s, with
+        jitter) while the connection is lost, until ``retry_deadline`` seconds; when it is not
+        ``idempotent``, only while its COMMIT was never sent (see :func:`_restartable`).
 
         Only once the backend has reached its database: a wrong URL fails at once instead of
         being retried."""
@@ -352,7 +365,7 @@ class SQLCore(CheckpointStore):
                 self._reached = True
                 return result
             except BackendUnavailableError as exc:
-                if not (exc.retryable and self._reached):
+                if not (exc.retryable and self._reached) or (exc.commit_unknown and not idempotent):
                     raise
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -375,14 +388,20 @@ class SQLCore(CheckpointStore):
         anyway: this only saves taking a write lock for nothing)."""
         if self.settings.read_only:
             raise ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: nothing was written")
-        with self._translate(), self.engine.connect() as conn:
-            conn.execution_options(fle_write=True)
-            with conn.begin():
-                self._in_transaction.conn = conn
-                try:
-                    yield conn
-                finally:
-                    self._in_transaction.conn = None
+        committing = False
+        try:
+            with self._translate(), self.engine.connect() as conn:
+                conn.execution_options(fle_write=True)
+                with conn.begin():
+                    self._in_transaction.conn = conn
+                    try:
+                        yield conn
+                    finally:
+                        self._in_transaction.conn = None
+                    committing = True
+        except BackendUnavailableError as exc:
+            exc.commit_unknown = committing and exc.retryable
+            raise
 
     def _refuse_second_connection(self, *_args: Any) -> None:
         """Pool checkout hook: a thread inside a write transaction never waits for a second
@@ -406,24 +425,38 @@ class SQLCore(CheckpointStore):
                 conn.execution_options(isolation_level=self.read_isolation)
             yield conn
 
+    #: Whether commit tokens come from the ``log_head`` counter, bumped first by every write
+    #: transaction (False: the dialect compiles :data:`versioned.CURRENT_SEQ` to a token of its own).
+    counted_commits = True
+
     @contextmanager
     def _commit(self) -> Iterator[Connection]:
-        """A write transaction that changes stored data: it first takes the next commit number
-        (and with it the lock that orders commits), which the rows it writes carry."""
+        """A write transaction that changes stored data: the rows it writes carry its commit token
+        (:data:`versioned.CURRENT_SEQ`), and its last statement logs the commit."""
         with self._write() as conn:
-            with self._pipeline(conn):
-                sent = self._log_commit(conn)
-            for cursor in sent:
+            for cursor in self._open_commit(conn):
                 _rowcount(cursor)
             yield conn
+            if conn.in_transaction():  # a dry run rolled back: nothing to log
+                _rowcount(self._close_commit(conn))
 
-    def _log_commit(self, conn: Connection) -> list[Any]:
-        """Send the bump of ``log_head`` and the ``commit_log`` row (inside a pipeline, they
-        travel with what follows); returns the cursors to close once synced."""
-        return [self._raw_bump.start(conn, [{"now": now_us()}]), self._raw_log.start(conn, [{}])]
+    def _open_commit(self, conn: Connection) -> list[Any]:
+        """Send what starts a commit (with a counter: its bump, and with it the lock that orders
+        writers; inside a pipeline it travels with what follows); returns the cursors to close
+        once synced."""
+        return [self._raw_bump.start(conn, [{}])] if self.counted_commits else []
+
+    def _close_commit(self, conn: Connection) -> Any:
+        """Send the ``commit_log`` row, the last statement of a commit (see :mod:`.versioned`);
+        returns its cursor."""
+        return self._raw_log.start(conn, [{"now": now_us()}])
+
+    def _lock_out_writers(self, conn: Connection) -> None:
+        """Keep every other writer out until this transaction ends (a rewind or a restore in
+        place). Default: nothing, the ``log_head`` counter's row lock already does."""
 
     def _seq(self, conn: Connection) -> int:
-        """This transaction's commit number (after :meth:`_commit` took it)."""
+        """This transaction's commit token."""
         return int(self._raw_head.fetch(conn, {})[0][0])
 
     def close(self) -> None:

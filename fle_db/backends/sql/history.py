@@ -37,7 +37,7 @@ from ..base import (
     Snapshot,
 )
 from . import versioned
-from .core import SQLCore, _idempotent, _rowcount, now_us
+from .core import SQLCore, _idempotent, _restartable, _rowcount, now_us
 
 
 def _instant(at_us: int) -> str:
@@ -56,17 +56,23 @@ class SQLHistory(SQLCore, HistoryStore):
     snapshot_chunk_rows = 500
 
     def _head(self, conn: Connection) -> tuple[CommitPoint, CommitPoint]:
-        row = conn.execute(
-            select(log_head.c.seq, log_head.c.committed_at, log_head.c.horizon_seq, log_head.c.horizon_at).where(
-                log_head.c.id == 1
-            )
+        row = conn.execute(select(log_head.c.horizon_seq, log_head.c.horizon_at).where(log_head.c.id == 1)).one()
+        latest = conn.execute(
+            select(commit_log.c.seq, commit_log.c.committed_at)
+            .order_by(commit_log.c.committed_at.desc(), commit_log.c.seq.desc())
+            .limit(1)
         ).one()
-        return CommitPoint(row.horizon_seq, row.horizon_at), CommitPoint(row.seq, row.committed_at)
+        return CommitPoint(row.horizon_seq, row.horizon_at), CommitPoint(latest.seq, latest.committed_at)
 
     @_idempotent
     def recovery_window(self) -> tuple[CommitPoint, CommitPoint]:
         with self._read() as conn:
             return self._head(conn)
+
+    @_idempotent
+    def commit_position(self) -> CommitPoint:
+        with self._read() as conn:
+            return self._head(conn)[1]
 
     def _commit_at(self, conn: Connection, at_us: int) -> CommitPoint:
         horizon, latest = self._head(conn)
@@ -82,7 +88,7 @@ class SQLHistory(SQLCore, HistoryStore):
         row = conn.execute(
             select(commit_log.c.seq, commit_log.c.committed_at)
             .where(commit_log.c.committed_at <= at_us)
-            .order_by(commit_log.c.committed_at.desc())
+            .order_by(commit_log.c.committed_at.desc(), commit_log.c.seq.desc())
             .limit(1)
         ).one()
         return CommitPoint(row.seq, row.committed_at)
@@ -94,11 +100,12 @@ class SQLHistory(SQLCore, HistoryStore):
 
     def _check_seq(self, conn: Connection, seq: int) -> CommitPoint:
         horizon, latest = self._head(conn)
-        if not horizon.seq <= seq <= latest.seq:
+        at = conn.execute(select(commit_log.c.committed_at).where(commit_log.c.seq == seq)).scalar()
+        if at is None or at < horizon.committed_at:
             raise ValidationError(
-                f"commit {seq} is outside the recovery window (commits {horizon.seq} to {latest.seq})"
+                f"commit {seq} is outside the recovery window (commits from {_instant(horizon.committed_at)} "
+                f"to {_instant(latest.committed_at)})"
             )
-        at = conn.execute(select(commit_log.c.committed_at).where(commit_log.c.seq == seq)).scalar_one()
         return CommitPoint(seq, at)
 
     @contextmanager
@@ -110,11 +117,12 @@ class SQLHistory(SQLCore, HistoryStore):
                 horizon, head = self._head(conn)  # the first read fixes the snapshot
                 if seq is not None:
                     head = self._check_seq(conn, seq)
+                at = None if seq is None else head.committed_at
                 tables = {table.name: table for table in VERSIONED_TABLES}
                 sources = {
-                    **{name: versioned.rows_at(table, seq) for name, table in tables.items()},
-                    **{HISTORY[name].name: versioned.history_at(table, seq) for name, table in tables.items()},
-                    commit_log.name: select(commit_log).where(commit_log.c.seq <= head.seq),
+                    **{name: versioned.rows_at(table, at) for name, table in tables.items()},
+                    **{HISTORY[name].name: versioned.history_at(table, at) for name, table in tables.items()},
+                    commit_log.name: select(commit_log).where(commit_log.c.committed_at <= head.committed_at),
                 }
 
                 def rows(name: str) -> Iterator[list[dict[str, Any]]]:
@@ -127,6 +135,7 @@ class SQLHistory(SQLCore, HistoryStore):
 
                 yield Snapshot(head, horizon, migrations.current_revision(conn), rows, count)
 
+    @_restartable
     def load_snapshot(
         self, snapshot: Snapshot, replace: bool, progress: Callable[[str, int], None] | None = None
     ) -> dict[str, int]:
@@ -135,8 +144,9 @@ class SQLHistory(SQLCore, HistoryStore):
         with self._write() as conn:
             seq: int | None = None
             if replace:
-                for cursor in self._log_commit(conn):
+                for cursor in self._open_commit(conn):
                     _rowcount(cursor)
+                self._lock_out_writers(conn)
                 seq = self._seq(conn)
                 versioned.delete_all(conn, self.unlink_bases_before_delete)
                 names = [table.name for table in VERSIONED_TABLES]
@@ -153,12 +163,16 @@ class SQLHistory(SQLCore, HistoryStore):
                         progress(name, done)
             versioned.link_lineage(conn, lineage)
             self._after_load(conn)
-            if not replace:
+            if replace:
+                _rowcount(self._close_commit(conn))
+            else:
+                # New tokens must stay clear of every token loaded (the counter continues above
+                # them; on PostgreSQL they are the base added to transaction ids).
                 conn.execute(
                     update(log_head)
                     .where(log_head.c.id == 1)
                     .values(
-                        seq=snapshot.head.seq,
+                        seq=self._highest_token(conn),
                         committed_at=snapshot.head.committed_at,
                         horizon_seq=snapshot.horizon.seq,
                         horizon_at=snapshot.horizon.committed_at,
@@ -171,8 +185,16 @@ class SQLHistory(SQLCore, HistoryStore):
         wrote with explicit values. SQLite's AUTOINCREMENT and MySQL's AUTO_INCREMENT follow by
         themselves."""
 
+    @staticmethod
+    def _highest_token(conn: Connection) -> int:
+        """The highest commit token any stored row or log entry carries."""
+        tokens = [select(func.max(commit_log.c.seq))]
+        tokens += [select(func.max(table.c.valid_from_seq)) for table in (*VERSIONED_TABLES, *HISTORY.values())]
+        tokens += [select(func.max(table.c.valid_to_seq)) for table in HISTORY.values()]
+        return max(int(conn.execute(query).scalar() or 0) for query in tokens)
+
     def _require_empty(self, conn: Connection) -> None:
-        seq = conn.execute(select(log_head.c.seq).where(log_head.c.id == 1)).scalar_one()
+        seq = conn.execute(select(func.count()).select_from(commit_log).where(commit_log.c.seq != 0)).scalar_one()
         used = [
             t.name
             for t in (*VERSIONED_TABLES, *HISTORY.values())
@@ -184,11 +206,14 @@ class SQLHistory(SQLCore, HistoryStore):
                 "a copy or restore goes into an empty database only"
             )
 
+    @_restartable
     def rewind(self, seq: int) -> dict[str, int]:
-        with self._commit() as conn:  # the commit's lock on log_head keeps every other writer out
-            self._check_seq(conn, seq)
-            return versioned.rewind(conn, seq, self._seq(conn), self.unlink_bases_before_delete)
+        with self._commit() as conn:
+            self._lock_out_writers(conn)
+            point = self._check_seq(conn, seq)
+            return versioned.rewind(conn, point.committed_at, self.unlink_bases_before_delete)
 
+    @_restartable
     def prune_history(self, before_us: int) -> dict[str, int]:
         deleted: dict[str, int] = {}
         with self._write() as conn:
@@ -197,15 +222,17 @@ class SQLHistory(SQLCore, HistoryStore):
             point = conn.execute(
                 select(commit_log.c.seq, commit_log.c.committed_at)
                 .where(commit_log.c.committed_at <= min(before_us, latest.committed_at))
-                .order_by(commit_log.c.committed_at.desc())
+                .order_by(commit_log.c.committed_at.desc(), commit_log.c.seq.desc())
                 .limit(1)
             ).first()
-            if point is None or point.seq <= horizon.seq:
+            if point is None or point.committed_at <= horizon.committed_at:
                 return deleted
             for table in HISTORY.values():
-                gone = conn.execute(delete(table).where(table.c.valid_to_seq <= point.seq))
+                gone = conn.execute(
+                    delete(table).where(~versioned.logged_after(table.c.valid_to_seq, point.committed_at))
+                )
                 deleted[str(table.name)] = int(gone.rowcount)
-            gone = conn.execute(delete(commit_log).where(commit_log.c.seq < point.seq))
+            gone = conn.execute(delete(commit_log).where(commit_log.c.committed_at < point.committed_at))
             deleted[str(commit_log.name)] = int(gone.rowcount)
             conn.execute(
                 update(log_head).where(log_head.c.id == 1).values(horizon_seq=point.seq, horizon_at=point.committed_at)

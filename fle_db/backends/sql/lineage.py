@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Integer,
+    Select,
     String,
     and_,
     bindparam,
@@ -41,7 +42,7 @@ from ..base import (
     TrajectoryFilter,
 )
 from . import versioned
-from .core import _VERIFY_CHUNK, SQLCore, _idempotent
+from .core import _VERIFY_CHUNK, SQLCore, _idempotent, _restartable
 from .idlist import in_ids
 
 #: What a cleanup report counts, besides bytes.
@@ -75,9 +76,21 @@ def _selected(table: Any, criteria: TrajectoryFilter | CleanupCriteria) -> list[
     return conditions
 
 
+def _unused(conn: Connection, query: Select[Any]) -> list[Any]:
+    """The rows of ``query`` (shared rows that nothing references any more), locked against a
+    concurrent writer that is about to reference them again: the rows are locked first, then
+    asked for again, so a reference committed while the lock was awaited counts (a writer that
+    comes later waits for this transaction and finds the row gone: MissingReferenceError, which
+    the client answers by writing once more whole). Where writers queue anyway (SQLite) the lock
+    is a no-op."""
+    conn.execute(query.with_for_update()).all()
+    return list(conn.execute(query).all())
+
+
 class SQLLineage(SQLCore):
     """Lineage queries, fork-tree walks, deletion and cleanup."""
 
+    @_restartable
     def delete_trajectory(self, trajectory_id: str, cascade: bool) -> list[str]:
         with self._commit() as conn:
             if not self._exists(conn, trajectory_id):
@@ -99,6 +112,7 @@ class SQLLineage(SQLCore):
                 self._delete_one(conn, tid, tally)
         return order
 
+    @_restartable
     def cleanup(self, criteria: CleanupCriteria, dry_run: bool) -> dict[str, Any]:
         with self._commit() as conn:
             selected = self._select_for_cleanup(conn, criteria)
@@ -198,13 +212,15 @@ class SQLLineage(SQLCore):
         uses and no delta needs as base (deltas first, then the keyframes they freed)."""
         for i in range(0, len(state_ids), _VERIFY_CHUNK):
             chunk = state_ids[i : i + _VERIFY_CHUNK]
-            orphans = list(
-                conn.execute(
+            orphans = [
+                row[0]
+                for row in _unused(
+                    conn,
                     select(game_states.c.id).where(
                         game_states.c.id.in_(chunk), ~exists().where(steps.c.game_state_id == game_states.c.id)
-                    )
-                ).scalars()
-            )
+                    ),
+                )
+            ]
             if not orphans:
                 continue
             blob_ids = set(
@@ -217,13 +233,14 @@ class SQLLineage(SQLCore):
             tally["game_states"] += len(orphans)
             dependent = blobs.alias("dependent")
             while blob_ids:
-                unused = conn.execute(
+                unused = _unused(
+                    conn,
                     select(blobs.c.id, blobs.c.base_id, func.length(blobs.c.body)).where(
                         blobs.c.id.in_(list(blob_ids)),
                         ~exists().where(game_state_parts.c.blob_id == blobs.c.id),
                         ~exists().where(dependent.c.base_id == blobs.c.id),
-                    )
-                ).all()
+                    ),
+                )
                 if unused:
                     versioned.retire(conn, blobs, blobs.c.id.in_([row[0] for row in unused]))
                 tally["blobs"] += len(unused)

@@ -30,7 +30,7 @@ from ..base import (
     StoredNode,
 )
 from . import versioned
-from .core import SQLCore, _idempotent, now_us
+from .core import SQLCore, _idempotent, _restartable, now_us
 
 
 def _node_select() -> Any:
@@ -90,6 +90,7 @@ class SQLSearch(SQLCore, SearchStore):
         values["valid_from_seq"] = versioned.CURRENT_SEQ
         return int(conn.execute(update(search_nodes).where(this).values(**values)).rowcount)
 
+    @_restartable
     def bump_search_stats(
         self,
         node_id: int,
@@ -104,6 +105,7 @@ class SQLSearch(SQLCore, SearchStore):
                 raise NotFoundError(f"search node {node_id} does not exist")
             return _stored_node(conn.execute(_node_select().where(search_nodes.c.id == node_id)).one())
 
+    @_restartable
     def visit(self, node_id: int, children: int) -> StoredNode:
         with self._commit() as conn:
             node = conn.execute(_node_select().where(search_nodes.c.id == node_id)).first()
@@ -200,6 +202,7 @@ class SQLSearch(SQLCore, SearchStore):
     #: race for the next number, before it gives up with ConflictError.
     allocate_attempts = 20
 
+    @_restartable
     def allocate_version(self, description: str | None, model: str | None) -> int:
         for _ in range(self.allocate_attempts):
             try:

@@ -1,19 +1,32 @@
 """Versioned rows for point-in-time recovery, in SQLAlchemy Core (every dialect alike).
 
-The model (see ``fle_db.schema``): a write transaction takes commit sequence number N from
-``log_head``; rows it inserts carry ``valid_from_seq = N``; before it updates or deletes a row it
-copies the old image into the table's history twin with ``valid_to_seq = N``. The database as
-committed at S is every live row with ``valid_from_seq <= S`` plus every history row with
-``valid_from_seq <= S < valid_to_seq``. Nothing here needs server configuration (no WAL
-archiving) and it means the same on SQLite, PostgreSQL and MySQL/MariaDB. The commit instant
-comes from the dialect's clock hook (the client's clock on SQLite, the server's on PostgreSQL and
+The model (see ``fle_db.schema``): every write transaction has a **commit token**
+(:data:`CURRENT_SEQ`), unique but not ordered; rows it inserts carry ``valid_from_seq = token``;
+before it updates or deletes a row it copies the old image into the table's history twin with
+``valid_to_seq = token``. Its LAST statement before COMMIT logs ``commit_log(seq=token,
+committed_at)``, the commit's instant: ``max(server clock in µs, every instant it can see + 1)``.
+A commit that depends on another (it read that one's rows, or waited on its row lock) runs its
+last statement after that one committed, so it sees that one's log row and gets a later instant.
+The **cut at instant T** is every commit logged at or before T: closed under dependencies, and
+exactly what a reader saw at T when no commit was in flight. As of T, a live row counts unless its
+commit is logged after T, a history row counts if its start commit is not logged after T and its
+end commit is (a commit pruned from the log counts as before the horizon). Ordering is thus by
+instant, and nothing needs a lock shared by all writers.
+
+The token is the dialect's: on PostgreSQL ``pg_current_xact_id()`` (plus ``log_head.seq``, a base
+that keeps tokens above any copied in by a restore), so writers never touch a shared row; SQLite
+(one writer at a time anyway) and MySQL/MariaDB keep a counter in ``log_head`` that each write
+transaction bumps first (its row lock orders their writers). Nothing here needs server
+configuration (no WAL archiving) and it means the same on every backend. The commit instant comes
+from the dialect's clock hook (the client's clock on SQLite, the server's on PostgreSQL and
 MySQL, so writers on many hosts share one time line).
 
-Reading a past state is a query; rewinding in place is itself one new commit that archives what
-changed after S and brings back what was valid at S, so history stays exact through restores.
-InnoDB checks foreign keys row by row, so a rewind re-inserts keyframes before the deltas naming
-them and a deletion can cut delta links first (``unlink``; the dialect's
-``unlink_bases_before_delete``). The HistoryStore role built on this is :mod:`.history`.
+Reading a past state is a query; rewinding in place is itself one new commit (which keeps every
+other writer out while it runs) that archives what changed after T and brings back what was valid
+at T, so history stays exact through restores. InnoDB checks foreign keys row by row, so a rewind
+re-inserts keyframes before the deltas naming them and a deletion can cut delta links first
+(``unlink``; the dialect's ``unlink_bases_before_delete``). The HistoryStore role built on this is
+:mod:`.history`.
 """
 
 from __future__ import annotations
@@ -33,14 +46,16 @@ from sqlalchemy import (
     delete,
     exists,
     insert,
-    literal,
+    literal_column,
     select,
     true,
     union_all,
     update,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
-from ...schema import HISTORY, VERSIONED_TABLES, log_head, trajectories
+from ...schema import HISTORY, VERSIONED_TABLES, commit_log, log_head, trajectories
 
 #: Tables whose rows reference rows of the same table through a "base" (delta) column: loading in
 #: chunks puts the rows without a base first, so every base exists before what needs it.
@@ -50,9 +65,33 @@ _BASE_COLUMN = {"blobs": "base_id", "steps": "base_step_number", "agent_outputs"
 LINEAGE_COLUMNS = ("parent_trajectory_id", "parent_step_number")
 
 
-#: This transaction's commit number, once it took one (in SQL: rows are stamped on the server, so
-#: the number never has to travel to the client before the rows go out).
-CURRENT_SEQ = select(log_head.c.seq).where(log_head.c.id == 1).scalar_subquery()
+class CurrentCommit(FunctionElement[int]):
+    """This transaction's commit token, in SQL (rows are stamped on the server, so the token never
+    has to travel to the client before the rows go out). Compiled per dialect: by default the
+    ``log_head`` counter the transaction bumped first; a backend module registers its own with
+    ``sqlalchemy.ext.compiler.compiles``."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+#: ``log_head.seq``, in SQL (a literal key: a compiled :class:`CurrentCommit` binds nothing).
+HEAD_SEQ = select(log_head.c.seq).where(log_head.c.id == literal_column("1")).scalar_subquery()
+
+
+@compiles(CurrentCommit)
+def _counter(element: CurrentCommit, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(HEAD_SEQ, **kw))
+
+
+#: This transaction's commit token (see :class:`CurrentCommit`).
+CURRENT_SEQ = CurrentCommit()
+
+
+def logged_after(token: ColumnElement[int], at: int) -> ColumnElement[bool]:
+    """Whether the commit ``token`` is logged after instant ``at`` (false for a commit pruned from
+    the log, which is before the horizon, and for this transaction's own, not logged yet)."""
+    return exists().where(commit_log.c.seq == token, commit_log.c.committed_at > at)
 
 
 def archive(conn: Connection, table: Table, condition: ColumnElement[bool]) -> None:
@@ -64,7 +103,7 @@ def archive(conn: Connection, table: Table, condition: ColumnElement[bool]) -> N
     conn.execute(
         insert(history).from_select(
             [*names, "valid_to_seq"],
-            select(*table.columns, CURRENT_SEQ).where(condition, table.c.valid_from_seq < CURRENT_SEQ),
+            select(*table.columns, CURRENT_SEQ).where(condition, table.c.valid_from_seq != CURRENT_SEQ),
         )
     )
 
@@ -86,51 +125,52 @@ def remove(conn: Connection, table: Table, condition: ColumnElement[bool], unlin
     return int(conn.execute(delete(table).where(condition)).rowcount)
 
 
-def _versions_at(table: Table, seq: int) -> Select[Any]:
-    """History rows of ``table`` valid at ``seq``, with the live table's column names."""
+def _versions_at(table: Table, at: int) -> Select[Any]:
+    """History rows of ``table`` valid at instant ``at``, with the live table's column names."""
     history = HISTORY[table.name]
     return select(*[history.c[c.name] for c in table.columns]).where(
-        history.c.valid_from_seq <= seq, history.c.valid_to_seq > seq
+        ~logged_after(history.c.valid_from_seq, at), logged_after(history.c.valid_to_seq, at)
     )
 
 
-def rows_at(table: Table, seq: int | None) -> Select[Any]:
-    """The rows of ``table`` as committed at ``seq`` (None: now), in an order that is safe to
-    insert chunk by chunk (rows without a base first)."""
-    if seq is None:
+def rows_at(table: Table, at: int | None) -> Select[Any]:
+    """The rows of ``table`` as committed at instant ``at`` (None: now), in an order that is safe
+    to insert chunk by chunk (rows without a base first)."""
+    if at is None:
         query: Any = select(*table.columns)
         source: Any = table
     else:
-        live = select(*table.columns).where(table.c.valid_from_seq <= seq)
-        source = union_all(live, _versions_at(table, seq)).subquery()
+        live = select(*table.columns).where(~logged_after(table.c.valid_from_seq, at))
+        source = union_all(live, _versions_at(table, at)).subquery()
         query = select(*source.c)
     return _bases_first(query, table, source)
 
 
-def history_at(table: Table, seq: int | None) -> Select[Any]:
-    """The history rows that had already ended at ``seq`` (None: all of them)."""
+def history_at(table: Table, at: int | None) -> Select[Any]:
+    """The history rows that had already ended at instant ``at`` (None: all of them)."""
     history = HISTORY[table.name]
     query = select(*history.columns)
-    return query if seq is None else query.where(history.c.valid_to_seq <= seq)
+    return query if at is None else query.where(~logged_after(history.c.valid_to_seq, at))
 
 
-def rewind(conn: Connection, seq: int, new_seq: int, unlink: bool = False) -> dict[str, int]:
-    """Make the live tables equal to their state at ``seq``, as commit ``new_seq``.
+def rewind(conn: Connection, at: int, unlink: bool = False) -> dict[str, int]:
+    """Make the live tables equal to their state at instant ``at``, as this commit (no other
+    writer may run meanwhile).
 
-    Per table, parents first: archive the rows changed after ``seq``, bring back rows deleted
+    Per table, parents first: archive the rows changed after ``at``, bring back rows deleted
     since (insert) and restore rows updated since (update in place, so no foreign key ever points
-    at a missing row); then, children first, delete rows created after ``seq``. Returns the rows
+    at a missing row); then, children first, delete rows created after ``at``. Returns the rows
     changed per table."""
     changed: dict[str, int] = {}
-    after = {t.name: and_(t.c.valid_from_seq > seq, t.c.valid_from_seq < new_seq) for t in VERSIONED_TABLES}
+    after = {t.name: logged_after(t.c.valid_from_seq, at) for t in VERSIONED_TABLES}
     for table in VERSIONED_TABLES:
         archive(conn, table, after[table.name])
     for table in VERSIONED_TABLES:
         key = list(table.primary_key.columns)
-        past = _versions_at(table, seq).subquery()
+        past = _versions_at(table, at).subquery()
         same_key = and_(*[table.c[c.name] == past.c[c.name] for c in key])
-        values = {c.name: past.c[c.name] for c in table.columns if c.name not in {k.name for k in key}}
-        values["valid_from_seq"] = literal(new_seq, BigInteger)
+        values: dict[str, Any] = {c.name: past.c[c.name] for c in table.columns if c.name not in {k.name for k in key}}
+        values["valid_from_seq"] = CURRENT_SEQ
         restored = conn.execute(
             insert(table)
             .execution_options(preserve_rowcount=True)  # INSERT's rowcount is otherwise not kept
@@ -174,7 +214,7 @@ def load_rows(
     lineage: list[dict[str, Any]],
 ) -> Iterator[int]:
     """Insert chunks of ``table`` rows (from :func:`rows_at` of another database); with ``seq``,
-    as new versions of commit ``seq``. Trajectories go in without their parent (which may come in
+    as new versions of the commit with token ``seq``. Trajectories go in without their parent (which may come in
     a later chunk): their links are appended to ``lineage`` for :func:`link_lineage`. Yields the
     rows inserted per chunk."""
     for chunk in chunks:
@@ -208,4 +248,18 @@ def link_lineage(conn: Connection, lineage: list[dict[str, Any]]) -> None:
         )
 
 
-__all__ = ["archive", "delete_all", "history_at", "link_lineage", "load_rows", "remove", "retire", "rewind", "rows_at"]
+__all__ = [
+    "CURRENT_SEQ",
+    "HEAD_SEQ",
+    "CurrentCommit",
+    "archive",
+    "delete_all",
+    "history_at",
+    "link_lineage",
+    "load_rows",
+    "logged_after",
+    "remove",
+    "retire",
+    "rewind",
+    "rows_at",
+]
