@@ -3,8 +3,9 @@
 A search tree (MCTS, beam search, evolutionary sampling) is a set of nodes, each a step of some
 trajectory with statistics (``visits``, ``value``, ``advantage``); ``append_step(..., node=...)``
 creates them (in :mod:`fle_db.client`, with the checkpoint). This mixin reads and updates them,
-walks lineage across forks, and allocates the numbered versions FLE groups its runs by. It only
-validates arguments and shapes the backend's rows into dicts.
+makes forks (and what a fork inherits), walks lineage across forks, and allocates the numbered
+versions FLE groups its runs by. It only validates arguments and shapes the backend's rows into
+dicts.
 """
 
 from __future__ import annotations
