@@ -138,7 +138,7 @@ def test_import_fle_db_loads_no_database_driver_and_no_alembic() -> None:
         import sys
         import fle_db
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("psycopg", "psycopg2", "pymysql", "MySQLdb",
-                                                                      "alembic", "filelock", "pyarrow"))
+                                                                      "apsw", "alembic", "filelock", "pyarrow"))
         print(loaded)
         """
     )

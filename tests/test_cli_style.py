@@ -104,14 +104,15 @@ def test_restore_to_without_flags_prints_the_recovery_window_and_exits_0(db_url:
 
 # -- warnings -----------------------------------------------------------------------------------
 def _fle_db(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``fle-db ARGS`` in a new process whose SQLite library reports a version with the WAL-reset bug."""
+    """``fle-db ARGS`` in a new process on the stdlib driver (chosen by the URL), whose SQLite library
+    reports a version with the WAL-reset bug."""
     script = (
         "import sqlite3, sys\n"
         "sqlite3.sqlite_version_info = (3, 45, 0)\n"
         "from fle_db.cli import main\n"
         "main(sys.argv[1:])\n"
     )
-    url = f"sqlite:///{tmp_path / 'w.db'}"
+    url = f"sqlite+pysqlite:///{tmp_path / 'w.db'}"
     env = {**os.environ, "FLE_DB_BACKUP_DIR": str(tmp_path / "bk")}
     return subprocess.run(
         [sys.executable, "-c", script, "--url", url, *args], capture_output=True, text=True, env=env, timeout=120

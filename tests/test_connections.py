@@ -29,13 +29,14 @@ def test_an_exhausted_pool_raises_a_timeout_error_after_connection_timeout(db_ur
         db.save_step({"trajectory_id": "t", "step_number": 0})  # usable again once connections return
 
 
-def test_sqlite_connections_use_wal_full_sync_foreign_keys_and_busy_timeout(make_url) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_connections_use_wal_full_sync_foreign_keys_busy_timeout_and_secure_delete(make_url) -> None:  # type: ignore[no-untyped-def]
     with DatabaseClient(make_url("sqlite"), connection_timeout=7) as db:
         with db._backend.engine.connect() as conn:  # type: ignore[attr-defined]
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
             assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 7000
+            assert conn.execute(text("PRAGMA secure_delete")).scalar() == 1  # deleted rows are zeroed
 
 
 def test_fast_durability_is_an_explicit_option_on_both_backends(db_url: str) -> None:
@@ -132,14 +133,21 @@ def test_sqlite_connections_keep_fle_db_transaction_control_after_reads(make_url
             assert conn.connection.dbapi_connection.isolation_level is None
 
 
-def test_a_sqlite_with_the_wal_reset_bug_is_warned_about_once(make_url, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_forced_stdlib_sqlite_with_the_wal_reset_bug_is_warned_about_once_and_the_default_never(
+    make_url, monkeypatch, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
     from fle_db.backends import sqlite as sqlite_backend
 
     monkeypatch.setattr(sqlite_backend, "_warned", False)
-    monkeypatch.setattr(sqlite_backend.sqlite3, "sqlite_version_info", (3, 45, 0))
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 45, 0))
     caplog.set_level("WARNING", logger="fle_db")
-    DatabaseClient(make_url("sqlite")).close()
-    DatabaseClient(make_url("sqlite")).close()
+    DatabaseClient(make_url("sqlite")).close()  # the bundled SQLite: nothing to warn about
+    assert not [r for r in caplog.records if "WAL-reset bug" in r.getMessage()]
+    for _ in range(2):
+        with DatabaseClient(make_url("sqlite").replace("sqlite:", "sqlite+pysqlite:", 1)) as db:
+            assert db.health_check()["checks"]["sqlite_version"]["status"] == "degraded"
     warnings = [r for r in caplog.records if "WAL-reset bug" in r.getMessage()]
     assert len(warnings) == 1
 

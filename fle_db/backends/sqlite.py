@@ -1,12 +1,17 @@
-"""SQLite backend (stdlib ``sqlite3`` through SQLAlchemy).
+"""SQLite backend (the SQLite ``apsw`` bundles, through SQLAlchemy and :mod:`.sqlite_apsw`).
+
+Driver: by default :mod:`.sqlite_apsw`, a DB-API face on ``apsw``, whose bundled SQLite (>= 3.51.3,
+pinned in pyproject.toml) has no known corruption bug. A ``sqlite+pysqlite://`` URL selects the
+stdlib ``sqlite3`` instead (the system's SQLite, e.g. a custom build): a documented choice, warned
+about once per process and reported by ``health_check()`` when that SQLite has the WAL-reset bug.
 
 Per connection: WAL journal (readers never block the writer), ``synchronous=FULL`` by default
 (a save that returned survives power loss; ``durability="fast"`` selects NORMAL, trading that
-for speed), foreign keys on, and a busy timeout equal to ``connection_timeout``. pysqlite's own
-transaction handling is switched off (``isolation_level = None``) so that fle-db emits ``BEGIN``
-itself: write transactions start with ``BEGIN IMMEDIATE``, taking the write lock up front, so
-concurrent writer processes queue on the busy timeout instead of failing with "database is
-locked" when a deferred transaction tries to upgrade its lock.
+for speed), foreign keys on, and a busy timeout equal to ``connection_timeout`` (all set by
+:func:`open_connection`). The driver never begins a transaction by itself (``isolation_level =
+None``) so that fle-db emits ``BEGIN`` itself: write transactions start with ``BEGIN IMMEDIATE``,
+taking the write lock up front, so concurrent writer processes queue on the busy timeout instead
+of failing with "database is locked" when a deferred transaction tries to upgrade its lock.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import logging
 import os
 import re
 import shutil
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +45,7 @@ from ..errors import (
 )
 from ..ops.files import check_regular
 from ..schema import metadata
+from . import sqlite_apsw
 from .base import ConnectionOptions, MigrationStatus
 from .readonly import capped_rows
 from .sql import SQLBackend
@@ -47,10 +53,10 @@ from .sql import SQLBackend
 #: SQLite's WAL-reset bug (https://sqlite.org/wal.html, "WAL-reset bug"): two connections that
 #: write or checkpoint at the same moment can corrupt a WAL database. In 3.7.0 up to 3.51.2,
 #: fixed in 3.51.3 and the 3.44.6 and 3.50.7 patch releases. Python's stdlib sqlite3 links the
-#: system library (3.40.1 on Debian 12); pysqlite3-binary bundles 3.51.1, still affected; apsw
-#: bundles a fixed SQLite but is not a DB-API driver SQLAlchemy can use. So fle-db detects it,
-#: warns once per process and reports it in health_check(); the remedy is a Python whose
-#: sqlite3 links a fixed SQLite, or PostgreSQL for many concurrent writer processes.
+#: system library (3.40.1 on Debian 12); pysqlite3-binary bundles 3.51.1, still affected. So
+#: fle-db uses the SQLite apsw bundles (:mod:`.sqlite_apsw`); when a URL forces the stdlib
+#: driver, fle-db detects an affected library, warns once per process and reports it in
+#: health_check().
 WAL_RESET_FIXED = ((3, 51, 3), (3, 50, 7), (3, 44, 6))
 
 
@@ -69,17 +75,30 @@ SQLITE_LIBRARY_LOGGER = "fle_db.sqlite_library"
 PROGRESS_STEPS = 10_000
 #: FLE's placeholders: ``%s`` a parameter, ``%%`` a literal ``%``.
 _PLACEHOLDER = re.compile(r"%[s%]")
+#: The URL driver name that selects the stdlib ``sqlite3`` module instead of :mod:`.sqlite_apsw`.
+STDLIB_DRIVER = "sqlite+pysqlite"
 
 
-def _warn_wal_reset_bug() -> None:
+def driver(url: URL) -> ModuleType:
+    """The DB-API module fle-db opens ``url``'s SQLite connections with: :mod:`.sqlite_apsw`
+    (a bundled SQLite without known corruption bugs), or ``sqlite3`` for a ``sqlite+pysqlite`` URL."""
+    if url.drivername == STDLIB_DRIVER:
+        import sqlite3
+
+        return sqlite3
+    return sqlite_apsw
+
+
+def _warn_wal_reset_bug(dbapi: ModuleType) -> None:
     global _warned
-    if not _warned and wal_reset_bug_affects(sqlite3.sqlite_version_info):
+    if not _warned and wal_reset_bug_affects(dbapi.sqlite_version_info):
         _warned = True
         logging.getLogger(SQLITE_LIBRARY_LOGGER).warning(
-            "SQLite %s has the WAL-reset bug (fixed in 3.51.3): several processes writing one database "
-            "file at once risk corrupting it. Use a Python linked with SQLite >= 3.51.3, or PostgreSQL, "
-            "for many concurrent writer processes.",
-            sqlite3.sqlite_version,
+            "SQLite %s (the %s driver) has the WAL-reset bug (fixed in 3.51.3): several processes writing "
+            "one database file at once risk corrupting it. Drop +pysqlite from the URL to use the SQLite "
+            "fle-db bundles, or use PostgreSQL.",
+            dbapi.sqlite_version,
+            dbapi.__name__,
         )
 
 
@@ -113,7 +132,9 @@ class SQLiteBackend(SQLBackend):
 
     @classmethod
     def normalize_url(cls, url: URL) -> URL:
-        return _url(url.database or ":memory:", "url")
+        """Path expanded; the driver kept only if it is ``pysqlite`` (the stdlib's, by choice)."""
+        normal = _url(url.database or ":memory:", "url")
+        return normal.set(drivername=STDLIB_DRIVER) if url.drivername == STDLIB_DRIVER else normal
 
     @classmethod
     def location(cls, url: URL) -> str:
@@ -129,13 +150,15 @@ class SQLiteBackend(SQLBackend):
         settings = self.settings
         path = database_path(settings.url)
         timeout = settings.connection_timeout
+        dbapi = driver(settings.url)
         if path is None:
             # One in-memory database is one connection. A pool of exactly that connection makes
             # threads take turns (StaticPool would hand it to several threads at once, mixing
             # their transactions: the conformance suite's thread test failed with FK errors).
-            memory = sqlite3.connect(":memory:", check_same_thread=False)
+            memory = open_connection(settings)
             engine = create_engine(
                 "sqlite://",
+                module=dbapi,
                 poolclass=QueuePool,
                 pool_size=1,
                 max_overflow=0,
@@ -145,41 +168,21 @@ class SQLiteBackend(SQLBackend):
         else:
             _check_regular(path)
             if settings.read_only:
-                # mode=ro: the file is opened read-only by the OS call (query_only below as well).
                 if not os.path.exists(path):
                     raise BackendUnavailableError(f"the SQLite database {path!r} does not exist (opened read-only)")
-                mode = "ro"
             else:
                 if settings.auto_migrate:
                     _create_owner_only(Path(path))
-                _warn_wal_reset_bug()
-                # mode=rw: a connection never creates the file (only migrate() does), so reading a
-                # missing database says so instead of leaving an empty one behind.
-                mode = "rw"
-            uri = f"file:{quote(os.path.abspath(path))}?mode={mode}"
+                _warn_wal_reset_bug(dbapi)
             engine = create_engine(
                 "sqlite://",
+                module=dbapi,
                 poolclass=QueuePool,
                 pool_size=settings.max_connections,
                 max_overflow=0,
                 pool_timeout=timeout,
-                creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=timeout),
+                creator=lambda: open_connection(settings),
             )
-        pragmas = [
-            f"PRAGMA busy_timeout = {int(timeout * 1000)}",
-            "PRAGMA foreign_keys = ON",
-            f"PRAGMA synchronous = {SYNCHRONOUS[settings.durability]}",
-        ]
-        if settings.read_only:
-            pragmas.append("PRAGMA query_only = 1")
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-            for pragma in pragmas:
-                dbapi_conn.execute(pragma)
-            if path is not None and not settings.read_only:
-                _ensure_wal(dbapi_conn, timeout)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -261,11 +264,12 @@ class SQLiteBackend(SQLBackend):
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
         disk = "failing" if free < DISK_FAILING_BYTES else "degraded" if free < DISK_DEGRADED_BYTES else "ok"
         wal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
-        affected = wal_reset_bug_affects(sqlite3.sqlite_version_info)
+        dbapi = driver(self.settings.url)
+        affected = wal_reset_bug_affects(dbapi.sqlite_version_info)
         return {
             "sqlite_version": {
                 "status": "degraded" if affected else "ok",
-                "detail": f"SQLite {sqlite3.sqlite_version}"
+                "detail": f"SQLite {dbapi.sqlite_version} ({'apsw' if dbapi is sqlite_apsw else 'stdlib sqlite3'})"
                 + (": has the WAL-reset bug (fixed in 3.51.3); avoid many writer processes" if affected else ""),
             },
             "disk": {"status": disk, "detail": f"{free / 2**20:,.0f} MiB free", "free_bytes": free},
@@ -294,9 +298,9 @@ class SQLiteBackend(SQLBackend):
         """``PRAGMA query_only`` plus an authorizer that allows reading and nothing else (no
         ATTACH, no PRAGMA, no temporary objects: nothing in the pooled connection's session can
         change), a progress handler that interrupts the statement after ``query_timeout``; the
-        stdlib driver runs one statement only."""
-        raw = conn.connection.dbapi_connection
-        assert isinstance(raw, sqlite3.Connection)
+        driver runs one statement only."""
+        dbapi = driver(self.settings.url)
+        raw: Any = conn.connection.dbapi_connection
         deadline = time.monotonic() + self.settings.query_timeout
         raw.execute("PRAGMA query_only = 1")
         raw.set_authorizer(_authorize_read)
@@ -305,9 +309,9 @@ class SQLiteBackend(SQLBackend):
         try:
             cursor.execute(sql, params)
             return capped_rows(cursor, self.settings.query_max_rows)
-        except sqlite3.ProgrammingError as exc:  # several statements, wrong parameter count
+        except dbapi.ProgrammingError as exc:  # several statements, wrong parameter count
             raise ValidationError(f"execute_query runs one SELECT: {exc}") from exc
-        except sqlite3.OperationalError as exc:
+        except dbapi.OperationalError as exc:
             detail = str(exc)
             if detail == "interrupted":
                 raise QueryTimeoutError(
@@ -316,7 +320,7 @@ class SQLiteBackend(SQLBackend):
             if any(word in detail for word in ("locked", "disk", "unable to open")):
                 raise  # the database's trouble, not the query's
             raise ValidationError(f"execute_query runs one read-only SELECT: {detail}") from exc
-        except sqlite3.DatabaseError as exc:
+        except dbapi.DatabaseError as exc:
             if "not authorized" not in str(exc):
                 raise
             raise ValidationError(f"execute_query is read-only: {exc}") from exc
@@ -325,6 +329,43 @@ class SQLiteBackend(SQLBackend):
             raw.set_progress_handler(None, 0)
             raw.set_authorizer(None)
             raw.execute("PRAGMA query_only = 0")
+
+
+def open_connection(settings: Any) -> Any:
+    """A new DB-API connection to the SQLite database of ``settings``, set up as every fle-db
+    SQLite connection is; the client's engine opens its connections with it, and so should any
+    other component (an async client).
+
+    The driver is :func:`driver`'s; the busy timeout is ``connection_timeout``; foreign keys on;
+    ``synchronous`` per ``durability``; ``secure_delete`` on; no transaction is begun implicitly (fle-db emits
+    ``BEGIN``/``BEGIN IMMEDIATE``). A file is opened ``mode=rw`` (never created: only migrating
+    creates it) and put in WAL mode, or ``mode=ro`` plus ``query_only`` when ``read_only`` (the
+    OS call opens it read-only). ``:memory:`` opens a new private in-memory database.
+    """
+    path = database_path(settings.url)
+    dbapi = driver(settings.url)
+    timeout = settings.connection_timeout
+    if path is None:
+        conn = dbapi.connect(":memory:", check_same_thread=False)
+    else:
+        uri = f"file:{quote(os.path.abspath(path))}?mode={'ro' if settings.read_only else 'rw'}"
+        conn = dbapi.connect(uri, uri=True, check_same_thread=False, timeout=timeout)
+    try:
+        conn.isolation_level = None
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[settings.durability]}")
+        # Deleted rows (delete_trajectory, cleanup) are overwritten with zeros, not left in free
+        # pages: Debian's system SQLite is built that way, apsw's bundled one is not.
+        conn.execute("PRAGMA secure_delete = ON")
+        if settings.read_only:
+            conn.execute("PRAGMA query_only = 1")
+        elif path is not None:
+            _ensure_wal(dbapi, conn, timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def database_path(url: URL) -> str | None:
@@ -340,7 +381,7 @@ def _url(path: str, source: str) -> URL:
     return URL.create("sqlite", database=str(Path(path).expanduser()))
 
 
-def _ensure_wal(conn: sqlite3.Connection, timeout: float) -> None:
+def _ensure_wal(dbapi: ModuleType, conn: Any, timeout: float) -> None:
     """Put the database in WAL mode (a persistent property of the file).
 
     Switching needs exclusive access and SQLite answers "database is locked" at once, without
@@ -354,12 +395,12 @@ def _ensure_wal(conn: sqlite3.Connection, timeout: float) -> None:
         try:
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
                 return
-        except sqlite3.OperationalError as exc:
+        except dbapi.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(0.01)
         if time.monotonic() > deadline:
-            raise sqlite3.OperationalError("database is locked: could not switch it to WAL mode")
+            raise dbapi.OperationalError("database is locked: could not switch it to WAL mode")
 
 
 def _check_regular(path: str) -> None:
@@ -386,9 +427,9 @@ def _create_owner_only(path: Path) -> None:
 
 #: What a read-only query may do: read tables and columns, SELECT, call functions, recurse.
 _READ_ACTIONS = frozenset(
-    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+    {sqlite_apsw.SQLITE_SELECT, sqlite_apsw.SQLITE_READ, sqlite_apsw.SQLITE_FUNCTION, sqlite_apsw.SQLITE_RECURSIVE}
 )
 
 
 def _authorize_read(action: int, *_args: Any) -> int:
-    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
+    return sqlite_apsw.SQLITE_OK if action in _READ_ACTIONS else sqlite_apsw.SQLITE_DENY

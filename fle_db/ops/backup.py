@@ -27,15 +27,15 @@ import os
 import re
 import secrets
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -417,9 +417,10 @@ class BackupScheduler:
 # -- file helpers ----------------------------------------------------------------------------
 def _seal(path: Path) -> None:
     """Make a SQLite file self-contained (no WAL beside it), owner-only, and durable."""
-    with sqlite3.connect(path) as conn:
+    from ..backends import sqlite_apsw  # the bundled SQLite, as every fle-db connection
+
+    with closing(sqlite_apsw.connect(str(path))) as conn:
         conn.execute("PRAGMA journal_mode=DELETE")
-    conn.close()
     os.chmod(path, 0o600)
     fsync(path)
 
@@ -427,11 +428,12 @@ def _seal(path: Path) -> None:
 def _verify_file(settings: Settings, path: Path) -> dict[str, Any]:
     """SQLite's structure check, then fle-db's validation (checksums and digests of everything)
     on a database file. Raises DataIntegrityError naming the first problems."""
+    from ..backends import sqlite_apsw
+
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
-        conn.close()
-    except sqlite3.DatabaseError as exc:
+        with closing(sqlite_apsw.connect(f"file:{quote(str(path))}?mode=ro", uri=True)) as conn:
+            result = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+    except sqlite_apsw.DatabaseError as exc:
         raise DataIntegrityError(f"{path.name} is not a readable SQLite database: {exc}") from None
     if result != ["ok"]:
         raise DataIntegrityError(f"{path.name} fails integrity_check: {'; '.join(result[:5])}")
