@@ -12,7 +12,6 @@ connections), and every public method that does work is counted in
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Unpack
@@ -290,12 +289,19 @@ class DatabaseClient(SearchTrees, Recovery):
 
     @timed
     def load_latest_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
-        """The newest checkpoint (highest ``step_number``), as :meth:`load_checkpoint` gives it
-        (``{"step", "agent_output", "environment_feedback", "game_state"}``), read in one index
-        lookup; None when the trajectory has no step (or does not exist): start the run afresh.
+        """Where a run resumes: its newest checkpoint (highest ``step_number``), as
+        :meth:`load_checkpoint` gives it (``{"step", "agent_output", "environment_feedback",
+        "game_state"}``), read in one index lookup. A fork without steps of its own resumes
+        from its fork point: that checkpoint, plus ``"inherited_from": {"trajectory_id",
+        "step_number"}`` naming where it is stored. None for a saved trajectory without steps
+        that is not a fork: start the run afresh.
+
+        Raises:
+            NotFoundError: the trajectory was never saved (a typo'd id must not start afresh:
+            ``save_trajectory({"id": ...})`` first). ValidationError: malformed id.
         """
         found = self._backend.load_checkpoint(check_id(trajectory_id, "trajectory_id"), None)
-        return self._records.checkpoint_dict(found) if found is not None else None
+        return self._records.checkpoint_dict(found) if found is not None else self._inherited_checkpoint(trajectory_id)
 
     @timed
     def list_trajectories(
@@ -337,37 +343,7 @@ class DatabaseClient(SearchTrees, Recovery):
         )  # fmt: skip
         return listing.page(query, self._backend.list_trajectories, self._backend.trajectory_bodies)
 
-    # -- search trees ---------------------------------------------------------------------
-    @timed
-    def fork_trajectory(
-        self,
-        parent_trajectory_id: str,
-        parent_step_number: int,
-        trajectory_id: str | None = None,
-        **fields: Any,
-    ) -> str:
-        """Fork a trajectory from any of its steps: a new trajectory (``trajectory_id``, or a
-        fresh uuid) whose lineage is that step, with ``fields`` as its other keys. Nothing is
-        copied: the fork's steps continue from the fork point (its first step's parent is that
-        step; see :meth:`get_lineage`), and a step saved with the parent's game state shares the
-        stored state by its content address. Idempotent for the same id and fork point.
-
-        Raises:
-            NotFoundError: the fork point does not exist. DependencyError: ``trajectory_id``
-            already exists with another lineage. ValidationError: bad id or field.
-        """
-        check_id(parent_trajectory_id, "parent_trajectory_id")
-        tid = trajectory_id if trajectory_id is not None else f"fork-{uuid.uuid4().hex}"
-        self.save_trajectory(
-            {
-                **fields,
-                "id": tid,
-                "parent_trajectory_id": parent_trajectory_id,
-                "parent_step_number": parent_step_number,
-            }
-        )
-        return tid
-
+    # -- appending --------------------------------------------------------------------------
     @timed
     def append_step(
         self,
@@ -380,10 +356,11 @@ class DatabaseClient(SearchTrees, Recovery):
         node: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Append a checkpoint as the next step of a trajectory, numbered by the database: under
-        the trajectory's lock, ``step_number`` = highest stored + 1 (0 for the first), so
-        concurrent appenders in any process get distinct, gap-free numbers — the monotonic order
-        resume reads. ``step`` is a step without ``trajectory_id``/``step_number`` (it may name
-        an explicit parent with ``parent_trajectory_id``/``parent_step_number``). ``node``
+        the trajectory's lock, ``step_number`` = highest stored + 1 (0 for the first; a fork's
+        first is its fork point + 1), so concurrent appenders in any process get distinct,
+        gap-free numbers — the monotonic order resume reads. ``step`` is a step without
+        ``trajectory_id``/``step_number`` (it may name an explicit parent with
+        ``parent_trajectory_id``/``parent_step_number``). ``node``
         (``{"tree": str, "depth": int, "value": float | None, "advantage": float | None}``)
         makes the step a search-tree node in the same transaction, with 0 visits.
 

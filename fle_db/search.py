@@ -3,19 +3,28 @@
 A search tree (MCTS, beam search, evolutionary sampling) is a set of nodes, each a step of some
 trajectory with statistics (``visits``, ``value``, ``advantage``); ``append_step(..., node=...)``
 creates them (in :mod:`fle_db.client`, with the checkpoint). This mixin reads and updates them,
-walks lineage across forks, and allocates the numbered versions FLE groups its runs by. It only
-validates arguments and shapes the backend's rows into dicts.
+makes forks (and what a fork inherits), walks lineage across forks, and allocates the numbered
+versions FLE groups its runs by. It only validates arguments and shapes the backend's rows into
+dicts.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .backends.base import CheckpointStore, NodeQuery, SearchStore, StoredNode, as_search
 from .errors import NotFoundError, ValidationError
 from .models import TEXT_LENGTH
 from .ops.metrics import Metrics, timed
+from .storage.records import Records
 from .validation import check_count, check_float, check_id, check_node_id, check_step_number, is_int
+
+_Found = TypeVar("_Found")
+
+#: What a fork takes from its parent unless given (its own keys, the run's result, are not).
+_INHERITED_KEYS = ("task", "agent_type")
 
 
 class SearchTrees:
@@ -23,6 +32,7 @@ class SearchTrees:
 
     _backend: CheckpointStore
     _metrics: Metrics
+    _records: Records
 
     @property
     def _search(self) -> SearchStore:
@@ -112,6 +122,95 @@ class SearchTrees:
         if tree is not None:
             return self._search.tree_values("", check_id(tree, "tree"))
         return self._search.tree_values(check_id(tree_prefix, "tree_prefix"), None)
+
+    # -- forks ----------------------------------------------------------------------------
+    @timed
+    def fork_trajectory(
+        self,
+        parent_trajectory_id: str,
+        parent_step_number: int,
+        trajectory_id: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """Fork a trajectory from any of its steps: a new trajectory (``trajectory_id``, or a
+        fresh uuid) whose lineage is that step, with ``fields`` as its other keys and the
+        parent's ``task`` and ``agent_type`` unless given (a fork saved before keeps its own).
+        Nothing is copied: until the fork has a step, :meth:`load_latest_checkpoint` gives the
+        fork point's checkpoint; :meth:`append_step` numbers its first step fork point + 1, whose
+        parent is the fork point (see :meth:`get_lineage`); a step saved with the parent's game
+        state shares the stored state by its content address. A step the parent only inherits
+        (a fork forked again at or before its own fork point, before it stores that step) is
+        forked where it is stored: the lineage names that trajectory. Idempotent for the same
+        id and fork point.
+
+        Raises:
+            NotFoundError: the fork point does not exist. DependencyError: ``trajectory_id``
+            already exists with another lineage. ValidationError: bad id or field.
+        """
+        check_id(parent_trajectory_id, "parent_trajectory_id")
+        number = check_step_number(parent_step_number)
+        parent = self._backend.load_trajectory(parent_trajectory_id)
+        inherited: dict[str, Any] = {}
+        owner = parent_trajectory_id
+        if parent is not None:
+            body = self._records.load(parent.codec, parent.body)
+            inherited = {key: body[key] for key in _INHERITED_KEYS if key in body}
+            found = self._along_lineage(parent_trajectory_id, number, self._backend.load_step)
+            owner = found[0] if found is not None else parent_trajectory_id
+        tid = trajectory_id if trajectory_id is not None else f"fork-{uuid.uuid4().hex}"
+        fork = {**fields, "id": tid, "parent_trajectory_id": owner, "parent_step_number": parent_step_number}
+        saved_id, build = self._records.trajectory(fork, inherited)
+        self._backend.save_trajectory(saved_id, build)
+        return saved_id
+
+    def _fork_point(self, trajectory_id: str) -> tuple[str, int] | None:
+        """The step a trajectory was forked from, None if it is not a fork.
+
+        Raises:
+            NotFoundError: the trajectory was never saved (the message says how a run starts).
+        """
+        stored = self._backend.load_trajectory(trajectory_id)
+        if stored is None:
+            raise NotFoundError(
+                f"trajectory {trajectory_id!r} does not exist (a new run: save_trajectory({{'id': ...}}) first)"
+            )
+        body = self._records.load(stored.codec, stored.body)
+        parent = body.get("parent_trajectory_id")
+        return (parent, int(body["parent_step_number"])) if parent is not None else None
+
+    def _along_lineage(
+        self, trajectory_id: str, step_number: int, load: Callable[[str, int], _Found | None]
+    ) -> tuple[str, _Found] | None:
+        """The first trajectory that stores step ``step_number`` as seen from ``trajectory_id``
+        (itself, else, while the step is at or before the fork point, its parent, and so on),
+        with what ``load`` read there; None if there is none."""
+        tid: str | None = trajectory_id
+        seen: set[str] = set()
+        while tid is not None and tid not in seen:
+            seen.add(tid)
+            found = load(tid, step_number)
+            if found is not None:
+                return tid, found
+            fork = self._fork_point(tid)
+            tid = fork[0] if fork is not None and step_number <= fork[1] else None
+        return None
+
+    def _inherited_checkpoint(self, trajectory_id: str) -> dict[str, Any] | None:
+        """What a trajectory without steps resumes from (see ``load_latest_checkpoint``): a
+        fork's fork point with ``inherited_from``, else None. NotFoundError: never saved."""
+        fork = self._fork_point(trajectory_id)
+        if fork is None:
+            return None
+        found = self._along_lineage(*fork, self._backend.load_checkpoint)
+        if found is None:
+            raise NotFoundError(
+                f"step {fork[1]} of trajectory {fork[0]!r}, the fork point of {trajectory_id!r}, is gone"
+            )
+        owner, checkpoint = found
+        return {
+            **self._records.checkpoint_dict(checkpoint),
+            "inherited_from": {"trajectory_id": owner, "step_number": fork[1]},
+        }
 
     @timed
     def get_lineage(self, trajectory_id: str, step_number: int) -> list[dict[str, Any]]:

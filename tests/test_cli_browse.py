@@ -149,6 +149,20 @@ def test_show_steps_lists_every_step_on_one_line_each(url: str) -> None:
     assert [step["step_number"] for step in listed["step_list"]] == [0, 1, 2]
 
 
+def test_show_of_a_fork_resumes_at_its_fork_point_and_counts_its_steps_from_there(url: str) -> None:
+    _fill(url)  # old-fork: forked from step 0 of old, no step of its own
+    inherited = invoke("--url", url, "show", "old-fork", "--state")
+    assert inherited.exit_code == 0 and "step 0 (inherited from old)" in " ".join(inherited.stdout.split())
+    as_json = ok_json(invoke("--url", url, "show", "old-fork", "--state", "--json"))
+    assert as_json["inherited_from"] == {"trajectory_id": "old", "step_number": 0}
+    with DatabaseClient(url) as db:
+        for _ in range(2):
+            db.append_step("old-fork", {"action": "print('fork')"})
+    shown = ok_json(invoke("--url", url, "show", "old-fork", "--json"))
+    assert (shown["steps"], shown["latest_step_number"], shown["contiguous"]) == (2, 2, True)
+    assert "not contiguous" not in invoke("--url", url, "show", "old-fork").stdout
+
+
 def test_show_a_missing_step_or_a_bad_number_fails_with_one_line(url: str) -> None:
     _fill(url)
     one_line_error(invoke("--url", url, "show", "old", "--step", "7"), 1, "step 7", "does not exist")

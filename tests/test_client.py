@@ -114,8 +114,11 @@ def test_latest_checkpoint_is_the_highest_step_number_not_the_last_written(db: D
     assert latest["step"]["step_number"] == 5 and latest["game_state"] == {"at": 5}
 
 
-def test_latest_checkpoint_is_none_without_steps(db: DatabaseClient) -> None:
-    assert db.load_latest_checkpoint("never-saved") is None
+def test_latest_checkpoint_is_none_for_a_saved_trajectory_without_steps_and_not_found_for_an_unsaved_one(
+    db: DatabaseClient,
+) -> None:
+    with pytest.raises(NotFoundError, match=r"'never-saved' does not exist.*save_trajectory"):
+        db.load_latest_checkpoint("never-saved")
     db.save_trajectory({"id": "empty"})
     assert db.load_latest_checkpoint("empty") is None
     db.save_step(step(0, tid="nostate"))

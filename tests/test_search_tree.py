@@ -52,11 +52,11 @@ def test_lineage_is_the_path_to_the_root_across_forks_and_explicit_parents(db: D
     db.fork_trajectory("root", 1, "fork")
     db.append_step("fork", {"action": "d"})
     db.append_step("fork", {"action": "e"})
-    db.append_step("other", {"action": "f", "parent_trajectory_id": "fork", "parent_step_number": 1})
+    db.append_step("other", {"action": "f", "parent_trajectory_id": "fork", "parent_step_number": 3})
 
     path = [(p["trajectory_id"], p["step_number"]) for p in db.get_lineage("other", 0)]
 
-    assert path == [("root", 0), ("root", 1), ("fork", 0), ("fork", 1), ("other", 0)]
+    assert path == [("root", 0), ("root", 1), ("fork", 2), ("fork", 3), ("other", 0)]
     assert db.validate()["ok"]
     assert [(p["trajectory_id"], p["step_number"]) for p in db.get_lineage("root", 0)] == [("root", 0)]
     with pytest.raises(NotFoundError):
@@ -72,7 +72,7 @@ def test_children_of_a_step_are_its_next_step_its_forks_and_its_explicit_childre
 
     children = [(c["trajectory_id"], c["step_number"]) for c in db.get_children("root", 1)]
 
-    assert children == [("fork", 0), ("other", 0), ("root", 2)]
+    assert children == [("fork", 2), ("other", 0), ("root", 2)]
     assert db.get_children("root", 2) == []
     with pytest.raises(NotFoundError):
         db.get_children("root", 7)

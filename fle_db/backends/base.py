@@ -190,9 +190,10 @@ class CheckpointStore(ABC):
         self, trajectory_id: str, build: Callable[[int], Checkpoint]
     ) -> tuple[SaveResult, int | None]:
         """Append a step to a trajectory in one transaction: under the trajectory's lock (created
-        if missing), ``build(n)`` receives the next step number (highest stored + 1, or 0) and
-        returns the checkpoint to write. Returns the result and the id of the node created with
-        it (None without a node). Not idempotent: each call appends a new step.
+        if missing), ``build(n)`` receives the next step number (highest stored + 1; without
+        steps, a fork's fork point + 1, else 0) and returns the checkpoint to write. Returns the
+        result and the id of the node created with it (None without a node). Not idempotent:
+        each call appends a new step.
 
         ConflictError if the checkpoint conflicts with stored data (nothing written)."""
 

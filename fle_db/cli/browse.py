@@ -170,12 +170,15 @@ def show(options: Options, trajectory_id: str, list_steps: bool, step_number: in
         metadata = client.load_metadata(trajectory_id)
         steps = client.load_steps(trajectory_id, with_parts=list_steps)
     numbers = [step["step_number"] for step in steps]
+    # A fork's steps continue from its fork point (forks numbered from 0 before that, too).
+    forked_at = trajectory.get("parent_step_number")
+    first = 0 if forked_at is None or numbers[:1] == [0] else forked_at + 1
     result: dict[str, Any] = {
         "trajectory": trajectory,
         "metadata": metadata,
         "steps": len(numbers),
         "latest_step_number": numbers[-1] if numbers else None,
-        "contiguous": numbers == list(range(len(numbers))),
+        "contiguous": numbers == list(range(first, first + len(numbers))),
     }
     if list_steps:
         result["step_list"] = steps
@@ -184,7 +187,7 @@ def show(options: Options, trajectory_id: str, list_steps: bool, step_number: in
         return
     rows = [(key, text(value)) for key, value in trajectory.items()]
     rows += [(f"metadata.{key}", text(value)) for key, value in metadata.items()]
-    rows.append(("steps", str(len(numbers)) + ("" if result["contiguous"] else " (not contiguous from 0)")))
+    rows.append(("steps", str(len(numbers)) + ("" if result["contiguous"] else f" (not contiguous from {first})")))
     rows.append(("latest step", "none" if not numbers else f"{numbers[-1]} (fle-db show {trajectory_id} --step N)"))
     print_table(f"trajectory {trajectory_id}", rows)
     if list_steps:
@@ -245,7 +248,9 @@ def _show_checkpoint(options: Options, trajectory_id: str, checkpoint: dict[str,
     rows = [("reward", text(step.get("reward"))), ("game state", step.get("game_state_id") or "none")]
     rows += [(f"step.{key}", text(value)) for key, value in step.items() if key not in _SHOWN_STEP_KEYS]
     rows += [(f"agent_output.{key}", text(value)) for key, value in (output or {}).items() if key != "code"]
-    print_table(f"trajectory {trajectory_id}, step {number}", rows)
+    inherited = checkpoint.get("inherited_from")
+    where = f" (inherited from {inherited['trajectory_id']})" if inherited else ""
+    print_table(f"trajectory {trajectory_id}, step {number}{where}", rows)
     code = agent_code(step, output)
     out.rule("code", align="left")
     out.print(Syntax(code, "python", word_wrap=True, theme="ansi_dark") if code else Text("(none)"))

@@ -79,10 +79,11 @@ class Records:
         return result
 
     def trajectory(
-        self, trajectory: Mapping[str, Any] | models.Trajectory
+        self, trajectory: Mapping[str, Any] | models.Trajectory, defaults: Mapping[str, Any] | None = None
     ) -> tuple[str, Callable[[tuple[str, bytes]], TrajectoryRow]]:
         """Validate a trajectory to save (its keys encodable, checked now) and return its id and
-        the builder of its row from the stored ``(codec, body)`` it merges into.
+        the builder of its row from the stored ``(codec, body)`` it merges into; ``defaults``
+        (a fork's inherited keys) fill the keys neither the trajectory nor the stored row has.
 
         Raises:
             ValidationError / PayloadTooLargeError: now. DependencyError: from the builder, when
@@ -102,7 +103,7 @@ class Records:
                         f"trajectory {trajectory_id!r} was forked from {old.get('parent_trajectory_id')!r} "
                         f"step {old.get('parent_step_number')}; its lineage cannot change"
                     )
-            merged = {**old, **fields}
+            merged = {**(defaults or {}), **old, **fields}
             reward = merged.get("total_reward")
             return TrajectoryRow(
                 id=trajectory_id,

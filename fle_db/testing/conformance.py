@@ -344,7 +344,8 @@ class CheckpointStoreConformance(_Suite):
             db.load_game_states([known, "f" * 32])
         with pytest.raises(NotFoundError):
             db.delete_trajectory("nope")
-        assert db.load_latest_checkpoint("nope") is None
+        with pytest.raises(NotFoundError):
+            db.load_latest_checkpoint("nope")  # a typo'd id must not start a run afresh
 
     # -- idempotency and conflicts -----------------------------------------------------------
     def test_saving_the_same_checkpoint_again_is_a_no_op(self, db: DatabaseClient) -> None:
@@ -421,6 +422,53 @@ class CheckpointStoreConformance(_Suite):
             "environment_feedback": None,
             "game_state": None,
         }
+
+    def test_resuming_a_fork_continues_from_where_it_branched(self, db: DatabaseClient) -> None:
+        for n in range(3):
+            db.save_step(_step("root", n), agent_output={"code": f"c{n}"}, game_state={"tick": n})
+        db.fork_trajectory("root", 1, "fork")
+        at_fork = {**db.load_checkpoint("root", 1), "inherited_from": {"trajectory_id": "root", "step_number": 1}}
+        assert db.load_latest_checkpoint("fork") == at_fork
+        assert db.append_step("fork", {"action": "x"}, game_state={"tick": 9})["step_number"] == 2
+        latest = db.load_latest_checkpoint("fork")
+        assert latest is not None and "inherited_from" not in latest
+        assert (latest["step"]["step_number"], latest["game_state"]) == (2, {"tick": 9})
+        assert db.append_step("fork")["step_number"] == 3
+        lineage = [(p["trajectory_id"], p["step_number"]) for p in db.get_lineage("fork", 3)]
+        assert lineage == [("root", 0), ("root", 1), ("fork", 2), ("fork", 3)]
+        db.save_trajectory({"id": "old", "parent_trajectory_id": "root", "parent_step_number": 2})
+        db.save_step(_step("old", 0))  # a fork numbered from 0 keeps its numbering
+        assert db.append_step("old")["step_number"] == 1
+
+    def test_a_fork_of_a_fork_resumes_from_the_trajectory_that_stores_its_fork_point(self, db: DatabaseClient) -> None:
+        for n in range(3):
+            db.save_step(_step("root", n), game_state={"tick": n})
+        db.fork_trajectory("root", 2, "a")
+        db.fork_trajectory("a", 1, "a1")  # a stores no step 1: it is root's
+        assert db.load_trajectory("a1")["parent_trajectory_id"] == "root"
+        assert db.load_latest_checkpoint("a1")["inherited_from"] == {"trajectory_id": "root", "step_number": 1}  # type: ignore[index]
+        db.append_step("a", game_state={"tick": 30})
+        db.fork_trajectory("a", 3, "b")
+        db.fork_trajectory("b", 3, "c")  # before b has a step
+        for tid in ("b", "c"):
+            latest = db.load_latest_checkpoint(tid)
+            assert latest is not None and latest["inherited_from"] == {"trajectory_id": "a", "step_number": 3}
+            assert latest["game_state"] == {"tick": 30}
+        assert db.append_step("c")["step_number"] == 4
+        with pytest.raises(NotFoundError):
+            db.fork_trajectory("b", 4, "d")  # after b's fork point: not b's step
+
+    def test_a_fork_inherits_task_and_agent_type_unless_given(self, db: DatabaseClient) -> None:
+        db.save_trajectory({"id": "root", "task": "iron", "agent_type": "gpt", "total_reward": 5.0})
+        db.save_step(_step("root", 0))
+        db.fork_trajectory("root", 0, "same")
+        assert db.load_trajectory("same") == {"id": "same", "task": "iron", "agent_type": "gpt",
+                                              "parent_trajectory_id": "root", "parent_step_number": 0}  # fmt: skip
+        db.fork_trajectory("root", 0, "other", task="copper")
+        assert (db.load_trajectory("other")["task"], db.load_trajectory("other")["agent_type"]) == ("copper", "gpt")
+        db.save_trajectory({"id": "same", "task": "renamed"})
+        db.fork_trajectory("root", 0, "same")  # again: idempotent, the fork keeps its own task
+        assert db.load_trajectory("same")["task"] == "renamed"
 
     # -- lineage and deletion ------------------------------------------------------------------
     def test_forks_need_their_parent_step_and_keep_their_lineage(self, db: DatabaseClient) -> None:

@@ -30,6 +30,7 @@ def main() -> None:
     url, trajectory_id, seed, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     work = Workload(seed)
     with DatabaseClient(url) as db:
+        db.save_trajectory({"id": trajectory_id})  # a run exists before it resumes (else NotFoundError)
         latest = db.load_latest_checkpoint(trajectory_id)
         number = 0
         if latest is not None:

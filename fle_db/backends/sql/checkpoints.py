@@ -352,11 +352,16 @@ class SQLCheckpoints(SQLCore):
             # transaction already excludes every other writer): appenders to one trajectory
             # serialise here, so each reads the step number the previous one committed.
             self._ensure_trajectories(conn, [trajectory_id], now)
-            conn.execute(select(trajectories.c.id).where(trajectories.c.id == trajectory_id).with_for_update()).one()
+            forked_at = conn.execute(
+                select(trajectories.c.parent_step_number).where(trajectories.c.id == trajectory_id).with_for_update()
+            ).scalar()
             last = conn.execute(
                 select(func.max(steps.c.step_number)).where(steps.c.trajectory_id == trajectory_id)
             ).scalar()
-            checkpoint = build(0 if last is None else int(last) + 1)
+            # A fork without steps continues from its fork point.
+            if last is None:
+                last = forked_at if forked_at is not None else -1
+            checkpoint = build(int(last) + 1)
             existed = self._write_checkpoints(conn, [checkpoint], now, log=False)
             node_id = None
             if checkpoint.node is not None:
