@@ -110,17 +110,28 @@ class PostgresBackend(SQLBackend):
 
     def _create_engine(self) -> Engine:
         settings = self.settings
+        connect_args: dict[str, Any] = {
+            "connect_timeout": max(1, round(settings.connection_timeout)),
+            "application_name": "fle-db",
+        }
+        # Startup ``options`` only where they change something: the default (durability="full",
+        # writable) is the server's own setting, and PgBouncer (1.18, stock settings) refuses
+        # any startup ``options``, so the default client works behind it unconfigured.
+        options = (
+            []
+            if settings.durability == "full"
+            else [f"-c synchronous_commit={SYNCHRONOUS_COMMIT[settings.durability]}"]
+        )
+        if settings.read_only:
+            options.append("-c default_transaction_read_only=on")
+        if options:
+            connect_args["options"] = " ".join(options)
         engine = create_engine(
             settings.url,
             pool_size=settings.max_connections,
             max_overflow=0,
             pool_timeout=settings.connection_timeout,
-            connect_args={
-                "connect_timeout": max(1, round(settings.connection_timeout)),
-                "application_name": "fle-db",
-                "options": f"-c synchronous_commit={SYNCHRONOUS_COMMIT[settings.durability]}"
-                + (" -c default_transaction_read_only=on" if settings.read_only else ""),
-            },
+            connect_args=connect_args,
         )
         event.listen(engine, "connect", _no_preparing_behind_a_pooler)
         return engine
