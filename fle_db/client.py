@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Unpack
 
 from . import instants, listing, models
 from .backends import AdminStore, CheckpointStore, as_admin, as_search, open_backend
-from .backends.base import Checkpoint, CleanupCriteria, NodeRow, SaveResult, TrajectoryFilter
+from .backends.base import Checkpoint, NodeRow, SaveResult, TrajectoryFilter
 from .config import Options, Settings
 from .errors import NotFoundError, SchemaVersionError, ValidationError
+from .maintenance import Maintenance
 from .ops import backup, export
 from .ops.metrics import Metrics, timed
 from .ops.validate import validate as validate_database
@@ -32,7 +33,6 @@ from .validation import (
     as_dict,
     as_list,
     check_callback,
-    check_count,
     check_float,
     check_id,
     check_ids,
@@ -46,7 +46,7 @@ from .validation import (
 _SEVERITY = ["ok", "degraded", "failing"]
 
 
-class DatabaseClient(SearchTrees, Recovery):
+class DatabaseClient(SearchTrees, Recovery, Maintenance):
     """Checkpoint store for agent trajectories on SQLite (default), PostgreSQL, MySQL/MariaDB or a
     custom backend.
 
@@ -587,55 +587,7 @@ class DatabaseClient(SearchTrees, Recovery):
         """
         return export.import_data(self, path, check_callback(progress))
 
-    # -- maintenance ----------------------------------------------------------------------
-    @timed
-    def cleanup(
-        self,
-        older_than: timedelta | float | None = None,
-        *,
-        before: datetime | str | float | None = None,
-        trajectory_ids: Iterable[str] | None = None,
-        task: str | None = None,
-        agent_type: str | None = None,
-        keep_best_per_task: int | None = None,
-        dry_run: bool = False,
-    ) -> dict[str, Any]:
-        """Delete old or unwanted trajectories, lineage-aware, in one transaction.
-
-        Selects the trajectories matching EVERY criterion given: no activity (trajectory or
-        step written) for ``older_than`` (a ``timedelta`` or seconds) or since ``before`` (an
-        aware datetime, ISO 8601 string with offset, or epoch seconds, as :meth:`restore_to`
-        takes), the ids ``trajectory_ids`` (a single string is one id), ``task``,
-        ``agent_type``, and with ``keep_best_per_task=N`` all but the N highest
-        ``total_reward`` of each task. A selected trajectory that a surviving one forks from is
-        kept (``kept_for_lineage``), so no fork ever points at a deleted step. States and blobs
-        nothing else uses go too. ``dry_run=True`` does the same work and rolls it back: the
-        report (``trajectories`` deleted, ``kept_for_lineage``, ``rows`` deleted per table,
-        payload ``bytes_freed``) is exact. The deleted rows stay restorable (:meth:`restore_to`)
-        until ``pitr_retention`` has passed and :meth:`optimize` prunes them; space returns to the
-        filesystem only after that, with ``optimize(vacuum=True)`` (SQLite, MySQL) or VACUUM FULL.
-
-        Raises:
-            ValidationError: no criterion, or a bad one (both ``older_than`` and ``before``...).
-        """
-        if older_than is not None and before is not None:
-            raise ValidationError("cleanup: give older_than or before, not both")
-        if older_than is not None:
-            ago = instants.ago_us(instants.parse_duration(older_than, "older_than"))
-            if ago < 0:
-                raise ValidationError(f"older_than {older_than!r:.80} reaches back before 1970")
-            cutoff: int | None = ago
-        else:
-            cutoff = instants.optional_instant(before, "before")
-        check_count(keep_best_per_task, "keep_best_per_task")
-        chosen = check_ids(trajectory_ids, "trajectory_ids") if trajectory_ids is not None else None
-        criteria = CleanupCriteria(
-            cutoff, chosen, check_text(task, "task"), check_text(agent_type, "agent_type"), keep_best_per_task
-        )
-        if criteria == CleanupCriteria():
-            raise ValidationError("cleanup needs at least one criterion (it never deletes everything by default)")
-        return self._backend.cleanup(criteria, dry_run)
-
+    # -- maintenance (cleanup, thin, apply_retention: in their mixin) -----------------------
     @timed
     def optimize(self, *, vacuum: bool = False, reindex: bool = False) -> dict[str, Any]:
         """The maintenance each backend needs, with a report ``{"actions": [{"action", "ms"}],

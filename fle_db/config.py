@@ -30,6 +30,10 @@ variable (argument)         meaning                                        defau
 (``backup_keep``)
 ``FLE_DB_PITR_RETENTION``   seconds point-in-time recovery reaches back    ``604800`` (7 days)
 (``pitr_retention``)
+``FLE_DB_RETENTION``        retention policy (``fle_db.retention``), e.g.  none
+(``retention``)             ``thin states older than 30 days to every
+                            10th; delete trajectories older than 180 days
+                            except the best 5 per task``
 ``FLE_DB_QUERY_TIMEOUT``    seconds one ``execute_query`` may run          ``5``
 (``query_timeout``)
 ``FLE_DB_QUERY_MAX_ROWS``   rows one ``execute_query`` may return          ``100000``
@@ -56,11 +60,13 @@ from typing import Any, TypedDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from . import retention as retention_policy
 from .backends import registry
 from .backends.base import ConnectionOptions as ConnectionOptions  # re-exported: plug-ins import it from here
 from .errors import ConfigurationError
 from .ops.files import checked_path
 from .redact import redact
+from .retention import RetentionPolicy
 from .validation import is_int, is_number
 
 DEFAULT_BACKEND = "sqlite"
@@ -115,6 +121,7 @@ class Options(TypedDict, total=False):
     backup_interval: float | None
     backup_keep: int | None
     pitr_retention: float | None
+    retention: str | None
     query_timeout: float | None
     query_max_rows: int | None
     read_only_url: str | None
@@ -150,6 +157,9 @@ class Settings:
     #: Seconds of history kept for point-in-time recovery (pruned by optimize, cleanup and
     #: automated backups).
     pitr_retention: float = DEFAULT_PITR_RETENTION
+    #: The retention policy (thin and delete old runs), applied with each automated backup and by
+    #: ``fle-db retention apply``; None: none.
+    retention: RetentionPolicy | None = None
     #: Seconds one read-only query (``execute_query``) may run before it is stopped.
     query_timeout: float = DEFAULT_QUERY_TIMEOUT
     #: Rows one read-only query may return; more raises QueryLimitError.
@@ -207,6 +217,7 @@ class Settings:
         backup_interval: float | None = None,
         backup_keep: int | None = None,
         pitr_retention: float | None = None,
+        retention: str | None = None,
         query_timeout: float | None = None,
         query_max_rows: int | None = None,
         read_only_url: str | None = None,
@@ -271,7 +282,9 @@ class Settings:
         keep = _number(backup_keep, env, "backup_keep", "FLE_DB_BACKUP_KEEP", DEFAULT_BACKUP_KEEP)
         if keep is None or keep < 1 or keep != int(keep):
             raise ConfigurationError(f"backup_keep (FLE_DB_BACKUP_KEEP) must be an integer >= 1, got {keep!r}")
-        retention = _number(pitr_retention, env, "pitr_retention", "FLE_DB_PITR_RETENTION", DEFAULT_PITR_RETENTION)
+        retention_seconds = _number(
+            pitr_retention, env, "pitr_retention", "FLE_DB_PITR_RETENTION", DEFAULT_PITR_RETENTION
+        )
         timeout = _number(query_timeout, env, "query_timeout", "FLE_DB_QUERY_TIMEOUT", DEFAULT_QUERY_TIMEOUT)
         if not timeout or timeout > 86400:
             raise ConfigurationError(
@@ -282,6 +295,9 @@ class Settings:
             raise ConfigurationError(
                 f"query_max_rows (FLE_DB_QUERY_MAX_ROWS) must be an integer >= 1, got {max_rows!r}"
             )
+        policy_text = retention if retention is not None else env.get("FLE_DB_RETENTION") or None
+        source = "retention" if retention is not None else "FLE_DB_RETENTION"
+        policy = retention_policy.parse(policy_text, source) if policy_text is not None else None
         read_only_login = _read_only_url(read_only_url, env, backend)
         folder = backup_dir if backup_dir is not None else env.get("FLE_DB_BACKUP_DIR") or DEFAULT_BACKUP_DIR
         return cls(
@@ -298,7 +314,8 @@ class Settings:
             backup_dir=Path(folder).expanduser(),
             backup_interval=interval,
             backup_keep=int(keep),
-            pitr_retention=float(retention or 0.0),
+            pitr_retention=float(retention_seconds or 0.0),
+            retention=policy,
             query_timeout=float(timeout),
             query_max_rows=int(max_rows),
             read_only_url=read_only_login,

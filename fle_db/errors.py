@@ -47,6 +47,12 @@ class MissingReferenceError(NotFoundError):
         self.reference = reference
 
 
+class StateThinnedError(NotFoundError):
+    """The game state asked for was dropped by :meth:`~fle_db.DatabaseClient.thin` (the step's
+    action, output, feedback and reward are kept). Saving or importing the original checkpoint
+    again restores it; ``restore_to`` an instant before the thinning still has it."""
+
+
 class ConflictError(FleDBError):
     """A different record already exists under the same key; nothing was changed."""
 
@@ -117,6 +123,7 @@ __all__ = [
     "QueryTimeoutError",
     "ReadOnlyError",
     "SchemaVersionError",
+    "StateThinnedError",
     "StorageFullError",
     "UnsupportedError",
     "ValidationError",

@@ -269,9 +269,10 @@ class FLEDBClient:
         self, version: int = 1, compression_strength: float | None = None, adaptive_period: int = 100
     ) -> Any:
         """A parent program sampled as FLE does: among the version's 300 newest programs that have
-        an advantage, weighted by ``(tanh(z * compression_strength) + 1) / 2 + 1e-6`` of the
-        advantage's z-score; ``compression_strength`` None follows a sine of the program count
-        with period ``adaptive_period``. None when the version has no program with an advantage."""
+        an advantage and a game state (never one whose state was thinned), weighted by
+        ``(tanh(z * compression_strength) + 1) / 2 + 1e-6`` of the advantage's z-score;
+        ``compression_strength`` None follows a sine of the program count with period
+        ``adaptive_period``. None when the version has no such program."""
         return await self._run(self._sample_parent, version, compression_strength, adaptive_period)
 
     def _sample_parent(self, version: int, compression_strength: float | None, adaptive_period: int) -> Any:
@@ -279,7 +280,9 @@ class FLEDBClient:
         if compression_strength is None:
             count = self.db.get_tree_summary(tree)["nodes"]
             compression_strength = (math.sin(2 * math.pi * count / adaptive_period) + 1) / 2
-        recent = self.db.get_search_nodes(tree, order="recent", limit=SAMPLE_WINDOW, with_advantage=True)
+        recent = self.db.get_search_nodes(
+            tree, order="recent", limit=SAMPLE_WINDOW, with_advantage=True, with_state=True
+        )
         if not recent:
             return None
         advantages = [float(node["advantage"]) for node in recent]

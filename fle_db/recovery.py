@@ -26,6 +26,7 @@ class Recovery:
     _settings: Settings
     _backups: backup.BackupStore
     _metrics: Metrics
+    apply_retention: Callable[..., dict[str, Any]]  # the Maintenance mixin's
 
     @property
     def _history(self) -> HistoryStore:
@@ -108,9 +109,11 @@ class Recovery:
     def backup_scheduler(self, interval: float, keep: int) -> backup.BackupScheduler:
         """A scheduler of automated backups of this database (not started): ``run_once()`` backs
         up if the newest backup is ``interval`` seconds old, keeps the ``keep`` newest and prunes
-        point-in-time history; ``start()`` runs that in a daemon thread until ``stop()``. Opening
-        a client with ``backup_interval`` does this for you."""
-        return backup.BackupScheduler(self._backups, self._backend, interval, keep)
+        point-in-time history; after each new backup it applies the ``retention`` setting, if
+        any (:meth:`apply_retention`); ``start()`` runs that in a daemon thread until ``stop()``.
+        Opening a client with ``backup_interval`` does this for you."""
+        policy = self.apply_retention if self._settings.retention is not None else None
+        return backup.BackupScheduler(self._backups, self._backend, interval, keep, policy)
 
     @timed
     def recovery_window(self) -> dict[str, Any]:

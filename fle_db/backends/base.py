@@ -67,6 +67,7 @@ from .rows import (
     StoredRecord,
     StoredState,
     StoredStep,
+    ThinRule,
     TrajectoryFilter,
     TrajectoryQuery,
     TrajectoryRow,
@@ -204,6 +205,19 @@ class CheckpointStore(ABC):
         uses. Returns ``trajectories`` (ids), ``kept_for_lineage``, ``rows`` (per table) and
         payload ``bytes_freed``; with ``dry_run``
         the same work is done and rolled back, so the report is exact."""
+
+    def thin(self, criteria: CleanupCriteria, rule: ThinRule, dry_run: bool) -> dict[str, Any]:
+        """Drop the game states of the selected trajectories' steps that ``rule`` does not keep,
+        in one transaction (an ordinary commit of the point-in-time history), and re-encode the
+        blobs that depended on dropped ones; see :meth:`fle_db.DatabaseClient.thin` for the
+        report. With ``dry_run`` the same work is done and rolled back. Not abstract: a backend
+        that does not thin raises UnsupportedError (the default)."""
+        raise UnsupportedError(f"the {self.name!r} backend cannot thin game states", role="thin")
+
+    def thinned_states(self, state_ids: Sequence[str]) -> set[str]:
+        """The ids among ``state_ids`` of states :meth:`thin` dropped (and that were not saved
+        again since). Default: none (a backend that does not thin has none)."""
+        return set()
 
     # -- lineage --------------------------------------------------------------------------
     @abstractmethod
@@ -559,6 +573,7 @@ __all__ = [
     "StoredRecord",
     "StoredState",
     "StoredStep",
+    "ThinRule",
     "TrajectoryFilter",
     "TrajectoryQuery",
     "TrajectoryRow",

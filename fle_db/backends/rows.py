@@ -286,6 +286,18 @@ class CleanupCriteria:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinRule:
+    """Which game states a thinning keeps, besides every trajectory's latest step and every fork
+    point: each step whose number is a multiple of ``keep_every``, and every search node (with
+    ``thin_search_nodes``: only the ``keep_best_per_depth`` highest-value nodes of each depth of
+    each tree)."""
+
+    keep_every: int = 10
+    keep_best_per_depth: int = 1
+    thin_search_nodes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TrajectoryFilter:
     """Which trajectories an export selects: every given criterion must hold (AND)."""
 
@@ -408,6 +420,7 @@ __all__ = [
     "StoredRecord",
     "StoredState",
     "StoredStep",
+    "ThinRule",
     "TrajectoryFilter",
     "TrajectoryQuery",
     "TrajectoryRow",

@@ -10,8 +10,9 @@ other fle-db error (database unreachable, trajectory not found...). fle-db error
 ``warning:`` on stderr, each once per process.
 
 The commands live in modules by group: :mod:`.setup` (init, migrate, status, config),
-:mod:`.browse` (list, show, ui), :mod:`.maintenance` (stats, health, cleanup, optimize, validate,
-metrics), :mod:`.transfer` (demo, export, import, copy), :mod:`.backups` (backup, restore-to).
+:mod:`.browse` (list, show, ui), :mod:`.maintenance` (stats, health, cleanup, thin, optimize,
+validate, metrics), :mod:`.retention` (retention show, apply), :mod:`.transfer` (demo, export,
+import, copy), :mod:`.backups` (backup, restore-to).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import click
 
 from .. import __version__
 from ..errors import ConfigurationError, FleDBError, ValidationError
-from . import backups, browse, maintenance, setup, transfer
+from . import backups, browse, maintenance, retention, setup, transfer
 from ._common import EXIT_ERROR, EXIT_USAGE, Options, show_warnings
 
 
@@ -98,6 +99,8 @@ for _command in (
     maintenance.stats,
     maintenance.health,
     maintenance.cleanup,
+    maintenance.thin,
+    retention.retention,
     maintenance.optimize,
     maintenance.validate,
     maintenance.metrics,

@@ -16,6 +16,34 @@ USER_TABLES = frozenset(table.name for table in VERSIONED_TABLES)
 _COUNTS = ("trajectories", "steps", "game_states", "agent_outputs", "environment_feedbacks", "search_nodes", "blobs")
 
 
+def _selection_options(command: Any) -> Any:
+    """The options selecting trajectories, shared by ``cleanup`` and ``thin`` (as their methods)."""
+    options = [
+        click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), help="No activity for N days."),
+        click.option("--before", help="No activity since this ISO 8601 time (with offset)."),
+        click.option("--id", "trajectory_ids", multiple=True, help="Only these trajectory ids (repeatable)."),
+        click.option("--task", help="Only trajectories of this task."),
+        click.option("--agent", "agent_type", help="Only trajectories of this agent type."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _selection(
+    older_than_days: float | None, before: str | None, trajectory_ids: tuple[str, ...], task: str | None,
+    agent_type: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The keyword arguments of :func:`_selection_options`' values for ``cleanup`` / ``thin``."""
+    return {
+        "older_than": older_than_days * 86400 if older_than_days is not None else None,
+        "before": before,
+        "trajectory_ids": trajectory_ids or None,
+        "task": task,
+        "agent_type": agent_type,
+    }
+
+
 @click.command()
 @click.option("--all", "show_all", is_flag=True, help="Also list fle-db's internal tables (history, commit log).")
 @json_option
@@ -67,11 +95,7 @@ def health(options: Options) -> None:
 
 
 @click.command()
-@click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), help="No activity for this many days.")
-@click.option("--before", help="No activity since this ISO 8601 time (with offset).")
-@click.option("--id", "trajectory_ids", multiple=True, help="Only these trajectory ids (repeatable).")
-@click.option("--task", help="Only trajectories of this task.")
-@click.option("--agent", "agent_type", help="Only trajectories of this agent type.")
+@_selection_options
 @click.option("--keep-best", "keep_best_per_task", type=click.IntRange(min=0), help="Keep the N best per task.")
 @click.option("--yes", is_flag=True, help="Really delete; without it this is a dry run.")
 @json_option
@@ -90,11 +114,7 @@ def cleanup(
     descends from is kept). A dry run unless --yes: it reports what would go and the bytes freed."""
     with open_client(options, writes=True) as client:
         report = client.cleanup(
-            older_than_days * 86400 if older_than_days is not None else None,
-            before=before,
-            trajectory_ids=trajectory_ids or None,
-            task=task,
-            agent_type=agent_type,
+            **_selection(older_than_days, before, trajectory_ids, task, agent_type),
             keep_best_per_task=keep_best_per_task,
             dry_run=not yes,
         )
@@ -171,3 +191,57 @@ def metrics(options: Options) -> None:
         ("pool", f"{result['pool']['in_use']} in use, {result['pool']['idle']} idle, max {result['pool']['max']}")
     )
     print_table("fle-db metrics", rows)
+
+
+@click.command()
+@_selection_options
+@click.option("--keep-every", type=click.IntRange(min=1), default=10, show_default=True, help="Keep every Nth state.")
+@click.option("--thin-search-nodes", is_flag=True, help="Also thin search nodes, keeping the best per depth.")
+@click.option("--keep-best-per-depth", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --thin-search-nodes: search nodes kept per depth of each tree.")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Only report what would go (the default without --yes).")
+@click.option("--yes", is_flag=True, help="Really drop the states; without it this is a dry run.")
+@json_option
+@click.pass_obj
+def thin(
+    options: Options,
+    older_than_days: float | None,
+    before: str | None,
+    trajectory_ids: tuple[str, ...],
+    task: str | None,
+    agent_type: str | None,
+    keep_every: int,
+    thin_search_nodes: bool,
+    keep_best_per_depth: int,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """Drop the game states of old steps nothing resumes from, in the trajectories matching every
+    option given (as cleanup selects them), keeping every step's records, the latest step, fork
+    points, search nodes and every Nth state. A dry run unless --yes."""
+    if dry_run and yes:
+        raise click.UsageError("--dry-run and --yes contradict each other")
+    with open_client(options, writes=True) as client:
+        result = client.thin(
+            **_selection(older_than_days, before, trajectory_ids, task, agent_type),
+            keep_every=keep_every,
+            keep_best_per_depth=keep_best_per_depth,
+            thin_search_nodes=thin_search_nodes,
+            dry_run=not yes,
+        )
+    if options.json:
+        echo_json(result)
+        return
+    print_table("fle-db thin" + (" (dry run: pass --yes to thin)" if result["dry_run"] else ""), thin_rows(result))
+
+
+def thin_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The table rows of a thin report (shared with ``retention apply``)."""
+    shown = ", ".join(result["trajectories"][:20]) or "-"
+    return [
+        ("trajectories", f"{len(result['trajectories'])}: {shown}"),
+        ("states dropped", f"{result['game_states']:,} ({result['steps_thinned']:,} steps)"),
+        ("blobs", f"{result['blobs_deleted']:,} deleted, {result['blobs_reencoded']:,} re-encoded"),
+        ("bytes freed", f"{iec_bytes(result['bytes_freed'])} once history is pruned (optimize)"),
+        ("bytes freed now", f"{result['bytes_freed_now']:,} (the dropped rows stay restorable until pruned)"),
+    ]

@@ -368,16 +368,26 @@ class BackupStore:
 class BackupScheduler:
     """Automated backups: every ``interval`` seconds (counted from the newest backup in the
     folder, so several processes sharing a database don't multiply them), then retention
-    (``keep`` newest) and point-in-time history pruning (``pitr_retention``). Runs in a daemon
-    thread; :meth:`stop` waits for a backup in progress. A process killed mid-backup leaves only
+    (``keep`` newest), the ``retention`` policy (a callable applying the client's
+    ``retention`` setting, once after each new backup, so the backup still holds what it thins or
+    deletes) and point-in-time history pruning (``pitr_retention``). Runs in a daemon thread;
+    :meth:`stop` waits for a backup in progress. A process killed mid-backup leaves only
     temporary files, which are never listed and are removed by the next backup."""
 
-    def __init__(self, store: BackupStore, backend: CheckpointStore, interval: float, keep: int) -> None:
+    def __init__(
+        self,
+        store: BackupStore,
+        backend: CheckpointStore,
+        interval: float,
+        keep: int,
+        retention: Callable[[], object] | None = None,
+    ) -> None:
         if not is_number(interval) or not 0 < interval < float("inf"):
             raise ConfigurationError(f"backup_interval must be > 0 seconds, got {interval!r:.80}")
         if not is_int(keep) or keep < 1:
             raise ConfigurationError(f"backup_keep must be an integer >= 1, got {keep!r:.80}")
         self.store, self.backend, self.interval, self.keep = store, backend, interval, keep
+        self.retention = retention
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fle-db-backups", daemon=True)
         self.last_error: Exception | None = None
@@ -387,12 +397,15 @@ class BackupScheduler:
         return self
 
     def run_once(self) -> dict[str, Any] | None:
-        """Back up if one is due; then prune. Returns the new manifest, or None if none was due."""
+        """Back up if one is due, then apply the retention policy; then prune. Returns the new
+        manifest, or None if none was due."""
         age = self.store.newest_age()
         manifest = None
         if age is None or age >= self.interval:
             manifest = self.store.create(self.backend)
             self.store.prune(keep=self.keep)
+            if self.retention is not None:
+                self.retention()
         as_history(self.backend).prune_history(ago_us(self.store.settings.pitr_retention))
         return manifest
 

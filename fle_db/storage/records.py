@@ -30,10 +30,11 @@ from ..backends.base import (
     StoredStep,
     TrajectoryRow,
 )
-from ..errors import DataIntegrityError, DependencyError, MissingReferenceError, ValidationError
+from ..errors import DataIntegrityError, DependencyError, MissingReferenceError, StateThinnedError, ValidationError
 from ..validation import as_dict, validated
 from . import codec
 from .engine import BlobCache, EncodedRecord, PendingBases, StateDecoder, StateEncoder
+from .thinning import is_thinned
 
 T = TypeVar("T")
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -230,14 +231,25 @@ class Records:
         ]
 
     def state(self, stored: StoredState) -> dict[str, Any]:
-        """A stored game state, decoded and verified."""
+        """A stored game state, decoded and verified. Raises StateThinnedError for a state
+        :meth:`~fle_db.DatabaseClient.thin` dropped, DataIntegrityError for corrupt bytes."""
+        if is_thinned(stored.codec, stored.body, len(stored.parts)):
+            raise StateThinnedError(
+                f"game state {stored.id} was thinned (fle-db thin / retention): its steps keep their records; "
+                "save or import the original checkpoint to restore it, or restore_to an instant before the thinning"
+            )
         state: dict[str, Any] = self.decoder.state(stored.id, stored.codec, stored.body, stored.parts)
         return state
 
-    def states(self, stored: Iterable[StoredState]) -> dict[str, dict[str, Any]]:
-        """Stored game states by id; parts shared between them are decoded once."""
+    def states(self, stored: Iterable[StoredState], skip_thinned: bool = False) -> dict[str, dict[str, Any]]:
+        """Stored game states by id; parts shared between them are decoded once. Thinned states
+        raise StateThinnedError, or with ``skip_thinned`` are left out."""
         with codec.gc_paused():
-            return {state.id: self.state(state) for state in stored}
+            return {
+                state.id: self.state(state)
+                for state in stored
+                if not (skip_thinned and is_thinned(state.codec, state.body, len(state.parts)))
+            }
 
 
 def decode_records(decoder: StateDecoder, rows: list[StoredStep]) -> list[Any]:

@@ -7,6 +7,7 @@ error translation, dialect hooks), combined here into :class:`SQLBackend`:
   the dialect hooks ``sqlite.py``, ``postgres.py`` and ``mysql.py`` fill in;
 * ``checkpoints``: writes and reads of trajectories, steps, records, game states, metadata;
 * ``lineage``: ancestry and children of steps, fork-tree walks, deletion, cleanup and GC;
+* ``thinning``: dropping the game states of steps nothing resumes from (``thin``);
 * ``search``: search nodes and FLE versions (the SearchStore role);
 * ``admin``: statistics, health, maintenance, validation scans, read-only queries (AdminStore);
 * ``history``: snapshots, copies, rewind and pruning (HistoryStore), over ``versioned``: the
@@ -22,11 +23,11 @@ from ..base import Backend
 from .admin import SQLAdmin
 from .checkpoints import SQLCheckpoints
 from .history import SQLHistory
-from .lineage import SQLLineage
 from .search import SQLSearch
+from .thinning import SQLThinning
 
 
-class SQLBackend(SQLAdmin, SQLCheckpoints, SQLLineage, SQLSearch, SQLHistory, Backend):
+class SQLBackend(SQLAdmin, SQLCheckpoints, SQLThinning, SQLSearch, SQLHistory, Backend):
     """Backend over a SQLAlchemy engine, implementing every role. A dialect subclasses it and
     provides the hooks of :class:`~.core.SQLCore`."""
 

@@ -39,6 +39,7 @@ from ..base import (
 from ..readonly import ReadOnlyLogin
 from .checkpoints import _RECORD_KINDS, SQLCheckpoints
 from .core import _VERIFY_CHUNK, _idempotent
+from .thinning import thinned_state
 
 #: Tables whose rows :meth:`SQLAdmin.statistics` counts.
 _COUNTED = (trajectories, steps, game_states, agent_outputs, environment_feedbacks, blobs, search_nodes)
@@ -255,7 +256,7 @@ class SQLAdmin(SQLCheckpoints, AdminStore):
         query = (
             select(game_states.c.id, game_state_parts.c.key, game_state_parts.c.blob_id)
             .select_from(game_states.outerjoin(game_state_parts, game_state_parts.c.state_id == game_states.c.id))
-            .where(game_states.c.codec == CODEC_MANIFEST)
+            .where(game_states.c.codec == CODEC_MANIFEST, ~thinned_state(game_states.c.id))
             .order_by(game_states.c.id)
         )
         with self._read() as conn:

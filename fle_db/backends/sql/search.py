@@ -31,6 +31,7 @@ from ..base import (
 )
 from . import versioned
 from .core import SQLCore, _idempotent, _restartable, now_us
+from .thinning import thinned_state
 
 
 def _node_select() -> Any:
@@ -159,7 +160,7 @@ class SQLSearch(SQLCore, SearchStore):
         if query.with_advantage:
             conditions.append(n.advantage.is_not(None))
         if query.with_state:
-            conditions.append(steps.c.game_state_id.is_not(None))
+            conditions += [steps.c.game_state_id.is_not(None), ~thinned_state(steps.c.game_state_id)]
         select_nodes = _node_select().where(*conditions)
         if query.per_depth is not None:
             rank = func.row_number().over(partition_by=n.depth, order_by=(n.value.desc(), n.id)).label("rank")

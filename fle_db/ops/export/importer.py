@@ -88,9 +88,14 @@ def import_data(
     what was added before the failure, all of it from the file, and a new import completes it.
     Trajectories before a failing one stay imported.
 
+    A stored step whose game state was thinned (:meth:`~fle_db.DatabaseClient.thin`) gets the
+    file's state back when it has the step's ``game_state_id`` (counted in
+    ``game_states_restored``; a trajectory that changed no other way stays ``unchanged``).
+
     Importing the same file twice writes nothing the second time. Returns counts
     ``{"trajectories": {"created", "updated", "unchanged"}, "steps" | "agent_outputs" |
-    "environment_feedbacks" | "metadata": {"created", "present"}, "seconds"}``.
+    "environment_feedbacks" | "metadata": {"created", "present"}, "game_states_restored",
+    "seconds"}``.
 
     Raises:
         NotFoundError: ``path`` does not exist.
@@ -107,6 +112,7 @@ def import_data(
     counts: dict[str, Any] = {"trajectories": {"created": 0, "updated": 0, "unchanged": 0}}
     for table in ("steps", "agent_outputs", "environment_feedbacks", "metadata"):
         counts[table] = {"created": 0, "present": 0}
+    counts["game_states_restored"] = 0
     done = 0
     with _open_regular(path) as raw:
         lines = _numbered_lines(raw, client.settings.max_payload_bytes)
@@ -313,11 +319,15 @@ def _import_trajectory(client: DatabaseClient, block: _Block, counts: dict[str, 
         stored["environment_feedback"] = {r["step_number"]: r for r in client.load_environment_feedbacks(tid)}
     # Every stored record must equal the file's before anything is written; collect what is new.
     new: list[tuple[int, frozenset[str]]] = []
+    states: dict[str, int] = {}  # state id of a stored step -> the line holding that state
     for index, parts in enumerate(block.parts):
         missing = parts
         if stored_trajectory is not None:
             record = orjson.loads(block.line(index))
             number = record["step_number"]
+            held_step = stored["step"].get(number)
+            if held_step is not None and held_step["game_state_id"] and record.get("game_state") is not None:
+                states.setdefault(held_step["game_state_id"], index)
             for name in parts:
                 held = stored[name].get(number)
                 if held is not None and not _same(held, record[name]):
@@ -336,6 +346,7 @@ def _import_trajectory(client: DatabaseClient, block: _Block, counts: dict[str, 
         _write_checkpoints(client, block, new)
         for key, value in new_metadata.items():
             client.save_metadata(tid, key, value)
+        counts["game_states_restored"] += _restore_thinned(client, block, states)
     except BaseException:
         if stored_trajectory is None:
             _undo(client, tid)
@@ -385,6 +396,19 @@ def _write_checkpoints(client: DatabaseClient, block: _Block, new: list[tuple[in
             batch, size = [], 0
     if batch:
         client.batch_save_steps(batch)
+
+
+def _restore_thinned(client: DatabaseClient, block: _Block, states: dict[str, int]) -> int:
+    """Save again the file's states of stored steps whose state was thinned; returns how many."""
+    restored = 0
+    for state_id in client._backend.thinned_states(list(states)):
+        state = orjson.loads(block.line(states[state_id]))["game_state"]
+        if client.save_game_state(state) != state_id:
+            raise ConflictError(
+                f"the file's game state for {block.trajectory['id']!r} is not the stored step's state {state_id}"
+            )
+        restored += 1
+    return restored
 
 
 def _undo(client: DatabaseClient, tid: str) -> None:

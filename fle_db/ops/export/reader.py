@@ -76,7 +76,9 @@ def _page(
         state_id = state_of.get(number)
         if state_id is not None and state_id not in states:
             states = {}  # the previous batch goes before the next is read
-            states = client.load_game_states(_state_batch(numbers, index, state_of, sizes))
+            batch = _state_batch(numbers, index, state_of, sizes)
+            # A thinned state is left out: its checkpoint is exported with game_state None.
+            states = client._records.states(client._backend.load_game_states(batch).values(), skip_thinned=True)
         step, output, feedback = steps.take(number), outputs.take(number), feedbacks.take(number)
         yield Checkpoint(
             number,
