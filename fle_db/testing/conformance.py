@@ -20,7 +20,8 @@ What it covers, per area (each test's name states the behaviour it proves):
 * resume: the highest step number whatever the write order, with its game state;
 * lineage: forks need their parent step, never change, never cycle; deletions refuse
   dependants (DependencyError) unless cascading, and collect unshared game states;
-* cleanup (lineage-aware, exact dry runs), typed errors, migration status;
+* cleanup (lineage-aware, exact dry runs), thinning (fork-aware, or a typed UnsupportedError),
+  typed errors, migration status;
 * search (SearchStore): nodes created with their step, best-first and per-depth reads, atomic
   statistics under concurrent updates, visits, FLE versions allocated and registered;
 * admin (AdminStore): statistics, health, optimize, validate, read-only queries;
@@ -49,6 +50,8 @@ from .. import (
     DependencyError,
     NotFoundError,
     Settings,
+    StateThinnedError,
+    UnsupportedError,
     ValidationError,
 )
 from .. import migrations as fle_migrations
@@ -543,6 +546,21 @@ class CheckpointStoreConformance(_Suite):
         assert db.load_trajectory("high")["total_reward"] == 1.0000002
         with pytest.raises(ValidationError):
             db.cleanup()
+
+    def test_thin_keeps_latest_and_fork_points_with_an_exact_dry_run_or_is_unsupported(
+        self, db: DatabaseClient
+    ) -> None:
+        for n in range(4):
+            db.save_step(_step("a", n), game_state={"n": n})
+        db.save_trajectory({"id": "f", "parent_trajectory_id": "a", "parent_step_number": 1})
+        try:
+            dry = db.thin(trajectory_ids=["a"], keep_every=3, dry_run=True)
+        except UnsupportedError:
+            return  # thinning is optional; refusing it must be typed
+        assert db.thin(trajectory_ids=["a"], keep_every=3) == {**dry, "dry_run": False} and dry["game_states"] == 1
+        with pytest.raises(StateThinnedError):
+            db.load_checkpoint("a", 2)
+        assert db.load_latest_checkpoint("f")["game_state"] == {"n": 1}  # type: ignore[index]
 
     # -- concurrency ---------------------------------------------------------------------------
     def test_threads_writing_at_once_lose_and_duplicate_nothing(self, db: DatabaseClient) -> None:
