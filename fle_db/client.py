@@ -528,9 +528,10 @@ class DatabaseClient(SearchTrees, Recovery, Maintenance):
         saved into this database (aware datetime, ISO 8601 with offset, or epoch seconds;
         ``since`` inclusive, ``until`` exclusive), ``success`` (the trajectory's flag) and
         ``min_total_reward`` (inclusive; a trajectory without a total reward fails it). Parents
-        come before their forks. The output is written to a temporary name beside ``path``
-        (owner-only) and renamed into place when complete; ``progress(trajectories_done, 0)`` is
-        called after each trajectory. Read-only.
+        come before their forks. A state dropped by :meth:`thin` is written as null (the step keeps
+        its ``game_state_id``): an export never fails on one. The output is written to a temporary
+        name beside ``path`` (owner-only) and renamed into place when complete;
+        ``progress(trajectories_done, 0)`` is called after each trajectory. Read-only.
 
         Returns ``{"path", "format", "trajectories", "checkpoints", "skipped", "bytes", "seconds"}``
         (``preference`` adds ``pairs`` and ``ties``; ``hf`` adds ``shards`` and ``rows``).

@@ -263,3 +263,14 @@ def test_bad_arguments_are_refused_before_anything_is_done(
     with pytest.raises(ValidationError, match=match):
         any_db.thin(**arguments)
     assert _kept_states(any_db, "t") == [0, 1, 2]
+
+
+def test_the_viewer_shows_a_thinned_step_with_its_records(any_db: DatabaseClient) -> None:
+    from fle_db.ui import views
+
+    _save(any_db, "v", range(12))
+    any_db.thin(trajectory_ids=["v"], keep_every=10)
+    page = views.step(any_db, "v", 5)
+    assert page["state_thinned"] is True and page["state_keys"] is None
+    assert page["agent_output"]["text"] == "out 5" and page["step"]["action"] == "act 5"
+    assert views.step(any_db, "v", 10)["state_thinned"] is False

@@ -99,6 +99,7 @@ def config(options: Options) -> None:
         "auto_migrate": settings.auto_migrate,
         "max_payload_bytes": settings.max_payload_bytes,
         "durability": settings.durability,
+        "retention": settings.retention.text if settings.retention is not None else None,
         "source": "--url" if options.url is not None else "environment / defaults",
     }
     if options.json:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from ..client import DatabaseClient
-from ..errors import NotFoundError, ValidationError
+from ..errors import NotFoundError, StateThinnedError, ValidationError
 from ..readable import agent_code
 from .diff import decode_packed, diff_states, preview
 
@@ -155,13 +155,25 @@ def _tokens(*records: Mapping[str, Any] | None) -> dict[str, Any]:
     return found
 
 
+def _thinned_checkpoint(client: DatabaseClient, trajectory_id: str, step_number: int) -> dict[str, Any]:
+    """The checkpoint of a step whose game state was thinned: its records, ``game_state`` None."""
+    found = next(s for s in client.load_steps(trajectory_id, with_parts=True) if s["step_number"] == step_number)
+    parts = {name: found.pop(name, None) for name in ("agent_output", "environment_feedback")}
+    return {"step": found, **parts, "game_state": None, "state_thinned": True}
+
+
 def step(client: DatabaseClient, trajectory_id: str, step_number: int, with_state: bool = False) -> dict[str, Any]:
     """A checkpoint (``load_checkpoint``) with what the page shows about it: its code, tokens,
     previous/next step numbers, search node and the size of each top-level game-state key
     (values are sent on demand: states can be megabytes; ``with_state`` adds the whole state).
 
+    A step whose state was thinned is shown without it (``state_thinned``).
+
     Raises NotFoundError for an unknown step."""
-    checkpoint = client.load_checkpoint(trajectory_id, step_number)
+    try:
+        checkpoint = client.load_checkpoint(trajectory_id, step_number)
+    except StateThinnedError:
+        checkpoint = _thinned_checkpoint(client, trajectory_id, step_number)
     neighbours = {}
     for name, number in (("previous", step_number - 1), ("next", step_number + 1)):
         try:
@@ -182,6 +194,7 @@ def step(client: DatabaseClient, trajectory_id: str, step_number: int, with_stat
         "tokens": _tokens(checkpoint["step"], checkpoint["agent_output"]),
         "node": node,
         "state_keys": keys if checkpoint["game_state"] is not None else None,
+        "state_thinned": checkpoint.get("state_thinned", False),
         **neighbours,
     }
 

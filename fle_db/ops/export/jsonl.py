@@ -10,7 +10,8 @@ zstd-compressed (with zstd's content checksum). Lines, in order:
   as :meth:`~fle_db.DatabaseClient.load_trajectory` returns it; ``metadata``: ``{key: value}``);
   one ``checkpoint`` line per step number in order (``trajectory_id``, ``step_number``, and
   ``step``, ``agent_output``, ``environment_feedback``, ``game_state``: each the record as loaded,
-  or null when absent; ``step`` carries its ``game_state_id``); then a ``trajectory_end`` line
+  or null when absent; ``step`` carries its ``game_state_id``: with ``game_state`` null, that state
+  was thinned, see :meth:`~fle_db.DatabaseClient.thin`); then a ``trajectory_end`` line
   with the number of checkpoints and ``digest``, the blake2b-128 of the exact bytes of the
   trajectory's lines from its ``trajectory`` line through its last ``checkpoint`` line;
 * an ``end`` line with the number of trajectories and checkpoints.

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...backends.base import NodeQuery, SearchStore, StoredStep
+from ...errors import DataIntegrityError
 from ...storage.records import iter_records
 from .chat import NodeStats
 from .common import Checkpoint
@@ -77,8 +78,12 @@ def _page(
         if state_id is not None and state_id not in states:
             states = {}  # the previous batch goes before the next is read
             batch = _state_batch(numbers, index, state_of, sizes)
+            stored = client._backend.load_game_states(batch)
+            if len(stored) < len(batch):
+                missing = [sid for sid in batch if sid not in stored]
+                raise DataIntegrityError(f"trajectory {tid!r} names game state(s) {missing[:5]}, which are missing")
             # A thinned state is left out: its checkpoint is exported with game_state None.
-            states = client._records.states(client._backend.load_game_states(batch).values(), skip_thinned=True)
+            states = client._records.states(stored.values(), skip_thinned=True)
         step, output, feedback = steps.take(number), outputs.take(number), feedbacks.take(number)
         yield Checkpoint(
             number,
