@@ -83,13 +83,13 @@ class Maintenance:
         Selects trajectories exactly as :meth:`cleanup` does (every criterion given must hold:
         ``trajectory_ids``, no activity for ``older_than`` or since ``before``, ``task``,
         ``agent_type``; at least one is required). In them, a step keeps its game state when it
-        is its trajectory's latest step, a fork point (a trajectory forks from it or a step
-        names it as explicit parent), a search node (with ``thin_search_nodes=True``: only the
-        ``keep_best_per_depth`` highest-value nodes of each depth of its tree), or its number is
-        a multiple of ``keep_every``; the others' states are dropped unless another step still
-        needs the same (content-addressed) state. Blobs nothing uses any more are deleted and
-        kept blobs that were deltas of a deleted one are re-encoded, so no kept state depends on
-        a dropped one.
+        is its trajectory's latest step (or the latest step that has a state), a fork point (a
+        trajectory forks from it or a step names it as explicit parent), a search node (with
+        ``thin_search_nodes=True``: only the ``keep_best_per_depth`` highest-value nodes of each
+        depth of its tree), or its number is a multiple of ``keep_every``; the others' states are
+        dropped unless another step still needs the same (content-addressed) state. Blobs nothing
+        uses any more are deleted and kept blobs that were deltas of a deleted one are
+        re-encoded, so no kept state depends on a dropped one.
 
         Afterwards loading a dropped state (:meth:`load_checkpoint`, :meth:`load_game_state(s)
         <load_game_state>`) raises :class:`~fle_db.errors.StateThinnedError`; the step keeps its

@@ -128,15 +128,15 @@ def test_thinned_programs_are_never_offered_to_sample_resume_or_beam(fle: FLEDBC
     ids = run(scenario())
     tid = fle.db.list_trajectories()["trajectories"][0]["id"]
     report = fle.db.thin(trajectory_ids=[tid], keep_every=1000, thin_search_nodes=True, keep_best_per_depth=1)
-    # Kept: step 0 (a multiple of keep_every), the best of the depth (value 5: step 5), the latest with a
-    # state (6 is not the latest step: 7 is, without a state).
-    assert report["game_states"] == 5
+    # Kept: step 0 (a multiple of keep_every), the best of the depth (value 5: step 5), the latest
+    # step with a state (6; the latest step, 7, has none).
+    assert report["game_states"] == 4
     offered = {run(fle.sample_parent(3, compression_strength=0.5))["id"] for _ in range(60)}
-    assert offered and offered <= {ids[0], ids[5]}
+    assert offered and offered <= {ids[0], ids[5], ids[6]}
     heads = run(fle.get_beam_heads(3, 10))
-    assert {h["id"] for h in heads} == {ids[0], ids[5]}
+    assert {h["id"] for h in heads} == {ids[0], ids[5], ids[6]}
     state, _, program_id, _ = run(fle.get_resume_state(3, 7, 0))
-    assert program_id == ids[5] and json.loads(state)["timestamp"] == 5.0
+    assert program_id == ids[6] and json.loads(state)["timestamp"] == 6.0
 
 
 def test_resume_picks_the_highest_step_not_a_timestamp(fle: FLEDBClient) -> None:

@@ -77,7 +77,8 @@ def test_thin_keeps_latest_fork_points_nodes_and_every_kth_and_every_record(any_
     db.save_step({"trajectory_id": "run", "step_number": 45}, node={"tree": "t", "depth": 1, "value": 1.0})
     before = db.load_steps("run", with_parts=True)
     report = db.thin(trajectory_ids=["run"], keep_every=10)
-    kept = [0, 10, 20, 23, 30, 31, 40]  # every 10th, the fork points; 45 (latest, a node) has no state
+    # every 10th, the fork points, the latest with a state (44); 45 (latest, a node) has none
+    kept = [0, 10, 20, 23, 30, 31, 40, 44]
     assert _kept_states(db, "run") == [*kept, 45]
     assert report["steps_thinned"] == 45 - len(kept) and report["game_states"] == 45 - len(kept)
     assert report["trajectories"] == ["run"] and report["dry_run"] is False and report["bytes_freed"] > 0

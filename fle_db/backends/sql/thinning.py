@@ -1,13 +1,14 @@
 """Fork-aware thinning of the SQL backends (part of the CheckpointStore role): drop the game
 states of the steps nothing needs to resume from, keep every step's records.
 
-A step's state is kept when the step is its trajectory's latest, a fork point (a trajectory forks
-from it, or a step names it as explicit parent), a search node (with ``thin_search_nodes``: one
-of the best ``keep_best_per_depth`` of its depth in its tree) or its number is a multiple of
-``keep_every``. A state several steps share (content addressing) is dropped only when every step
-naming it is dropped. A dropped state keeps its row, marked (see :mod:`fle_db.storage.thinning`),
-and loses its parts; blobs no remaining part uses are deleted, and kept blobs that were deltas of
-a deleted keyframe are re-encoded first, so no kept state depends on a dropped one.
+A step's state is kept when the step is its trajectory's latest (or the latest that has a
+state), a fork point (a trajectory forks from it, or a step names it as explicit parent), a search
+node (with ``thin_search_nodes``: one of the best ``keep_best_per_depth`` of its depth in its
+tree) or its number is a multiple of ``keep_every``. A state several steps share (content
+addressing) is dropped only when every step naming it is dropped. A dropped state keeps its row,
+marked (see :mod:`fle_db.storage.thinning`), and loses its parts; blobs no remaining part uses are
+deleted, and kept blobs that were deltas of a deleted keyframe are re-encoded first, so no kept
+state depends on a dropped one.
 
 Everything is one commit of the point-in-time history: what it removes or rewrites is archived,
 so ``restore_to`` an instant before it gives the full data until the history is pruned.
@@ -97,10 +98,17 @@ class SQLThinning(SQLLineage):
                 in_ids(steps.c.trajectory_id, tids)
             )
         ).all()
+        # The latest step, and the latest step that has a state (where a run whose last step
+        # saved none resumes its game from).
         latest: dict[str, int] = {}
-        for tid, number, _ in rows:
+        latest_state: dict[str, int] = {}
+        for tid, number, state in rows:
             latest[tid] = max(latest.get(tid, number), number)
-        kept = self._fork_points(conn, tids)
+            if state is not None:
+                latest_state[tid] = max(latest_state.get(tid, number), number)
+        kept = self._fork_points(conn, tids) | {
+            (tid, n) for found in (latest, latest_state) for tid, n in found.items()
+        }
         nodes = conn.execute(
             select(search_nodes.c.trajectory_id, search_nodes.c.step_number, search_nodes.c.tree).where(
                 in_ids(search_nodes.c.trajectory_id, tids)
@@ -113,10 +121,7 @@ class SQLThinning(SQLLineage):
         return {
             (tid, number): state
             for tid, number, state in rows
-            if state is not None
-            and number != latest[tid]
-            and number % rule.keep_every != 0
-            and (tid, number) not in kept
+            if state is not None and number % rule.keep_every != 0 and (tid, number) not in kept
         }
 
     @staticmethod
