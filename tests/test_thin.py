@@ -275,3 +275,30 @@ def test_the_viewer_shows_a_thinned_step_with_its_records(any_db: DatabaseClient
     assert page["state_thinned"] is True and page["state_keys"] is None
     assert page["agent_output"]["text"] == "out 5" and page["step"]["action"] == "act 5"
     assert views.step(any_db, "v", 10)["state_thinned"] is False
+
+
+def test_thinning_while_other_runs_are_written_loses_nothing(any_db: DatabaseClient) -> None:
+    import threading
+
+    _save(any_db, "old", range(60))
+    errors: list[BaseException] = []
+
+    def write(tid: str) -> None:
+        try:
+            _save(any_db, tid, range(30))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(f"live{i}",)) for i in range(2)]
+    for thread in writers:
+        thread.start()
+    for keep_every in (2, 4, 8):  # each pass keeps a subset of the previous one's states
+        any_db.thin(trajectory_ids=["old"], keep_every=keep_every)
+    for thread in writers:
+        thread.join()
+    assert errors == []
+    for tid in ("live0", "live1"):
+        assert _kept_states(any_db, tid) == list(range(30))
+        assert any_db.load_checkpoint(tid, 17)["game_state"] == _state(tid, 17)
+    assert _kept_states(any_db, "old") == [*range(0, 60, 8), 59]
+    assert any_db.validate()["ok"]
