@@ -203,8 +203,12 @@ def test_resaving_or_reimporting_the_original_restores_the_state(any_db: Databas
     cps = {line["step_number"]: line for line in lines if line["kind"] == "checkpoint"}
     assert cps[5]["game_state"] is None and cps[5]["step"]["game_state_id"] is not None
     assert cps[4]["game_state"] == _state("s", 4)
+    same = any_db.import_data(thinned)  # the thinned export is what is stored: nothing to do
+    assert same["trajectories"]["unchanged"] == 1 and same["game_states_restored"] == 0
     report = any_db.import_data(original)
-    assert report["trajectories"]["unchanged"] == 1
+    assert (
+        report["trajectories"]["unchanged"] == 1 and report["game_states_restored"] == 8
+    )  # 1-9 but 4, saved again above
     assert _kept_states(any_db, "s") == list(range(12))
     assert any_db.validate()["ok"]
 
