@@ -38,7 +38,7 @@ from ..base import (
 )
 from ..readonly import ReadOnlyLogin
 from .checkpoints import _RECORD_KINDS, SQLCheckpoints
-from .core import _VERIFY_CHUNK, _idempotent
+from .core import _VERIFY_CHUNK, _idempotent, _rowcount
 
 #: Tables whose rows :meth:`SQLAdmin.statistics` counts.
 _COUNTED = (trajectories, steps, game_states, agent_outputs, environment_feedbacks, blobs, search_nodes)
@@ -168,6 +168,8 @@ class SQLAdmin(SQLCheckpoints, AdminStore):
                 conn.execution_options(fle_write=True)
                 transaction = conn.begin()
                 try:
+                    for cursor in self._open_commit(conn):  # a commit token, as every stamped write
+                        _rowcount(cursor)
                     self._ensure_trajectories(conn, [probe], 0)
                     if not self._exists(conn, probe):
                         return {"status": "failing", "detail": "a row written was not read back"}
