@@ -450,12 +450,14 @@ class HistoryStore(ABC):
         It is what follows the database's changes (replaces the old ``log_head`` sequence):
         monotonic, a later call never returns an earlier instant, and every row a reader sees is
         of a commit at or before it. Commits are ordered by instant, not by token (a token is
-        only unique). Where writers run concurrently (PostgreSQL) a commit in flight can still
+        only unique). Where writers run concurrently (PostgreSQL, MySQL) a commit in flight can still
         appear with an instant at or just below the position: its last statement ran, its COMMIT
         had not returned. A reader that must not miss one (a live tail) reads again once every
-        transaction that was in flight has ended: once ``pg_snapshot_xmin(pg_current_snapshot())``
-        passes the ``pg_snapshot_xmax`` of the snapshot it read in; the token minus
-        ``log_head.seq`` is the commit's transaction id."""
+        transaction that was in flight has ended: on PostgreSQL once
+        ``pg_snapshot_xmin(pg_current_snapshot())`` passes the ``pg_snapshot_xmax`` of the snapshot
+        it read in (the token minus ``log_head.seq`` is the commit's transaction id); on MySQL a
+        locking read (``LOCK IN SHARE MODE``) of the ``commit_log`` rows after a position waits
+        for the commits in flight among them."""
 
     @abstractmethod
     def commit_at(self, at_us: int) -> CommitPoint:

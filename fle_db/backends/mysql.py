@@ -20,6 +20,14 @@ some CPU per row, which is second order beside fle-db's encoding and the commit.
 * *Isolation.* Write transactions run at READ COMMITTED, as on PostgreSQL (each statement sees
   what was committed before it; no gap locks), reads in autocommit; ``sql_mode`` is strict
   (``TRADITIONAL``) whatever the server's default, so nothing is silently truncated.
+* *Commit tokens.* Each write transaction's first statement draws a token of its own into the
+  session variable ``@fle_commit`` (``log_head.seq`` + ``UUID_SHORT()`` without its server-id
+  byte: unique, never reused after a restart) and its rows carry it, as PostgreSQL's carry the
+  transaction id (see ``fle_db.backends.sql.versioned``): writers no longer queue on a counter
+  row. That statement reads ``log_head`` with a shared lock, which writers never wait on among
+  themselves; a rewind or restore in place takes it exclusively (:meth:`_lock_out_writers`), so
+  it runs alone. 16 writer processes saving small steps measured 959 InnoDB row-lock waits
+  (22.9 s waited) with the counter, none with the tokens.
 * *Locks.* ``innodb_lock_wait_timeout`` is ``connection_timeout``; a lock wait that runs out is a
   ConnectionTimeoutError. A deadlock rolls the transaction back and is retried like a lost
   connection (every retried write is idempotent).
@@ -46,6 +54,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, event, func, text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 
 from ..errors import (
@@ -62,6 +71,8 @@ from ..schema import blobs, metadata
 from .base import ConnectionOptions
 from .readonly import ReadOnlyLogin, capped_rows
 from .sql import SQLBackend
+from .sql.core import _Raw
+from .sql.versioned import CurrentCommit
 
 #: Tables with at least this many rows (InnoDB's estimate) are counted approximately, as on
 #: PostgreSQL: an exact count walks a whole index.
@@ -88,6 +99,25 @@ STATEMENT_OVERHEAD = 64 * 1024
 SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
 
 
+#: The session variable holding this write transaction's commit token.
+TOKEN_VARIABLE = "@fle_commit"
+#: Draws the token: ``log_head.seq`` (the base) + ``UUID_SHORT()`` without its top byte (the
+#: server id), i.e. (startup time << 24) + a counter, below 2**56 (72057594037927935 = 2**56 - 1),
+#: so the sum stays far inside a signed BIGINT. The shared lock lets writers run side by side
+#: and keeps them out while a rewind holds the row exclusively.
+DRAW_TOKEN = (
+    "SELECT seq + (UUID_SHORT() & 72057594037927935) INTO @fle_commit FROM log_head WHERE id = 1 LOCK IN SHARE MODE"
+)
+
+
+@compiles(CurrentCommit, "mysql")
+@compiles(CurrentCommit, "mariadb")
+def _session_token(element: CurrentCommit, compiler: Any, **kw: Any) -> str:
+    """The commit token on MySQL/MariaDB: the session variable the transaction's first statement
+    set (see :meth:`MySQLBackend._open_commit`)."""
+    return TOKEN_VARIABLE
+
+
 class MySQLBackend(SQLBackend):
     """MySQL 8 / MariaDB 10.5+ server (InnoDB), many writers."""
 
@@ -99,10 +129,13 @@ class MySQLBackend(SQLBackend):
     snapshot_isolation = "REPEATABLE READ"
     # InnoDB checks foreign keys row by row, within a statement too.
     unlink_bases_before_delete = True
+    # Commit tokens are drawn per transaction: writers never queue on log_head.
+    counted_commits = False
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self._max_packet: int | None = None  # the server's max_allowed_packet, read on first need
+        self._raw_token = _Raw(text(DRAW_TOKEN), self.engine.dialect)
 
     def _make_read_only_login(self) -> ReadOnlyLogin:
         return MySQLReadOnlyLogin(self.settings)
@@ -217,6 +250,16 @@ class MySQLBackend(SQLBackend):
         """The server's clock, in microseconds: writers on many hosts share one time line for the
         commit log."""
         return cast(func.floor(func.unix_timestamp(func.now(6)) * 1_000_000), BigInteger)
+
+    def _open_commit(self, conn: Connection) -> list[Any]:
+        """Draw this transaction's commit token into ``@fle_commit`` (under a shared lock of the
+        ``log_head`` row: writers share it, :meth:`_lock_out_writers` excludes them)."""
+        return [self._raw_token.start(conn, [{}])]
+
+    def _lock_out_writers(self, conn: Connection) -> None:
+        """The ``log_head`` row locked exclusively: every writer's first statement waits until
+        this transaction ends; readers do not."""
+        conn.execute(text("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE"))
 
     @contextmanager
     def _migration_lock(self, conn: Connection) -> Iterator[None]:

@@ -38,7 +38,7 @@ from ..base import (
 )
 from ..readonly import ReadOnlyLogin
 from .checkpoints import _RECORD_KINDS, SQLCheckpoints
-from .core import _VERIFY_CHUNK, _idempotent
+from .core import _VERIFY_CHUNK, _idempotent, _rowcount
 from .thinning import thinned_state
 
 #: Tables whose rows :meth:`SQLAdmin.statistics` counts.
@@ -169,6 +169,8 @@ class SQLAdmin(SQLCheckpoints, AdminStore):
                 conn.execution_options(fle_write=True)
                 transaction = conn.begin()
                 try:
+                    for cursor in self._open_commit(conn):  # a commit token, as every stamped write
+                        _rowcount(cursor)
                     self._ensure_trajectories(conn, [probe], 0)
                     if not self._exists(conn, probe):
                         return {"status": "failing", "detail": "a row written was not read back"}

@@ -442,8 +442,9 @@ class SQLCore(CheckpointStore):
 
     def _open_commit(self, conn: Connection) -> list[Any]:
         """Send what starts a commit (with a counter: its bump, and with it the lock that orders
-        writers; inside a pipeline it travels with what follows); returns the cursors to close
-        once synced."""
+        writers; on MySQL: drawing the token into the session; inside a pipeline it travels with
+        what follows); returns the cursors to close once synced. Every transaction that writes
+        stamped rows sends it first."""
         return [self._raw_bump.start(conn, [{}])] if self.counted_commits else []
 
     def _close_commit(self, conn: Connection) -> Any:

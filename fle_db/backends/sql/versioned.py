@@ -13,10 +13,11 @@ commit is logged after T, a history row counts if its start commit is not logged
 end commit is (a commit pruned from the log counts as before the horizon). Ordering is thus by
 instant, and nothing needs a lock shared by all writers.
 
-The token is the dialect's: on PostgreSQL ``pg_current_xact_id()`` (plus ``log_head.seq``, a base
-that keeps tokens above any copied in by a restore), so writers never touch a shared row; SQLite
-(one writer at a time anyway) and MySQL/MariaDB keep a counter in ``log_head`` that each write
-transaction bumps first (its row lock orders their writers). Nothing here needs server
+The token is the dialect's: on PostgreSQL ``pg_current_xact_id()``, on MySQL/MariaDB a
+``UUID_SHORT()`` drawn by the transaction's first statement into a session variable (each plus
+``log_head.seq``, a base that keeps tokens above any copied in by a restore), so writers never
+wait on a shared row; SQLite (one writer at a time anyway) keeps a counter in ``log_head`` that
+each write transaction bumps first. Nothing here needs server
 configuration (no WAL archiving) and it means the same on every backend. The commit instant comes
 from the dialect's clock hook (the client's clock on SQLite, the server's on PostgreSQL and
 MySQL, so writers on many hosts share one time line).
