@@ -10,7 +10,8 @@ error translation, dialect hooks), combined here into :class:`SQLBackend`:
 * ``search``: search nodes and FLE versions (the SearchStore role);
 * ``admin``: statistics, health, maintenance, validation scans, read-only queries (AdminStore);
 * ``history``: snapshots, copies, rewind and pruning (HistoryStore), over ``versioned``: the
-  row-versioning model (commit stamps, history twins) in SQLAlchemy Core.
+  row-versioning model (commit stamps, history twins) in SQLAlchemy Core;
+* ``tail``: the steps committed after a position, in commit order (TailStore: the live tail).
 
 Mixins rather than composed role objects: every role shares one engine, one retry policy and one
 set of dialect hooks, which a dialect overrides once on its single class.
@@ -24,9 +25,10 @@ from .checkpoints import SQLCheckpoints
 from .history import SQLHistory
 from .lineage import SQLLineage
 from .search import SQLSearch
+from .tail import SQLTail
 
 
-class SQLBackend(SQLAdmin, SQLCheckpoints, SQLLineage, SQLSearch, SQLHistory, Backend):
+class SQLBackend(SQLAdmin, SQLTail, SQLCheckpoints, SQLLineage, SQLSearch, SQLHistory, Backend):
     """Backend over a SQLAlchemy engine, implementing every role. A dialect subclasses it and
     provides the hooks of :class:`~.core.SQLCore`."""
 
