@@ -10,7 +10,7 @@ other fle-db error (database unreachable, trajectory not found...). fle-db error
 ``warning:`` on stderr, each once per process.
 
 The commands live in modules by group: :mod:`.setup` (init, migrate, status, config),
-:mod:`.browse` (list, show, ui), :mod:`.maintenance` (stats, health, cleanup, optimize, validate,
+:mod:`.browse` (list, show, ui), :mod:`.live` (tail), :mod:`.maintenance` (stats, health, cleanup, optimize, validate,
 metrics), :mod:`.transfer` (demo, export, import, copy), :mod:`.backups` (backup, restore-to).
 """
 
@@ -22,7 +22,7 @@ import click
 
 from .. import __version__
 from ..errors import ConfigurationError, FleDBError, ValidationError
-from . import backups, browse, maintenance, setup, transfer
+from . import backups, browse, live, maintenance, setup, transfer
 from ._common import EXIT_ERROR, EXIT_USAGE, Options, show_warnings
 
 
@@ -90,6 +90,7 @@ for _command in (
     transfer.demo,
     browse.list_command,
     browse.show,
+    live.tail,
     browse.ui,
     setup.init,
     setup.migrate,
