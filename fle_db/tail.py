@@ -114,12 +114,8 @@ class Follower:
         self._decode = decode
         self._filters = (trajectory_ids, task, with_parts)
         self._pending: list[TailMark] = []
-        if after is None:  # the current end
-            mark = store.tail_mark()
-            after = TailPosition(mark.position.committed_at, mark.position.seq)
-            self._pending.append(mark)
         self.position = after
-        self.resume = encode_cursor(after)
+        self.resume = None if after is None else encode_cursor(after)
         self._fetched_upto = -1  # the bound of the last round that came back short
         self.buffer: deque[dict[str, Any]] = deque()
         self.poll_interval = poll_interval
@@ -129,6 +125,15 @@ class Follower:
         self.listener: TailListener | None = None
         self._listener_tried = False
         self.closed = False
+
+    def begin(self) -> TailPosition:
+        """The position to fetch after; without a cursor, the current end, read now (once)."""
+        if self.position is None:
+            mark = self._store.tail_mark()
+            self.position = TailPosition(mark.position.committed_at, mark.position.seq)
+            self.resume = encode_cursor(self.position)
+            self._pending.append(mark)
+        return self.position
 
     def _bound(self) -> int | None:
         """Read a mark; return the newest instant up to which every commit is visible now."""
@@ -148,10 +153,11 @@ class Follower:
         """One round: settle, then fetch the steps after the position into :attr:`buffer`."""
         started, failed = time.perf_counter(), True
         try:
+            position = self.begin()
             bound = self._bound()
             if bound is not None and bound > self._fetched_upto:
                 trajectory_ids, task, with_parts = self._filters
-                found = self._store.tail_steps(self.position, bound, trajectory_ids, task, with_parts, BATCH)
+                found = self._store.tail_steps(position, bound, trajectory_ids, task, with_parts, BATCH)
                 for tailed in found:
                     self.position = tailed.position
                     self.buffer.append(self._decode(tailed, encode_cursor(tailed.position)))
@@ -195,6 +201,7 @@ class Tail(Iterator[dict[str, Any]]):
     closes it), or, with a ``timeout``, until that many seconds pass without a new step."""
 
     def __init__(self, follower: Follower) -> None:
+        follower.begin()
         self._follower = follower
 
     def __iter__(self) -> Tail:
@@ -222,7 +229,7 @@ class Tail(Iterator[dict[str, Any]]):
     def cursor(self) -> str:
         """Where this tail stands: ``tail(cursor=...)`` resumes after the last step yielded (or
         where this tail started, before the first)."""
-        return self._follower.resume
+        return encode_cursor(self._follower.begin()) if self._follower.resume is None else self._follower.resume
 
     def close(self) -> None:
         """Stop: release the wake-up connection. Idempotent."""
@@ -237,7 +244,9 @@ class Tail(Iterator[dict[str, Any]]):
 
 class AsyncTail(AsyncIterator[dict[str, Any]]):
     """The same tail for ``async for``: every database round and wake-up wait runs in a worker
-    thread (``asyncio.to_thread``), so the event loop never blocks on it."""
+    thread (``asyncio.to_thread``), so the event loop never blocks on it. Without a cursor it
+    starts at the current end as of ``async with`` (``__aenter__``), else as of the first step
+    asked for."""
 
     def __init__(self, follower: Follower) -> None:
         self._follower = follower
@@ -264,8 +273,8 @@ class AsyncTail(AsyncIterator[dict[str, Any]]):
         return follower.pop()
 
     @property
-    def cursor(self) -> str:
-        """As :attr:`Tail.cursor`."""
+    def cursor(self) -> str | None:
+        """As :attr:`Tail.cursor`; None before it started (see the class)."""
         return self._follower.resume
 
     async def aclose(self) -> None:
@@ -273,6 +282,7 @@ class AsyncTail(AsyncIterator[dict[str, Any]]):
         await asyncio.to_thread(self._follower.close)
 
     async def __aenter__(self) -> AsyncTail:
+        await asyncio.to_thread(self._follower.begin)
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -316,61 +326,68 @@ def _interval(value: Any, what: str, allow_none: bool) -> float | None:
     return float(value)
 
 
+def follower(
+    backend: CheckpointStore,
+    records: Records,
+    metrics: Metrics,
+    trajectory_ids: Sequence[str] | None,
+    task: str | None,
+    cursor: str | None,
+    with_parts: bool,
+    poll_interval: float,
+    timeout: float | None,
+) -> Follower:
+    """Check a tail's arguments (as ``DatabaseClient.tail`` takes them) and return its
+    :class:`Follower` over ``backend``, decoding with ``records`` and counting each round in
+    ``metrics`` as ``tail_round``. Nothing is read yet. Wrap it in :class:`Tail` (which reads
+    the start at once) or :class:`AsyncTail` (the async client's ``tail``).
+
+    Raises:
+        ValidationError: a malformed cursor, id, task, interval or timeout.
+        UnsupportedError: the backend lacks the TailStore role.
+    """
+    ids = None if trajectory_ids is None else check_ids(trajectory_ids, "trajectory_ids")
+    task = check_text(task, "task")
+    if not isinstance(with_parts, bool):
+        raise ValidationError(f"with_parts must be True or False; got {with_parts!r:.80}")
+    interval = _interval(poll_interval, "poll_interval", False)
+    assert interval is not None
+    wait = _interval(timeout, "timeout", True)
+
+    def decode(tailed: TailedStep, cursor: str) -> dict[str, Any]:
+        step = records.steps([tailed.step])[0]
+        item = {
+            "cursor": cursor,
+            "trajectory_id": step["trajectory_id"],
+            "step_number": step["step_number"],
+            "committed_at": instants.iso(tailed.position.committed_at),
+            "step": step,
+        }
+        if with_parts:
+            parts = (("agent_output", tailed.agent_output), ("environment_feedback", tailed.environment_feedback))
+            for name, part in parts:
+                item[name] = records.values([part])[0] if part is not None else None
+        return item
+
+    return start(
+        as_tail(backend),
+        decode,
+        cursor=cursor,
+        trajectory_ids=ids,
+        task=task,
+        with_parts=with_parts,
+        poll_interval=interval,
+        timeout=wait,
+        record=lambda seconds, failed: metrics.record("tail_round", seconds, failed),
+    )
+
+
 class Tailing:
     """The client's :meth:`tail`; mixed into :class:`~fle_db.DatabaseClient`."""
 
     _backend: CheckpointStore
     _metrics: Metrics
     _records: Records
-
-    def _follower(
-        self,
-        trajectory_ids: Sequence[str] | None,
-        task: str | None,
-        cursor: str | None,
-        with_parts: bool,
-        poll_interval: float,
-        timeout: float | None,
-    ) -> Follower:
-        """Check the arguments, read where to start, and return the tail's :class:`Follower`
-        (what :meth:`tail` wraps; the async client wraps it in an :class:`AsyncTail`)."""
-        ids = None if trajectory_ids is None else check_ids(trajectory_ids, "trajectory_ids")
-        task = check_text(task, "task")
-        if not isinstance(with_parts, bool):
-            raise ValidationError(f"with_parts must be True or False; got {with_parts!r:.80}")
-        interval = _interval(poll_interval, "poll_interval", False)
-        assert interval is not None
-        wait = _interval(timeout, "timeout", True)
-        records, metrics = self._records, self._metrics
-
-        def decode(tailed: TailedStep, cursor: str) -> dict[str, Any]:
-            step = records.steps([tailed.step])[0]
-            item = {
-                "cursor": cursor,
-                "trajectory_id": step["trajectory_id"],
-                "step_number": step["step_number"],
-                "committed_at": instants.iso(tailed.position.committed_at),
-                "step": step,
-            }
-            if with_parts:
-                for name, part in (
-                    ("agent_output", tailed.agent_output),
-                    ("environment_feedback", tailed.environment_feedback),
-                ):
-                    item[name] = records.values([part])[0] if part is not None else None
-            return item
-
-        return start(
-            as_tail(self._backend),
-            decode,
-            cursor=cursor,
-            trajectory_ids=ids,
-            task=task,
-            with_parts=with_parts,
-            poll_interval=interval,
-            timeout=wait,
-            record=lambda seconds, failed: metrics.record("tail_round", seconds, failed),
-        )
 
     @timed
     def tail(
@@ -414,7 +431,18 @@ class Tailing:
             BackendUnavailableError: (from the iterator too) the database stayed unreachable
                 for ``retry_deadline``; resume with ``tail.cursor``.
         """
-        return Tail(self._follower(trajectory_ids, task, cursor, with_parts, poll_interval, timeout))
+        found = follower(
+            self._backend,
+            self._records,
+            self._metrics,
+            trajectory_ids,
+            task,
+            cursor,
+            with_parts,
+            poll_interval,
+            timeout,
+        )
+        return Tail(found)
 
 
-__all__ = ["AsyncTail", "Follower", "Tail", "Tailing", "decode_cursor", "encode_cursor", "start"]
+__all__ = ["AsyncTail", "Follower", "Tail", "Tailing", "decode_cursor", "encode_cursor", "follower", "start"]

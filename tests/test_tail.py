@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url as parse_url
 from fle_db import DatabaseClient, ValidationError
 from fle_db.backends.base import TailPosition
 from fle_db.instants import parse_instant
-from fle_db.tail import AsyncTail, encode_cursor
+from fle_db.tail import AsyncTail, encode_cursor, follower
 
 
 def _writer(url: str, name: str, steps: int, pause: float) -> None:
@@ -167,6 +167,9 @@ def test_a_commit_logged_first_but_committed_last_is_not_missed(server: str, mak
         db.save_trajectory({"id": "early"})
         late.save_trajectory({"id": "late"})
         tail = db.tail(timeout=3, poll_interval=0.05)
+        got: list[tuple[str, str]] = []
+        reader = threading.Thread(target=lambda: got.extend((i["trajectory_id"], i["committed_at"]) for i in tail))
+        reader.start()  # the tail reads while "late" is in flight
         with _slow_commit(late, 1.0):
             slow = threading.Thread(target=late.save_step, args=({"trajectory_id": "late", "step_number": 0},))
             slow.start()
@@ -176,7 +179,7 @@ def test_a_commit_logged_first_but_committed_last_is_not_missed(server: str, mak
             slow.join()
         if server != "postgres":
             db.save_step({"trajectory_id": "early", "step_number": 0})
-        got = [(i["trajectory_id"], i["committed_at"]) for i in tail]
+        reader.join()
         assert [name for name, _ in got] == ["late", "early"]
         assert got[0][1] <= got[1][1]
 
@@ -185,7 +188,8 @@ def test_a_commit_logged_first_but_committed_last_is_not_missed(server: str, mak
 def test_the_async_iterator(server: str, make_url: Callable[[str], str]) -> None:
     url = make_url(server)
     with DatabaseClient(url, backup_interval=0) as db:
-        follower = db._follower(None, None, None, False, 0.05, 2.0)  # type: ignore[attr-defined]
+        client: Any = db
+        found = follower(client._backend, client._records, client._metrics, None, None, None, False, 0.05, 2.0)
 
         async def run() -> list[tuple[str, int]]:
             ticks = 0
@@ -197,13 +201,17 @@ def test_the_async_iterator(server: str, make_url: Callable[[str], str]) -> None
                     ticks += 1
 
             ticker = asyncio.create_task(tick())
-            await asyncio.to_thread(db.batch_save_steps, [{"trajectory_id": "x", "step_number": n} for n in range(3)])
             got = []
-            async with AsyncTail(follower) as tail:
+            async with AsyncTail(found) as tail:  # starts here: at the current end
+                assert tail.cursor is not None
+                await asyncio.to_thread(
+                    db.batch_save_steps, [{"trajectory_id": "x", "step_number": n} for n in range(3)]
+                )
                 async for item in tail:
                     got.append((item["trajectory_id"], item["step_number"]))
                     if len(got) == 3:
                         break
+            await asyncio.sleep(0.05)
             ticker.cancel()
             assert ticks > 0
             return got
