@@ -49,8 +49,9 @@ CURSOR_MAX_LENGTH = 1000
 BATCH = 500
 #: Marks kept waiting for their writers at most (dropping one only delays a step, never skips it).
 MAX_PENDING = 64
-#: Seconds between rounds while marks wait for writers in flight (they end within milliseconds).
-SETTLE_INTERVAL = 0.02
+#: Seconds between rounds while marks wait for writers in flight (they end within milliseconds),
+#: and at least between two rounds however many wake-ups arrive.
+SETTLE_INTERVAL = 0.05
 _INT64 = 2**63 - 1
 
 #: Turns what the backend found into what the tail yields (the client decodes the records).
@@ -122,6 +123,7 @@ class Follower:
         self.timeout = timeout
         self._record = record
         self._settling = False
+        self._last_round = 0.0
         self.listener: TailListener | None = None
         self._listener_tried = False
         self.closed = False
@@ -152,6 +154,7 @@ class Follower:
     def round(self) -> None:
         """One round: settle, then fetch the steps after the position into :attr:`buffer`."""
         started, failed = time.perf_counter(), True
+        self._last_round = time.monotonic()
         try:
             position = self.begin()
             bound = self._bound()
@@ -176,7 +179,7 @@ class Follower:
         """Seconds to wait before the next round."""
         if self._fetched_upto == -1 and self.buffer:
             return 0.0
-        return SETTLE_INTERVAL if self._settling else self.poll_interval
+        return min(SETTLE_INTERVAL, self.poll_interval) if self._settling else self.poll_interval
 
     def wait(self, seconds: float) -> None:
         """Block until the backend's wake-up hint or ``seconds``, whichever comes first."""
@@ -185,7 +188,9 @@ class Follower:
             self.listener = self._store.tail_listener()
         if self.listener is not None:
             self.listener.wait(seconds)
-        else:
+            # Many writers notify many times a second: a round at most every SETTLE_INTERVAL.
+            seconds = min(seconds, SETTLE_INTERVAL) - (time.monotonic() - self._last_round)
+        if seconds > 0:
             time.sleep(seconds)
 
     def close(self) -> None:

@@ -100,7 +100,7 @@ class Listener(TailListener):
         try:
             conn = self._connect()
             assert conn is not None
-            for _ in conn.notifies(timeout=seconds, stop_after=1):
+            for _ in conn.notifies(timeout=seconds, stop_after=1):  # what arrived together: one wake-up
                 pass
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             log.debug("tail listener connection lost (%s); reconnecting on the next wait", exc)
