@@ -107,9 +107,9 @@ def test_two_writer_processes_one_killed_and_the_tail_connection_killed(
         assert instants == sorted(instants), "not in commit order"
         for name in ("w0", "w1"):
             assert [n for t, n in seen if t == name] == list(range(60))
-        # Generous: the time from commit to yield, with the connection kill and retries included.
-        assert max(lags) < 1.0 + (3.0 if terminated else 0.0)
-        assert sorted(lags)[len(lags) // 2] < 1.0
+        # From the commit's instant to the yield, the connection kill and its retries included.
+        print(f"lag from commit to yield: median {sorted(lags)[len(lags) // 2]:.3f} s, max {max(lags):.3f} s")
+        assert max(lags) < 1.0
 
 
 @pytest.mark.parametrize("server", ALL_BACKENDS)
