@@ -129,7 +129,11 @@ class Follower:
         self.closed = False
 
     def begin(self) -> TailPosition:
-        """The position to fetch after; without a cursor, the current end, read now (once)."""
+        """The position to fetch after; without a cursor, the current end, read now (once).
+        The wake-up hint listens from here on, before the first read."""
+        if not self._listener_tried:
+            self._listener_tried = True
+            self.listener = self._store.tail_listener()
         if self.position is None:
             mark = self._store.tail_mark()
             self.position = TailPosition(mark.position.committed_at, mark.position.seq)
@@ -183,9 +187,6 @@ class Follower:
 
     def wait(self, seconds: float) -> None:
         """Block until the backend's wake-up hint or ``seconds``, whichever comes first."""
-        if not self._listener_tried:
-            self._listener_tried = True
-            self.listener = self._store.tail_listener()
         if self.listener is not None:
             self.listener.wait(seconds)
             # Many writers notify many times a second: a round at most every SETTLE_INTERVAL.

@@ -289,3 +289,25 @@ def test_cli_tail_prints_steps_as_they_land_and_stops_on_sigterm(server: str, ma
         assert plain.returncode == 0 and b"Traceback" not in err, err
         (line,) = out.decode().splitlines()
         assert line.split()[1:5] == ["run", "0", "1.5", "#"] and line.endswith("# smelt")
+
+
+def test_postgres_wakes_the_tail_by_notify_and_survives_losing_the_listener(make_url: Callable[[str], str]) -> None:
+    url = make_url("postgres")
+    with DatabaseClient(url, backup_interval=0) as db, DatabaseClient(url, backup_interval=0) as writer:
+        tail = db.tail(poll_interval=30, timeout=5)  # only a NOTIFY wakes it within the test
+        lags = []
+        for n in range(4):
+            if n == 2:  # the listening session is terminated: the next wait reconnects
+                with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+                    gone = admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND application_name = 'fle-db tail'",
+                        (parse_url(url).database,),
+                    ).fetchall()
+                assert len(gone) == 1
+                time.sleep(0.5)
+            writer.save_step({"trajectory_id": "a", "step_number": n})
+            item = next(tail)
+            assert item["step_number"] == n
+            lags.append(time.time() - parse_instant(item["committed_at"]) / 1e6)
+        assert max(lags) < 1.0

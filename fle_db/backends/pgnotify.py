@@ -31,6 +31,8 @@ CHANNEL = "fle_db_steps"
 NOTIFY_INTERVAL = 0.05
 #: ``application_name`` of a tail's listening session (find it in ``pg_stat_activity``).
 LISTENER_NAME = "fle-db tail"
+#: Seconds a listener pauses after losing its connection, before the tail's catch-up round.
+RECONNECT_PAUSE = 0.1
 
 
 class Notifier:
@@ -97,17 +99,20 @@ class Listener(TailListener):
         return self._conn
 
     def wait(self, seconds: float) -> None:
+        """Until a notification or ``seconds``; a lost session is closed after a short pause."""
         try:
             conn = self._connect()
             assert conn is not None
             for _ in conn.notifies(timeout=seconds, stop_after=1):  # what arrived together: one wake-up
                 pass
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # Notifications sent meanwhile are lost: return, so the tail catches up at once.
             log.debug("tail listener connection lost (%s); reconnecting on the next wait", exc)
             self.close()
-            threading.Event().wait(seconds)
+            threading.Event().wait(min(seconds, RECONNECT_PAUSE))
 
     def close(self) -> None:
+        """Close the session (a later wait opens a new one). Idempotent."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -98,9 +98,10 @@ class PostgresBackend(SQLBackend):
         self._notifier = pgnotify.Notifier(self.engine)
 
     @contextmanager
-    def _commit(self) -> Iterator[Connection]:
-        """A commit, then a wake-up for live tails, sent out of band (see :mod:`.pgnotify`)."""
-        with super()._commit() as conn:
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; once it committed, a wake-up for live tails, sent out of band
+        (see :mod:`.pgnotify`)."""
+        with super()._write() as conn:
             yield conn
         self._notifier.poke()
 
@@ -125,6 +126,8 @@ class PostgresBackend(SQLBackend):
 
     def tail_listener(self) -> TailListener | None:
         """``LISTEN`` on a session of its own; None behind a pooler in transaction mode."""
+        with self._translate():  # a closed client refuses (ClientClosedError)
+            pass
         url = self.settings.url.set(drivername="postgresql")
         return pgnotify.listener(
             url.render_as_string(hide_password=False),
