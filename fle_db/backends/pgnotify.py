@@ -4,8 +4,10 @@ A ``NOTIFY`` inside a write transaction would make PostgreSQL take a cluster-wid
 commit (``PreCommit_Notify``), serializing every writer; so writers never notify inside their
 transaction. Instead a client that committed pokes its :class:`Notifier`, whose thread sends
 ``pg_notify`` in a transaction of its own, at most once per :data:`NOTIFY_INTERVAL` per client:
-the write path only sets an event. The notification is a hint (the tail reads the commit log
-after every wake-up and polls anyway), so one lost or coalesced costs latency, never a step.
+the write path only sets an event. While no tail listens to the database (a look at
+``pg_stat_activity`` every :data:`LISTENERS_CHECK_INTERVAL` s), nothing is sent. The
+notification is a hint (the tail reads the commit log after every wake-up and polls anyway), so
+one lost or coalesced costs latency, never a step.
 
 Behind a pooler in transaction mode (PgBouncer) ``LISTEN`` cannot work (the session it registers
 on is handed to other clients): the listener detects one as the prepared-statement guard does
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -27,8 +30,11 @@ log = logging.getLogger(__name__)
 
 #: The channel (one per database: channels are per database in PostgreSQL).
 CHANNEL = "fle_db_steps"
-#: Seconds between a client's notifications at most once per this interval.
-NOTIFY_INTERVAL = 0.05
+#: A client notifies at most once per this many seconds (commits in between share one).
+NOTIFY_INTERVAL = 0.25
+#: A writing client looks this often whether any tail listens to its database (first one interval
+#: after its first commit); while none does, it sends nothing (a tail polls until the next look).
+LISTENERS_CHECK_INTERVAL = 5.0
 #: ``application_name`` of a tail's listening session (find it in ``pg_stat_activity``).
 LISTENER_NAME = "fle-db tail"
 #: Seconds a listener pauses after losing its connection, before the tail's catch-up round.
@@ -55,17 +61,26 @@ class Notifier:
         self._poked.set()
 
     def _run(self) -> None:
+        # The first look comes one interval after the first commit: a short-lived writer, or
+        # one that nobody tails, opens no connection for it.
+        listened, looked = False, time.monotonic()
         while True:
             self._poked.wait()
             if self._stopped:
                 return
             self._poked.clear()
-            try:
-                with self._engine.connect() as conn:
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
-                    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
-            except Exception as exc:  # a hint: a failure only delays tails until they poll
-                log.debug("tail notification not sent: %s", exc)
+            due = time.monotonic() - looked >= LISTENERS_CHECK_INTERVAL
+            if due or listened:
+                try:
+                    with self._engine.connect() as conn:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                        if due:
+                            listened = bool(conn.execute(_LISTENED, {"name": LISTENER_NAME}).scalar())
+                            looked = time.monotonic()
+                        if listened:
+                            conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+                except Exception as exc:  # a hint: a failure only delays tails until they poll
+                    log.debug("tail notification not sent: %s", exc)
             threading.Event().wait(NOTIFY_INTERVAL)
 
     def stop(self) -> None:
@@ -74,6 +89,12 @@ class Notifier:
         self._poked.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+#: Whether a tail listens to this database (its session's ``application_name``).
+_LISTENED = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = :name)"
+)
 
 
 class Listener(TailListener):
