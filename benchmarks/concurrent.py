@@ -28,8 +28,13 @@ Reported per backend, workload and N: each system's throughput, fle-db ÷ each b
 within a repeat), the scaling test fle(N)/fle(1) >= 0.9 x raw(N)/raw(1) (from the medians), and
 fle-db through PgBouncer ÷ direct. Each writer's last checkpoint is read back and compared.
 
+``--tail``: a live tail (``DatabaseClient.tail``) in a thread of the parent follows fle-db's
+writes (its sessions then appear in the ``pg_stat_activity`` histogram too); each run line adds
+the steps it saw and the slowest from commit to yield. Compare the throughput and the ``Lock``
+waits with and without it: what following the writers costs them.
+
 Usage: ``python -m benchmarks.concurrent [--writers 1,4,16,64] [--workloads small,fle]
-[--backends sqlite,postgres] [--systems ...] [--repeat 3] [--json PATH]``.
+[--backends sqlite,postgres] [--systems ...] [--repeat 3] [--tail] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -124,6 +129,8 @@ class Result:
     setup_s: float = math.nan  # forking and opening the writers' connections (not timed)
     samples: int = 0  # pg_stat_activity samples taken (0: not sampled)
     waits: dict[str, int] = field(default_factory=dict)  # "state: type/event" -> backend-samples
+    tailed: int | None = None  # steps a live tail in the parent yielded (--tail, fle-db only)
+    tail_lag_s: float = math.nan  # the slowest of them, from its commit's instant to its yield
     error: str | None = None
 
 
@@ -225,6 +232,37 @@ class WaitSampler:
         self._conn.close()
 
 
+class LiveTail:
+    """``DatabaseClient.tail`` in a thread of the parent, from before the writers start until it
+    has seen ``expected`` steps (or 10 s without one): what following the writes costs them."""
+
+    def __init__(self, url: str, expected: int) -> None:
+        from fle_db import DatabaseClient
+        from fle_db.config import database_url
+        from fle_db.instants import parse_instant
+
+        self.expected, self.seen, self.lag = expected, 0, 0.0
+        self._client = DatabaseClient(database_url(url), backup_interval=0, auto_migrate=False)
+        self._tail = self._client.tail(timeout=10)
+
+        def follow() -> None:
+            for item in self._tail:
+                self.lag = max(self.lag, time.time() - parse_instant(item["committed_at"]) / 1e6)
+                self.seen += 1
+                if self.seen >= expected:
+                    return
+
+        self._thread = threading.Thread(target=follow, name="live tail", daemon=True)
+        self._thread.start()
+
+    def finish(self) -> tuple[int, float]:
+        """Wait for the tail (at most 10 s after its last step); (steps seen, slowest lag in s)."""
+        self._thread.join(timeout=30)
+        self._tail.close()
+        self._client.close()
+        return self.seen, self.lag
+
+
 def free_connections(pg: PgServer) -> int:
     """Connections the server still accepts from ordinary users."""
     query = (
@@ -257,10 +295,13 @@ def run_job(
     bouncer: pgbouncer.PgBouncer | None,
     pg: PgServer | None,
     sample: bool,
+    tail: bool = False,
 ) -> None:
     """Prepare the fresh database ``where``, fork the writers, time them, verify; fills ``result``.
-    ``sample``: sample ``pg_stat_activity`` of ``where`` (a PostgreSQL URL) during the writes."""
+    ``sample``: sample ``pg_stat_activity`` of ``where`` (a PostgreSQL URL) during the writes.
+    ``tail``: a live tail (``DatabaseClient.tail``) follows the writes from the parent."""
     job.spec.factory(where).close()  # schema and migrations, untimed
+    follower = LiveTail(where, sum(len(mine) for mine in items)) if tail and job.spec.name == "fle-db" else None
     location = bouncer.url(where) if bouncer is not None and job.via_pgbouncer else where
     ctx = mp.get_context("fork")  # the writers inherit the pre-generated items
     ready, start, out = ctx.Barrier(len(items) + 1), ctx.Event(), ctx.Queue()
@@ -298,6 +339,8 @@ def run_job(
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
+    if follower is not None:
+        result.tailed, result.tail_lag_s = follower.finish()
     errors = sorted({error for _, _, error in outcomes if error})
     if errors:
         raise RuntimeError(f"{len(errors)} distinct writer error(s): {'; '.join(errors[:3])}")
@@ -454,6 +497,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL server for scratch databases")
     parser.add_argument("--dir", type=Path, default=None, help="directory for SQLite files (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write raw results to this JSON file")
+    parser.add_argument(
+        "--tail",
+        action="store_true",
+        help="follow fle-db's writes with a live tail (DatabaseClient.tail) in the parent",
+    )
     args = parser.parse_args(argv)
     args.writers = _ints(parser, args.writers, "--writers")
     args.pgbouncer_writers = _ints(parser, args.pgbouncer_writers, "--pgbouncer-writers")
@@ -544,11 +592,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 raise RuntimeError(f"the server has fewer than {writers + 4} free connections")
                             with scratch_location(backend, pg, data_dir, label) as where:
                                 sample = backend == "postgres" and writers in args.sample_writers
-                                run_job(job, result, batch, where, bouncer, pg, sample)
+                                run_job(job, result, batch, where, bouncer, pg, sample, args.tail)
                             console.print(
                                 f"[dim]repeat {repeat + 1}/{args.repeat} {backend:8} {workload:5} N={writers:<3} "
                                 f"{job.name:18} {result.per_s:8,.0f} checkpoints/s  wall {result.wall_s:.2f} s  "
-                                f"setup {result.setup_s:.1f} s[/dim]"
+                                f"setup {result.setup_s:.1f} s"
+                                + (
+                                    f"  tail: {result.tailed} steps, slowest {result.tail_lag_s:.2f} s after commit"
+                                    if result.tailed is not None
+                                    else ""
+                                )
+                                + "[/dim]"
                             )
                         except Exception as exc:  # one broken system must not hide the others' results
                             result.error = f"{type(exc).__name__}: {exc}"

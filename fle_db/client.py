@@ -29,6 +29,7 @@ from .recovery import Recovery
 from .search import SearchTrees
 from .storage.engine import PendingBases
 from .storage.records import STEP_KEYS, Records, ids
+from .tail import Tailing
 from .validation import (
     as_dict,
     as_list,
@@ -46,7 +47,7 @@ from .validation import (
 _SEVERITY = ["ok", "degraded", "failing"]
 
 
-class DatabaseClient(SearchTrees, Recovery, Maintenance):
+class DatabaseClient(SearchTrees, Recovery, Maintenance, Tailing):
     """Checkpoint store for agent trajectories on SQLite (default), PostgreSQL, MySQL/MariaDB or a
     custom backend.
 

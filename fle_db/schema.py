@@ -173,6 +173,7 @@ steps = Table(
     ForeignKeyConstraint(["trajectory_id", "base_step_number"], ["steps.trajectory_id", "steps.step_number"]),
     Index("ix_steps_game_state", "game_state_id", **_partial("game_state_id IS NOT NULL")),
     Index("ix_steps_created", "created_at"),
+    Index("ix_steps_commit", "valid_from_seq"),  # the live tail: steps of a commit
     Index(
         "ix_steps_parent", "parent_trajectory_id", "parent_step_number", **_partial("parent_trajectory_id IS NOT NULL")
     ),

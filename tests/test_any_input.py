@@ -52,7 +52,11 @@ def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[
 COMMANDS = dict(_commands(main))
 #: Commands that would run until stopped, or for minutes with their defaults, get these first
 #: (the hostile values drawn may still override them).
-BOUNDED = {("backup", "schedule"): ["--once"], ("demo",): ["--trajectories", "1", "--steps", "2"]}
+BOUNDED = {
+    ("backup", "schedule"): ["--once"],
+    ("demo",): ["--trajectories", "1", "--steps", "2"],
+    ("tail",): ["--timeout", "0.2"],
+}
 
 
 @pytest.fixture

@@ -97,3 +97,15 @@ def test_sixteen_writer_processes_through_pgbouncer_transaction_pooling_lose_not
                 {"writer": writer, "step": n} for n in range(STEPS)
             ]
             assert db.load_metadata(f"w{writer}") == {f"k{n}": {"writer": writer, "step": n} for n in range(STEPS)}
+
+
+def test_a_tail_through_pgbouncer_polls_and_misses_nothing(make_url: Any, bouncer: PgBouncer) -> None:
+    """LISTEN cannot work through transaction pooling: the tail detects the pooler and polls."""
+    url = bouncer.url(make_url("postgres"))
+    with DatabaseClient(url) as db, DatabaseClient(url) as writer:
+        backend: Any = db._backend  # type: ignore[attr-defined]
+        assert backend.tail_listener() is None
+        tail = db.tail(timeout=2, poll_interval=0.05)
+        writer.batch_save_steps([{"trajectory_id": "a", "step_number": n} for n in range(3)])
+        writer.save_step({"trajectory_id": "b", "step_number": 0})
+        assert [(i["trajectory_id"], i["step_number"]) for i in tail] == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]

@@ -67,7 +67,7 @@ def checkpoints_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 def test_the_builtin_backends_implement_every_role() -> None:
-    assert roles(SQLiteBackend) == {"SearchStore": True, "AdminStore": True, "HistoryStore": True}
+    assert roles(SQLiteBackend) == {"SearchStore": True, "AdminStore": True, "HistoryStore": True, "TailStore": True}
     assert issubclass(SQLiteBackend, Backend)
     for role in (CheckpointStore, SearchStore, AdminStore, HistoryStore):
         assert issubclass(Backend, role)
@@ -75,7 +75,7 @@ def test_the_builtin_backends_implement_every_role() -> None:
 
 def test_a_backend_with_only_the_checkpoint_role_stores_checkpoints(checkpoints_only: DatabaseClient) -> None:
     db = checkpoints_only
-    assert roles(db._backend) == {"SearchStore": False, "AdminStore": False, "HistoryStore": False}  # type: ignore[attr-defined]
+    assert roles(db._backend) == {"SearchStore": False, "AdminStore": False, "HistoryStore": False, "TailStore": False}  # type: ignore[attr-defined]
     db.save_step({"trajectory_id": "t", "step_number": 0, "action": "a"}, game_state={"tick": 0})
     db.save_step({"trajectory_id": "t", "step_number": 1, "action": "b"}, game_state={"tick": 1})
     assert db.load_latest_checkpoint("t")["game_state"] == {"tick": 1}  # type: ignore[index]

@@ -3,9 +3,10 @@
 A backend implements :class:`CheckpointStore` (required: trajectories, steps, agent outputs,
 environment feedbacks, game states, metadata, lineage, deletion, cleanup, schema) and any of the
 optional roles :class:`SearchStore` (search nodes, FLE versions), :class:`AdminStore`
-(statistics, health, maintenance, validation scans, read-only queries) and
-:class:`HistoryStore` (point-in-time history, snapshots for backups and copies, rewind, pruning).
-:class:`Backend` is the union of all four. A call that needs a role the backend lacks raises
+(statistics, health, maintenance, validation scans, read-only queries),
+:class:`HistoryStore` (point-in-time history, snapshots for backups and copies, rewind, pruning)
+and :class:`TailStore` (the live tail of new steps). :class:`Backend` is the union of all five.
+A call that needs a role the backend lacks raises
 :class:`~fle_db.errors.UnsupportedError` naming the role (see :func:`as_search`, :func:`as_admin`,
 :func:`as_history`, :func:`roles`), never a fake result.
 
@@ -67,6 +68,9 @@ from .rows import (
     StoredRecord,
     StoredState,
     StoredStep,
+    TailedStep,
+    TailMark,
+    TailPosition,
     ThinRule,
     TrajectoryFilter,
     TrajectoryQuery,
@@ -497,7 +501,53 @@ class HistoryStore(ABC):
         history nothing after it needs. Idempotent. Returns the rows deleted per table."""
 
 
-class Backend(CheckpointStore, SearchStore, AdminStore, HistoryStore):
+class TailListener(ABC):
+    """A live tail's wake-up hint (PostgreSQL: a ``LISTEN`` connection). Only a hint: the tail
+    reads the commit log after every wait, so a lost notification only delays a step."""
+
+    @abstractmethod
+    def wait(self, seconds: float) -> None:
+        """Return when a notification arrives or after ``seconds``, whichever is first. A lost
+        connection is not an error: it waits out the time and reconnects on the next call."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
+
+
+class TailStore(ABC):
+    """Optional role: the live tail (``DatabaseClient.tail``) — the steps committed after a
+    position, in commit order. A tail calls :meth:`tail_mark`, then :meth:`tail_steps` in a LATER
+    statement (a new snapshot) with a bound whose marks have settled (see :class:`TailMark`)."""
+
+    @abstractmethod
+    def tail_mark(self) -> TailMark:
+        """The newest commit a new reader sees, and the write transactions that may still commit
+        at or below it (read after that commit position, in the same snapshot or later). Empty
+        ``in_flight`` where writers are serialized. Read-only, idempotent."""
+
+    @abstractmethod
+    def tail_steps(
+        self,
+        after: TailPosition,
+        upto: int,
+        trajectory_ids: Sequence[str] | None,
+        task: str | None,
+        with_parts: bool,
+        limit: int,
+    ) -> list[TailedStep]:
+        """At most ``limit`` steps that are after ``after`` in commit order and committed at or
+        before the instant ``upto``, oldest first; only of ``trajectory_ids`` (None: any) and of
+        trajectories whose ``task`` is that (None: any). ``with_parts``: with their agent output
+        and environment feedback. A step whose commit was pruned from the log is never returned
+        (it is older than the recovery horizon). Read-only, idempotent."""
+
+    def tail_listener(self) -> TailListener | None:
+        """A wake-up hint for a tail, or None (default): the tail polls."""
+        return None
+
+
+class Backend(CheckpointStore, SearchStore, AdminStore, HistoryStore, TailStore):
     """A backend implementing every role: subclass it (or
     :class:`fle_db.backends.sql.SQLBackend`) to provide them all, or subclass
     :class:`CheckpointStore` plus the optional roles you support."""
@@ -508,6 +558,7 @@ OPTIONAL_ROLES: dict[str, str] = {
     "SearchStore": "search trees and FLE versions",
     "AdminStore": "statistics, health checks, maintenance, validation and read-only queries",
     "HistoryStore": "point-in-time history, backups, copies, rewind and history pruning",
+    "TailStore": "the live tail of new steps",
 }
 
 
@@ -542,10 +593,17 @@ def as_history(backend: CheckpointStore) -> HistoryStore:
     raise unsupported(backend, "HistoryStore")
 
 
+def as_tail(backend: CheckpointStore) -> TailStore:
+    """``backend``'s TailStore role. Raises UnsupportedError if it does not implement it."""
+    if isinstance(backend, TailStore):
+        return backend
+    raise unsupported(backend, "TailStore")
+
+
 def roles(backend: CheckpointStore | type[CheckpointStore]) -> dict[str, bool]:
     """Which optional roles ``backend`` (an instance or class) implements, by role name."""
     cls = backend if isinstance(backend, type) else type(backend)
-    return {role.__name__: issubclass(cls, role) for role in (SearchStore, AdminStore, HistoryStore)}
+    return {role.__name__: issubclass(cls, role) for role in (SearchStore, AdminStore, HistoryStore, TailStore)}
 
 
 #: The row types are re-exported: backends and the client import them from here.
@@ -575,6 +633,11 @@ __all__ = [
     "StoredRecord",
     "StoredState",
     "StoredStep",
+    "TailListener",
+    "TailMark",
+    "TailPosition",
+    "TailStore",
+    "TailedStep",
     "ThinRule",
     "TrajectoryFilter",
     "TrajectoryQuery",
@@ -582,6 +645,7 @@ __all__ = [
     "as_admin",
     "as_history",
     "as_search",
+    "as_tail",
     "roles",
     "unsupported",
 ]

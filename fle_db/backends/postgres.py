@@ -39,7 +39,8 @@ from sqlalchemy.pool import NullPool
 
 from ..errors import ConfigurationError, QueryTimeoutError, ValidationError
 from ..schema import VERSIONED_TABLES, commit_log, metadata
-from .base import ConnectionOptions
+from . import pgnotify
+from .base import ConnectionOptions, TailListener
 from .readonly import ReadOnlyLogin, capped_rows
 from .sql import SQLBackend
 from .sql.versioned import HEAD_SEQ, CurrentCommit
@@ -91,6 +92,47 @@ class PostgresBackend(SQLBackend):
     snapshot_isolation = "REPEATABLE READ"
     # Commit tokens are transaction ids: writers never queue on log_head.
     counted_commits = False
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self._notifier = pgnotify.Notifier(self.engine)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; once it committed, a wake-up for live tails, sent out of band
+        (see :mod:`.pgnotify`)."""
+        with super()._write() as conn:
+            yield conn
+        self._notifier.poke()
+
+    def close(self) -> None:
+        self._notifier.stop()
+        super().close()
+
+    def _writers_in_flight(self, conn: Connection) -> frozenset[str]:
+        """The open transactions (their virtual transaction ids) that have written steps into
+        this database: only such a transaction, if it had already logged its commit before the
+        head was read, can still appear at or below it. A lock the writer holds until it ends
+        (``RowExclusiveLock`` on ``steps``) names it; ``pg_locks`` is read here, after the head."""
+        rows = conn.execute(
+            text(
+                "SELECT DISTINCT virtualtransaction FROM pg_locks WHERE locktype = 'relation' "
+                "AND mode = 'RowExclusiveLock' AND relation = to_regclass('steps') "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND pid <> pg_backend_pid()"
+            )
+        ).scalars()
+        return frozenset(str(row) for row in rows)
+
+    def tail_listener(self) -> TailListener | None:
+        """``LISTEN`` on a session of its own; None behind a pooler in transaction mode."""
+        with self._translate():  # a closed client refuses (ClientClosedError)
+            pass
+        url = self.settings.url.set(drivername="postgresql")
+        return pgnotify.listener(
+            url.render_as_string(hide_password=False),
+            {"connect_timeout": max(1, round(self.settings.connection_timeout))},
+        )
 
     def _make_read_only_login(self) -> ReadOnlyLogin:
         return PostgresReadOnlyLogin(self.settings)

@@ -385,6 +385,41 @@ class CommitPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class TailPosition:
+    """A place in commit order, where a live tail resumes: just after the step
+    ``(trajectory_id, step_number)`` of the commit ``(committed_at, seq)``, or after that whole
+    commit when ``trajectory_id`` is None. Steps are ordered by ``(committed_at, seq,
+    trajectory_id, step_number)`` (ids compare byte for byte on every backend)."""
+
+    committed_at: int
+    seq: int
+    trajectory_id: str | None = None
+    step_number: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class TailMark:
+    """What a live tail reads before it fetches: the newest commit a new reader sees
+    (``position``) and the write transactions still open that may yet commit at or below it
+    (``in_flight``: opaque identifiers; always empty where writers are serialized, as on SQLite
+    and MySQL). Once none of them is open any more, every commit up to ``position`` is visible."""
+
+    position: CommitPoint
+    in_flight: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class TailedStep:
+    """A step a live tail found: where it is in commit order, and its stored records (the agent
+    output and environment feedback only when asked for, else None)."""
+
+    position: TailPosition
+    step: StoredStep
+    agent_output: StoredStep | None = None
+    environment_feedback: StoredStep | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The whole database as committed at :attr:`head`, read in one consistent transaction.
 

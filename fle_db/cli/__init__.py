@@ -10,8 +10,8 @@ other fle-db error (database unreachable, trajectory not found...). fle-db error
 ``warning:`` on stderr, each once per process.
 
 The commands live in modules by group: :mod:`.setup` (init, migrate, status, config),
-:mod:`.browse` (list, show, ui), :mod:`.maintenance` (stats, health, cleanup, thin, optimize,
-validate, metrics), :mod:`.retention` (retention show, apply), :mod:`.transfer` (demo, export,
+:mod:`.browse` (list, show, ui), :mod:`.live` (tail), :mod:`.maintenance` (stats, health, cleanup, thin,
+optimize, validate, metrics), :mod:`.retention` (retention show, apply), :mod:`.transfer` (demo, export,
 import, copy), :mod:`.backups` (backup, restore-to).
 """
 
@@ -23,7 +23,7 @@ import click
 
 from .. import __version__
 from ..errors import ConfigurationError, FleDBError, ValidationError
-from . import backups, browse, maintenance, retention, setup, transfer
+from . import backups, browse, live, maintenance, retention, setup, transfer
 from ._common import EXIT_ERROR, EXIT_USAGE, Options, show_warnings
 
 
@@ -91,6 +91,7 @@ for _command in (
     transfer.demo,
     browse.list_command,
     browse.show,
+    live.tail,
     browse.ui,
     setup.init,
     setup.migrate,

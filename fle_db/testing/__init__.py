@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from .conformance import (
     AdminStoreConformance,
-    BackendConformance,
     CheckpointStoreConformance,
     HistoryStoreConformance,
     SearchStoreConformance,
     assert_same_json,
     require_role,
 )
+from .suite import BackendConformance
+from .tail import TailStoreConformance
 
 __all__ = [
     "AdminStoreConformance",
@@ -35,6 +36,7 @@ __all__ = [
     "CheckpointStoreConformance",
     "HistoryStoreConformance",
     "SearchStoreConformance",
+    "TailStoreConformance",
     "assert_same_json",
     "require_role",
 ]

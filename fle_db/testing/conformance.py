@@ -2,8 +2,9 @@
 through the public :class:`~fle_db.DatabaseClient` (and, for what the client does not expose,
 the backend itself) on a fresh database per test. One suite per role:
 :class:`CheckpointStoreConformance` (required), :class:`SearchStoreConformance`,
-:class:`AdminStoreConformance` and :class:`HistoryStoreConformance`, each optional role's tests
-skipped for a backend that does not implement it; :class:`BackendConformance` runs them all.
+:class:`AdminStoreConformance`, :class:`HistoryStoreConformance` and
+:class:`~fle_db.testing.tail.TailStoreConformance`, each optional role's tests skipped for a
+backend that does not implement it; :class:`~fle_db.testing.suite.BackendConformance` runs them all.
 
 Subclass :class:`BackendConformance` in a module pytest collects (the class name must start
 with ``Test``) and provide the ``new_database_url`` fixture: a callable returning the URL of a
@@ -27,7 +28,8 @@ What it covers, per area (each test's name states the behaviour it proves):
 * admin (AdminStore): statistics, health, optimize, validate, read-only queries;
 * point in time (HistoryStore): restoring an earlier instant in place, and undoing it; copies into an empty
   database of the same backend, refused into a filled one;
-* concurrency: threads and processes writing one database at once lose and duplicate nothing.
+* concurrency: threads and processes writing one database at once lose and duplicate nothing;
+* the live tail (TailStore, in :mod:`.tail`): new steps in commit order, resumed after a cursor.
 """
 
 from __future__ import annotations
@@ -779,18 +781,9 @@ class HistoryStoreConformance(_Suite):
             db.copy_to(target)
 
 
-class BackendConformance(
-    CheckpointStoreConformance, SearchStoreConformance, AdminStoreConformance, HistoryStoreConformance
-):
-    """The whole conformance suite: every role, each skipped where the backend lacks it.
-    Subclass it as ``Test<YourBackend>`` and provide the ``new_database_url`` fixture (see the
-    module docstring); or subclass only the role suites you want to run."""
-
-
 __all__ = [
     "EXACT_VALUES",
     "AdminStoreConformance",
-    "BackendConformance",
     "CheckpointStoreConformance",
     "HistoryStoreConformance",
     "SearchStoreConformance",

@@ -11,7 +11,8 @@ error translation, dialect hooks), combined here into :class:`SQLBackend`:
 * ``search``: search nodes and FLE versions (the SearchStore role);
 * ``admin``: statistics, health, maintenance, validation scans, read-only queries (AdminStore);
 * ``history``: snapshots, copies, rewind and pruning (HistoryStore), over ``versioned``: the
-  row-versioning model (commit stamps, history twins) in SQLAlchemy Core.
+  row-versioning model (commit stamps, history twins) in SQLAlchemy Core;
+* ``tail``: the steps committed after a position, in commit order (TailStore: the live tail).
 
 Mixins rather than composed role objects: every role shares one engine, one retry policy and one
 set of dialect hooks, which a dialect overrides once on its single class.
@@ -24,10 +25,11 @@ from .admin import SQLAdmin
 from .checkpoints import SQLCheckpoints
 from .history import SQLHistory
 from .search import SQLSearch
+from .tail import SQLTail
 from .thinning import SQLThinning
 
 
-class SQLBackend(SQLAdmin, SQLCheckpoints, SQLThinning, SQLSearch, SQLHistory, Backend):
+class SQLBackend(SQLAdmin, SQLTail, SQLCheckpoints, SQLThinning, SQLSearch, SQLHistory, Backend):
     """Backend over a SQLAlchemy engine, implementing every role. A dialect subclasses it and
     provides the hooks of :class:`~.core.SQLCore`."""
 

@@ -1,0 +1,155 @@
+"""PostgreSQL wake-ups for the live tail: ``NOTIFY`` after a commit, ``LISTEN`` in the tail.
+
+A ``NOTIFY`` inside a write transaction would make PostgreSQL take a cluster-wide lock at its
+commit (``PreCommit_Notify``), serializing every writer; so writers never notify inside their
+transaction. Instead a client that committed pokes its :class:`Notifier`, whose thread sends
+``pg_notify`` in a transaction of its own, at most once per :data:`NOTIFY_INTERVAL` per client:
+the write path only sets an event. While no tail listens to the database (a look at
+``pg_stat_activity`` every :data:`LISTENERS_CHECK_INTERVAL` s), nothing is sent. The
+notification is a hint (the tail reads the commit log after every wake-up and polls anyway), so
+one lost or coalesced costs latency, never a step.
+
+Behind a pooler in transaction mode (PgBouncer) ``LISTEN`` cannot work (the session it registers
+on is handed to other clients): the listener detects one as the prepared-statement guard does
+(the backend pid the pooler announced is not the server's) and the tail polls instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import psycopg
+from sqlalchemy import Engine, text
+
+from .base import TailListener
+
+log = logging.getLogger(__name__)
+
+#: The channel (one per database: channels are per database in PostgreSQL).
+CHANNEL = "fle_db_steps"
+#: A client notifies at most once per this many seconds (commits in between share one).
+NOTIFY_INTERVAL = 0.25
+#: A writing client looks this often whether any tail listens to its database (first one interval
+#: after its first commit); while none does, it sends nothing (a tail polls until the next look).
+LISTENERS_CHECK_INTERVAL = 5.0
+#: ``application_name`` of a tail's listening session (find it in ``pg_stat_activity``).
+LISTENER_NAME = "fle-db tail"
+#: Seconds a listener pauses after losing its connection, before the tail's catch-up round.
+RECONNECT_PAUSE = 0.1
+
+
+class Notifier:
+    """Sends ``pg_notify(CHANNEL)`` from a daemon thread after :meth:`poke`, rate-limited."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._poked = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def poke(self) -> None:
+        """A commit happened: notify soon (never blocks; starts the thread on first use)."""
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None and not self._stopped:
+                    self._thread = threading.Thread(target=self._run, name="fle-db notify", daemon=True)
+                    self._thread.start()
+        self._poked.set()
+
+    def _run(self) -> None:
+        # The first look comes one interval after the first commit: a short-lived writer, or
+        # one that nobody tails, opens no connection for it.
+        listened, looked = False, time.monotonic()
+        while True:
+            self._poked.wait()
+            if self._stopped:
+                return
+            self._poked.clear()
+            due = time.monotonic() - looked >= LISTENERS_CHECK_INTERVAL
+            if due or listened:
+                try:
+                    with self._engine.connect() as conn:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                        if due:
+                            listened = bool(conn.execute(_LISTENED, {"name": LISTENER_NAME}).scalar())
+                            looked = time.monotonic()
+                        if listened:
+                            conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+                except Exception as exc:  # a hint: a failure only delays tails until they poll
+                    log.debug("tail notification not sent: %s", exc)
+            threading.Event().wait(NOTIFY_INTERVAL)
+
+    def stop(self) -> None:
+        """Stop the thread (before the engine is disposed). Idempotent."""
+        self._stopped = True
+        self._poked.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+#: Whether a tail listens to this database (its session's ``application_name``).
+_LISTENED = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = :name)"
+)
+
+
+class Listener(TailListener):
+    """A ``LISTEN`` session of its own (autocommit, ``application_name`` :data:`LISTENER_NAME`),
+    reconnected on the next wait after it is lost."""
+
+    def __init__(self, conninfo: str, connect_args: dict[str, Any]) -> None:
+        self._conninfo = conninfo
+        self._connect_args = connect_args
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connect(self) -> psycopg.Connection[Any] | None:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(
+                self._conninfo, autocommit=True, **{**self._connect_args, "application_name": LISTENER_NAME}
+            )
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+            if pid is None or pid[0] != conn.info.backend_pid:
+                conn.close()
+                raise _Pooled
+            conn.execute(f"LISTEN {CHANNEL}")
+            self._conn = conn
+        return self._conn
+
+    def wait(self, seconds: float) -> None:
+        """Until a notification or ``seconds``; a lost session is closed after a short pause."""
+        try:
+            conn = self._connect()
+            assert conn is not None
+            for _ in conn.notifies(timeout=seconds, stop_after=1):  # what arrived together: one wake-up
+                pass
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # Notifications sent meanwhile are lost: return, so the tail catches up at once.
+            log.debug("tail listener connection lost (%s); reconnecting on the next wait", exc)
+            self.close()
+            threading.Event().wait(min(seconds, RECONNECT_PAUSE))
+
+    def close(self) -> None:
+        """Close the session (a later wait opens a new one). Idempotent."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class _Pooled(Exception):
+    """The listener's connection goes through a pooler in transaction mode: LISTEN cannot work."""
+
+
+def listener(conninfo: str, connect_args: dict[str, Any]) -> Listener | None:
+    """A connected :class:`Listener`, or None behind a pooler (LISTEN unavailable: poll)."""
+    candidate = Listener(conninfo, connect_args)
+    try:
+        candidate._connect()
+    except _Pooled:
+        return None
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        log.debug("tail listener not connected yet (%s); polling until it is", exc)
+    return candidate
