@@ -72,7 +72,7 @@ class DatabaseClient(SearchTrees, Recovery):
         self._settings = Settings.resolve(url, **options)
         self._records = Records(self._settings.max_payload_bytes, self._settings.cache_max_bytes)
         self._metrics = Metrics(self._settings.slow_operation_ms)
-        self._backend: CheckpointStore = open_backend(self._settings)
+        self._backend: CheckpointStore = self._open_backend()
         self._backups = backup.BackupStore(self._settings)
         self._scheduler: backup.BackupScheduler | None = None
         try:
@@ -92,6 +92,11 @@ class DatabaseClient(SearchTrees, Recovery):
         except BaseException:
             self._backend.close()
             raise
+
+    def _open_backend(self) -> CheckpointStore:
+        """The backend ``self._settings`` names (:class:`fle_db.aio.AsyncDatabaseClient` opens
+        one over an asyncio driver instead)."""
+        return open_backend(self._settings)
 
     # -- the backend's optional roles (search and history: in their mixins) -----------------
     @property

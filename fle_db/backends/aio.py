@@ -1,0 +1,73 @@
+"""Backends over asyncio drivers, for :class:`fle_db.aio.AsyncDatabaseClient`.
+
+The statement building, encoding, retries and error translation of the synchronous backends run
+unchanged over an asyncio driver through SQLAlchemy's greenlet bridge: the engine is an
+``AsyncEngine``'s ``sync_engine``, and every call runs inside
+``sqlalchemy.util.greenlet_spawn``, where each driver round trip awaits on the event loop
+(``await_``) instead of blocking the thread. What touches the raw driver is adapted here:
+
+- PostgreSQL's pipeline (the checkpoint's INSERTs in one round trip) is psycopg's
+  ``AsyncConnection.pipeline()``, entered and left through the bridge (SQLAlchemy's adapter
+  offers no ``pipeline()``);
+- a retry's backoff awaits ``asyncio.sleep`` (``time.sleep`` would stop the loop).
+
+Only PostgreSQL has a native variant (psycopg's async connections). SQLite and MySQL run the
+synchronous backend on the client's worker thread (see :mod:`fle_db.aio.client`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.util import await_
+
+from ..config import Settings
+from .base import CheckpointStore
+
+
+def has_native_backend(settings: Settings) -> bool:
+    """Whether the backend ``settings`` names runs over an asyncio driver (PostgreSQL only)."""
+    return settings.backend == "postgres"
+
+
+def open_native_backend(settings: Settings) -> CheckpointStore:
+    """The backend of ``settings`` over an asyncio driver, to be used only inside
+    ``greenlet_spawn`` (see :func:`has_native_backend`)."""
+    assert has_native_backend(settings)
+    return _postgres_class()(settings)
+
+
+@cache
+def _postgres_class() -> type[CheckpointStore]:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from .postgres import PostgresBackend, no_preparing_behind_a_pooler  # psycopg: imported when used
+
+    class AsyncPostgresBackend(PostgresBackend):
+        """:class:`PostgresBackend` over psycopg's ``AsyncConnection`` (same pool settings)."""
+
+        def _create_engine(self) -> Engine:
+            engine = create_async_engine(self.settings.url, **self._engine_options()).sync_engine
+            event.listen(engine, "connect", no_preparing_behind_a_pooler)
+            return engine
+
+        @contextmanager
+        def _pipeline(self, conn: Connection) -> Iterator[None]:
+            """psycopg's async pipeline mode, driven through the greenlet bridge."""
+            pipeline = conn.connection.driver_connection.pipeline()  # type: ignore[union-attr]
+            await_(pipeline.__aenter__())
+            try:
+                yield
+            except BaseException as exc:
+                await_(pipeline.__aexit__(type(exc), exc, exc.__traceback__))
+                raise
+            await_(pipeline.__aexit__(None, None, None))
+
+        def _pause(self, seconds: float) -> None:
+            await_(asyncio.sleep(seconds))
+
+    return AsyncPostgresBackend
