@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 from . import instants, listing, models
 from .backends import AdminStore, CheckpointStore, as_admin, as_search, open_backend
@@ -44,6 +44,7 @@ from .validation import (
 )
 
 _SEVERITY = ["ok", "degraded", "failing"]
+_T = TypeVar("_T")
 
 
 class DatabaseClient(SearchTrees, Recovery):
@@ -385,9 +386,11 @@ class DatabaseClient(SearchTrees, Recovery):
 
         def attempt(pending: PendingBases) -> tuple[SaveResult, int | None]:
             def build(number: int) -> Checkpoint:
-                return self._records.checkpoint(
-                    {**record, "trajectory_id": trajectory_id, "step_number": number},
-                    agent_output, environment_feedback, game_state, pending, node_fields,
+                return self._encode(
+                    lambda: self._records.checkpoint(
+                        {**record, "trajectory_id": trajectory_id, "step_number": number},
+                        agent_output, environment_feedback, game_state, pending, node_fields,
+                    )
                 )  # fmt: skip
 
             return self._backend.append_checkpoint(trajectory_id, build)
@@ -405,7 +408,7 @@ class DatabaseClient(SearchTrees, Recovery):
         Raises:
             ValidationError: not a JSON object, or not exactly representable as JSON.
         """
-        encoded = self._records.encoder.encode(state, "game_state", None, PendingBases())
+        encoded = self._encode(lambda: self._records.encoder.encode(state, "game_state", None, PendingBases()))
         self._backend.save_game_state(encoded)
         return encoded.id
 
@@ -744,9 +747,14 @@ class DatabaseClient(SearchTrees, Recovery):
         """Encode with ``build`` and write in one transaction (see :meth:`Records.write`)."""
 
         def attempt(pending: PendingBases) -> list[SaveResult]:
-            return self._backend.save_checkpoints(build(pending))
+            return self._backend.save_checkpoints(self._encode(lambda: build(pending)))
 
         return [ids(result) for result in self._records.write(attempt)]
+
+    def _encode(self, encode: Callable[[], _T]) -> _T:
+        """Run ``encode`` (validation, JSON, compression of a write's records: CPU work) here; the
+        asyncio client's native twin runs it on a thread, so that its event loop keeps turning."""
+        return encode()
 
     def _load_step_records(self, kind: str, trajectory_id: str) -> list[dict[str, Any]]:
         rows = self._backend.load_step_records(kind, check_id(trajectory_id, "trajectory_id"))

@@ -43,17 +43,37 @@ class _NativeClient(DatabaseClient):
 
         return open_native_backend(self._settings)
 
+    #: Taken by the encoding of each write, across a turn of the loop (see :meth:`_encode`).
+    _encoding: asyncio.Lock
+
+    def _encode(self, encode: Callable[[], T]) -> T:
+        """Encode one write per turn of the event loop. Concurrent saves would otherwise encode
+        back to back in one turn (200 FLE checkpoints: ~0.3 s) while every other task waits;
+        queued on a lock that is held across a yield, each encoding (~1 ms) gets a turn of its
+        own, and timers and I/O run between them. (On a worker thread instead, measured: the
+        loop thread then waits for the GIL after every driver call, and stalls 100-200 ms.)"""
+        from sqlalchemy.util import await_
+
+        if not hasattr(self, "_encoding"):
+            self._encoding = asyncio.Lock()
+        await_(self._encoding.acquire())
+        try:
+            await_(asyncio.sleep(0))
+            return encode()
+        finally:
+            self._encoding.release()
+
 
 class Runner:
     """The synchronous clients behind one asyncio client, opened on first use."""
 
     def __init__(self, url: str | None, options: Mapping[str, Any], settings: Settings) -> None:
-        from ..backends.aio import has_native_backend
+        from ..backends.aio import has_native_backend, worker_threads
 
         self.settings = settings
         self.native = has_native_backend(settings)
         self._url, self._options = url, dict(options)
-        workers = WORKER_CONNECTIONS if self.native else settings.max_connections
+        workers = WORKER_CONNECTIONS if self.native else worker_threads(settings)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fle-db-aio")
         self._main: DatabaseClient | None = None
         self._worker: DatabaseClient | None = None
@@ -64,11 +84,10 @@ class Runner:
         """The client of the everyday calls (opened, and the schema migrated, on first use).
 
         Raises ClientClosedError after :meth:`close`, else what ``DatabaseClient()`` raises."""
-        if self._main is not None:
+        if self._main is not None and not self._closed:
             return self._main
         async with self._lock:
-            if self._closed:
-                raise ClientClosedError(f"the client of {self.settings.safe_url()} is closed; open a new one")
+            self._refuse_if_closed()
             if self._main is None:
                 if self.native:
                     from sqlalchemy.util import greenlet_spawn
@@ -89,12 +108,15 @@ class Runner:
             return main
         if self._worker is None:
             async with self._lock:
-                if self._closed:
-                    raise ClientClosedError(f"the client of {self.settings.safe_url()} is closed; open a new one")
+                self._refuse_if_closed()
                 if self._worker is None:
                     await self._open_worker()
         assert self._worker is not None
         return self._worker
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise ClientClosedError(f"the client of {self.settings.safe_url()} is closed; open a new one")
 
     async def _open_worker(self) -> None:
         """The native client's worker twin (called under the lock, the main client open)."""
@@ -128,6 +150,8 @@ class Runner:
     async def close(self) -> None:
         """Close both clients (waiting for an automated backup in progress); idempotent."""
         async with self._lock:
+            if self._closed:
+                return
             self._closed = True
             main, worker = self._main, self._worker
         if worker is not None:
