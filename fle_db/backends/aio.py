@@ -12,7 +12,8 @@ unchanged over an asyncio driver through SQLAlchemy's greenlet bridge: the engin
 - a retry's backoff awaits ``asyncio.sleep`` (``time.sleep`` would stop the loop).
 
 Only PostgreSQL has a native variant (psycopg's async connections). SQLite and MySQL run the
-synchronous backend on the client's worker thread (see :mod:`fle_db.aio.client`).
+synchronous backend on the client's worker threads (see :func:`has_native_backend` and
+:func:`worker_threads`).
 """
 
 from __future__ import annotations
@@ -21,16 +22,25 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.util import await_
 
-from ..config import Settings
 from .base import CheckpointStore
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
 def has_native_backend(settings: Settings) -> bool:
-    """Whether the backend ``settings`` names runs over an asyncio driver (PostgreSQL only)."""
+    """Whether the backend ``settings`` names runs over an asyncio driver: PostgreSQL only.
+
+    MySQL/MariaDB runs the synchronous backend (PyMySQL) on worker threads: aiomysql 0.3.2, the
+    asyncio port of PyMySQL whose exceptions the MySQL backend's error translation reads, fails
+    on the first bytes parameter with the PyMySQL it needs (>= 1.1 replaced the
+    ``escape_bytes_prefixed`` it imports by a string: ``TypeError``), and every blob is bytes;
+    asyncmy raises exceptions of its own, which that translation does not know."""
     return settings.backend == "postgres"
 
 
@@ -49,13 +59,20 @@ def open_native_backend(settings: Settings) -> CheckpointStore:
     return _postgres_class()(settings)
 
 
+class _AwaitingRetries:
+    """A retry's backoff awaits on the event loop (``time.sleep`` would stop it)."""
+
+    def _pause(self, seconds: float) -> None:
+        await_(asyncio.sleep(seconds))
+
+
 @cache
 def _postgres_class() -> type[CheckpointStore]:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from .postgres import PostgresBackend, no_preparing_behind_a_pooler  # psycopg: imported when used
 
-    class AsyncPostgresBackend(PostgresBackend):
+    class AsyncPostgresBackend(_AwaitingRetries, PostgresBackend):
         """:class:`PostgresBackend` over psycopg's ``AsyncConnection`` (same pool settings)."""
 
         def _create_engine(self) -> Engine:
@@ -74,8 +91,5 @@ def _postgres_class() -> type[CheckpointStore]:
                 await_(pipeline.__aexit__(type(exc), exc, exc.__traceback__))
                 raise
             await_(pipeline.__aexit__(None, None, None))
-
-        def _pause(self, seconds: float) -> None:
-            await_(asyncio.sleep(seconds))
 
     return AsyncPostgresBackend
