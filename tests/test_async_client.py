@@ -177,3 +177,29 @@ def test_a_write_survives_a_connection_the_server_closed_while_idle(
         assert _kill_connections("postgres", url) >= 1
         call(db)  # type: ignore[arg-type]
         assert applied(db)  # type: ignore[arg-type]
+
+
+def test_a_cancelled_call_leaves_whole_checkpoints_or_nothing_and_no_connection_behind(db_url: str) -> None:
+    checkpoints = _fle_checkpoints(24)
+
+    async def main() -> None:
+        async with AsyncDatabaseClient(db_url, max_connections=4) as db:
+            tasks = [asyncio.create_task(db.save_step(cp["step"], **{k: cp[k] for k in cp if k != "step"}))
+                     for cp in checkpoints]  # fmt: skip
+            await asyncio.sleep(0.02)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0.2)  # SQLite: a save already on the worker thread finishes there
+            for cp in checkpoints:
+                step = cp["step"]
+                try:
+                    stored = await db.load_checkpoint(step["trajectory_id"], step["step_number"])
+                except NotFoundError:
+                    continue
+                assert stored["game_state"] == cp["game_state"] and stored["agent_output"] is not None
+            assert (await db.get_performance_metrics())["pool"]["in_use"] == 0
+            again = checkpoints[0]
+            await db.save_step(again["step"], **{k: again[k] for k in again if k != "step"})
+
+    asyncio.run(main())
