@@ -62,12 +62,24 @@ class AsyncDatabaseClient:
         return f"AsyncDatabaseClient({self._settings.safe_url()!r})"
 
     async def close(self) -> None:
+        """Stop automated backups (waiting for one in progress) and release every connection.
+        Idempotent. Afterwards every call raises :class:`~fle_db.errors.ClientClosedError`."""
         await self._runner.close()
 
     async def backup_scheduler(self, interval: float, keep: int) -> AsyncBackupScheduler:
+        """A scheduler of automated backups (not started), as :meth:`DatabaseClient.backup_scheduler
+        <fle_db.DatabaseClient.backup_scheduler>` gives it, for asyncio code: ``await run_once()``,
+        ``start()`` (a daemon thread with the worker client's connections), ``await stop()``.
+
+        Raises:
+            ConfigurationError: ``interval`` not > 0 seconds or ``keep`` not an integer >= 1.
+        """
         return AsyncBackupScheduler((await self._runner.worker()).backup_scheduler(interval, keep))
 
     async def get_performance_metrics(self) -> dict[str, Any]:
+        """As :meth:`DatabaseClient.get_performance_metrics <fle_db.DatabaseClient.get_performance_metrics>`:
+        every call of this client, wherever it ran, in one set of metrics; the pool is the one of
+        the everyday calls. Opens the client if it is not open yet."""
         return (await self._runner.main()).get_performance_metrics()
 
     # -- the rest, in alphabetical order ---------------------------------------------------
