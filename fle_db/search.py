@@ -19,7 +19,7 @@ from .errors import NotFoundError, ValidationError
 from .models import TEXT_LENGTH
 from .ops.metrics import Metrics, timed
 from .storage.records import Records
-from .validation import check_count, check_float, check_id, check_node_id, check_step_number, is_int
+from .validation import check_count, check_float, check_id, check_node_id, check_step_number, check_text, is_int
 
 _Found = TypeVar("_Found")
 
@@ -328,9 +328,10 @@ def _check_version(version: Any) -> int:
 
 
 def _version_fields(description: Any, model: Any) -> tuple[str | None, str | None]:
-    if description is not None and (not isinstance(description, str) or "\x00" in description):
-        raise ValidationError(f"description must be a string without NUL characters, got {description!r:.80}")
-    if model is not None and (not isinstance(model, str) or len(model) > TEXT_LENGTH or "\x00" in model):
+    """Refused: anything but a string without NUL characters or lone surrogates (PostgreSQL's
+    driver cannot encode those), and a ``model`` over the schema's length."""
+    check_text(description, "description")
+    if check_text(model, "model") is not None and len(model) > TEXT_LENGTH:
         raise ValidationError(f"model must be a string of at most {TEXT_LENGTH} characters, got {model!r:.80}")
     return description, model
 
