@@ -1,6 +1,7 @@
 """fle-db: the checkpoint database for AI-agent trajectories (SQLite, PostgreSQL, MySQL or a custom backend)."""
 
 from ._version import __version__
+from .aio import AsyncDatabaseClient
 from .client import DatabaseClient
 from .config import Settings
 from .errors import (
@@ -28,6 +29,7 @@ from .models import AgentOutput, EnvironmentFeedback, MetadataEntry, Step, Traje
 
 __all__ = [
     "AgentOutput",
+    "AsyncDatabaseClient",
     "BackendUnavailableError",
     "ClientClosedError",
     "ConfigurationError",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 from . import instants, listing, models
 from .backends import AdminStore, CheckpointStore, as_admin, as_search, open_backend
@@ -45,6 +45,7 @@ from .validation import (
 )
 
 _SEVERITY = ["ok", "degraded", "failing"]
+_T = TypeVar("_T")
 
 
 class DatabaseClient(SearchTrees, Recovery, Maintenance, Tailing):
@@ -73,7 +74,7 @@ class DatabaseClient(SearchTrees, Recovery, Maintenance, Tailing):
         self._settings = Settings.resolve(url, **options)
         self._records = Records(self._settings.max_payload_bytes, self._settings.cache_max_bytes)
         self._metrics = Metrics(self._settings.slow_operation_ms)
-        self._backend: CheckpointStore = open_backend(self._settings)
+        self._backend: CheckpointStore = self._open_backend()
         self._backups = backup.BackupStore(self._settings)
         self._scheduler: backup.BackupScheduler | None = None
         try:
@@ -93,6 +94,11 @@ class DatabaseClient(SearchTrees, Recovery, Maintenance, Tailing):
         except BaseException:
             self._backend.close()
             raise
+
+    def _open_backend(self) -> CheckpointStore:
+        """The backend ``self._settings`` names (:class:`fle_db.aio.AsyncDatabaseClient` opens
+        one over an asyncio driver instead)."""
+        return open_backend(self._settings)
 
     # -- the backend's optional roles (search and history: in their mixins) -----------------
     @property
@@ -381,9 +387,11 @@ class DatabaseClient(SearchTrees, Recovery, Maintenance, Tailing):
 
         def attempt(pending: PendingBases) -> tuple[SaveResult, int | None]:
             def build(number: int) -> Checkpoint:
-                return self._records.checkpoint(
-                    {**record, "trajectory_id": trajectory_id, "step_number": number},
-                    agent_output, environment_feedback, game_state, pending, node_fields,
+                return self._encode(
+                    lambda: self._records.checkpoint(
+                        {**record, "trajectory_id": trajectory_id, "step_number": number},
+                        agent_output, environment_feedback, game_state, pending, node_fields,
+                    )
                 )  # fmt: skip
 
             return self._backend.append_checkpoint(trajectory_id, build)
@@ -401,7 +409,7 @@ class DatabaseClient(SearchTrees, Recovery, Maintenance, Tailing):
         Raises:
             ValidationError: not a JSON object, or not exactly representable as JSON.
         """
-        encoded = self._records.encoder.encode(state, "game_state", None, PendingBases())
+        encoded = self._encode(lambda: self._records.encoder.encode(state, "game_state", None, PendingBases()))
         self._backend.save_game_state(encoded)
         return encoded.id
 
@@ -693,9 +701,14 @@ class DatabaseClient(SearchTrees, Recovery, Maintenance, Tailing):
         """Encode with ``build`` and write in one transaction (see :meth:`Records.write`)."""
 
         def attempt(pending: PendingBases) -> list[SaveResult]:
-            return self._backend.save_checkpoints(build(pending))
+            return self._backend.save_checkpoints(self._encode(lambda: build(pending)))
 
         return [ids(result) for result in self._records.write(attempt)]
+
+    def _encode(self, encode: Callable[[], _T]) -> _T:
+        """Run ``encode`` (validation, JSON, compression of a write's records: CPU work) here; the
+        asyncio client's native twin runs it on a thread, so that its event loop keeps turning."""
+        return encode()
 
     def _load_step_records(self, kind: str, trajectory_id: str) -> list[dict[str, Any]]:
         rows = self._backend.load_step_records(kind, check_id(trajectory_id, "trajectory_id"))

@@ -7,8 +7,9 @@ An FLE user switches with one line::
 :func:`create_db_client` reads the same environment variables as FLE (``FLE_DB_TYPE``,
 ``SQLITE_DB_FILE``, ``SKILLS_DB_HOST/PORT/NAME/USER/PASSWORD``) and returns an
 :class:`FLEDBClient` with FLE's method names, signatures and return shapes, identical on SQLite
-and PostgreSQL. Its ``async`` methods run the blocking work on the client's own thread pool, so
-they never block the event loop.
+and PostgreSQL. It runs on an :class:`~fle_db.AsyncDatabaseClient`: on PostgreSQL natively over
+psycopg's async connections, on SQLite and MySQL on the client's worker thread; either way its
+``async`` methods never block the event loop.
 
 **Mapping.** FLE keeps one ``programs`` row per step; here a program is a step of the trajectory
 ``fle-v{version}-i{instance}`` (FLE's ``(version, instance)``), numbered by the database when it
@@ -55,20 +56,18 @@ import math
 import random
 import re
 import statistics
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import pydantic
 
-from .client import DatabaseClient
+from .aio import AsyncDatabaseClient
 from .errors import ConfigurationError, FleDBError, NotFoundError, ValidationError
 from .instants import from_us
 from .models import TEXT_LENGTH
 from .validation import is_int
 
 log = logging.getLogger("fle_db")
-T = TypeVar("T")
 
 #: Program fields ``update_program`` may change: the search statistics (a node's mutable row).
 MUTABLE_FIELDS = ("visits", "value", "advantage")
@@ -102,10 +101,8 @@ class ResumePoint(NamedTuple):
 
 
 class FLEDBClient:
-    """FLE's ``DBClient`` interface over a :class:`~fle_db.DatabaseClient`.
-
-    Every ``async`` method runs its database work on this client's thread pool (one thread per
-    pooled connection), so the event loop keeps running meanwhile. Thread-safe.
+    """FLE's ``DBClient`` interface over an :class:`~fle_db.AsyncDatabaseClient` (which keeps
+    the event loop running meanwhile; it belongs to the event loop it first ran on).
 
     Args:
         db: the store (owned: :meth:`cleanup` closes it).
@@ -118,11 +115,13 @@ class FLEDBClient:
 
     def __init__(
         self,
-        db: DatabaseClient,
+        db: AsyncDatabaseClient,
         max_conversation_length: int = 40,
         return_programs: bool | None = None,
         fle_depth: bool = True,
     ) -> None:
+        if not isinstance(db, AsyncDatabaseClient):
+            raise ConfigurationError(f"FLEDBClient takes an AsyncDatabaseClient, got {type(db).__name__}")
         self.db = db
         self.fle_depth = fle_depth
         self.max_conversation_length = max_conversation_length
@@ -131,14 +130,12 @@ class FLEDBClient:
         self._return_programs = return_programs
         if return_programs and _fle_models() is None:
             raise ConfigurationError("return_programs=True needs FLE: pip install factorio-learning-environment")
-        self._executor = ThreadPoolExecutor(max_workers=db.settings.max_connections, thread_name_prefix="fle-db")
         self._closed = False
 
-    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+    def _open(self) -> AsyncDatabaseClient:
         if self._closed:
             raise ConfigurationError("this FLE client was cleaned up; create a new one with create_db_client()")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+        return self.db
 
     # -- FLE's async API ------------------------------------------------------------------
     async def initialize(self) -> None:
@@ -153,22 +150,20 @@ class FLEDBClient:
             NotFoundError: ``parent_id`` names no program. ValidationError: a field is not JSON
             (the message names it). Not idempotent: each call stores a new program.
         """
-        return await self._run(self._create_program, program)
-
-    def _create_program(self, program: Any) -> Any:
+        db = self._open()
         fields = _read_program(program)
         version, instance = _int(fields["version"], "version"), _int(fields["instance"], "instance")
         step: dict[str, Any] = {"fle_program": fields["body"], "reward": fields["value"]}
         parent_id = fields["parent_id"]
         if parent_id is not None:
-            parent = self.db.get_search_node(_int(parent_id, "parent_id"))
+            parent = await db.get_search_node(_int(parent_id, "parent_id"))
             step["parent_trajectory_id"] = parent["trajectory_id"]
             step["parent_step_number"] = parent["step_number"]
         state = fields["state"]
         if state is not None:
             step["state_key_order"] = _key_order(state)
-        self.db.register_version(version, fields["body"]["version_description"], fields["body"]["model"])
-        saved = self.db.append_step(
+        await db.register_version(version, fields["body"]["version_description"], fields["body"]["model"])
+        saved = await db.append_step(
             trajectory_id(version, instance),
             step,
             game_state=state,
@@ -179,7 +174,7 @@ class FLEDBClient:
                 "advantage": fields["advantage"],
             },
         )
-        node = self.db.get_search_node(saved["node_id"])
+        node = await db.get_search_node(saved["node_id"])
         _assign(program, "id", node["node_id"])
         _assign(program, "created_at", from_us(node["created_at"]))
         return program
@@ -192,9 +187,8 @@ class FLEDBClient:
             ValidationError: another field (a program's content is an immutable checkpoint:
             create a new program instead). NotFoundError: no such program.
         """
-        return await self._run(self._update_program, program_id, dict(updates))
-
-    def _update_program(self, program_id: int, updates: dict[str, Any]) -> Any:
+        db = self._open()
+        updates = dict(updates)
         immutable = sorted(set(updates) - set(MUTABLE_FIELDS))
         if immutable:
             raise ValidationError(
@@ -202,20 +196,20 @@ class FLEDBClient:
                 "stored checkpoint, which is immutable: create a new program instead"
             )
         visits = updates.get("visits")
-        self.db.update_search_stats(
+        await db.update_search_stats(
             _int(program_id, "program_id"),
             visits=_int(visits, "visits") if visits is not None else None,
             value=updates.get("value"),
             advantage=updates.get("advantage"),
         )
-        return self._program(self.db.get_search_node(program_id))
+        return await self._program(await db.get_search_node(program_id))
 
     async def visit(self, id: int, children: int = 1) -> None:
         """FLE's ``DBSampler.visit``, atomically and committed: add ``children`` visits to the
         program and set each child's advantage to its value minus the children's mean value.
         A no-op for ``children == 0``. NotFoundError if there is no such program."""
         if children:
-            await self._run(self.db.visit_search_node, _int(id, "id"), _int(children, "children"))
+            await self._open().visit_search_node(_int(id, "id"), _int(children, "children"))
 
     async def get_resume_state(
         self, resume_version: int, process_id: Any = None, agent_idx: int = -1
@@ -232,22 +226,20 @@ class FLEDBClient:
         """Where ``(version, instance)`` resumes: its newest program (highest step number) that
         has a game state and a value, or ``found=False`` with the reason (no such trajectory, no
         program with a state and a value). Database errors raise."""
-        return await self._run(self._resume, version, instance)
-
-    def _resume(self, version: int, instance: int) -> ResumePoint:
+        db = self._open()
         tid = trajectory_id(version, instance)
-        latest = self.db.get_search_nodes(
+        latest = await db.get_search_nodes(
             tree_id(version), order="step", limit=1, with_state=True, with_value=True, trajectory_id=tid
         )
         if not latest:
             reason = (
                 f"version {version} instance {instance} has programs, but none with a game state and a value"
-                if self.db.get_search_nodes(tree_id(version), limit=1, trajectory_id=tid)
+                if await db.get_search_nodes(tree_id(version), limit=1, trajectory_id=tid)
                 else f"version {version} instance {instance} has no checkpoint"
             )
             log.info("nothing to resume: %s; starting afresh", reason)
             return ResumePoint(False, None, None, None, None, None, reason)
-        program = self._program(latest[0])
+        program = await self._program(latest[0])
         state, conversation = _get(program, "state"), _get(program, "conversation")
         return ResumePoint(True, state, conversation, latest[0]["node_id"], _get(program, "depth"),
                            latest[0]["step_number"], None)  # fmt: skip
@@ -257,13 +249,10 @@ class FLEDBClient:
         older first) — what FLE's query returns (it unions the best of each depth with the
         ``2 * beam_width`` best overall and keeps the ``beam_width`` best, i.e. the best
         overall). ``[]`` if the version has none."""
-        return await self._run(self._beam_heads, version, beam_width)
-
-    def _beam_heads(self, version: int, beam_width: int) -> list[Any]:
-        nodes = self.db.get_search_nodes(
+        nodes = await self._open().get_search_nodes(
             tree_id(version), order="value", limit=_int(beam_width, "beam_width"), with_state=True, with_value=True
         )
-        return [self._program(node) for node in nodes]
+        return [await self._program(node) for node in nodes]
 
     async def sample_parent(
         self, version: int = 1, compression_strength: float | None = None, adaptive_period: int = 100
@@ -273,14 +262,12 @@ class FLEDBClient:
         ``(tanh(z * compression_strength) + 1) / 2 + 1e-6`` of the advantage's z-score;
         ``compression_strength`` None follows a sine of the program count with period
         ``adaptive_period``. None when the version has no such program."""
-        return await self._run(self._sample_parent, version, compression_strength, adaptive_period)
-
-    def _sample_parent(self, version: int, compression_strength: float | None, adaptive_period: int) -> Any:
+        db = self._open()
         tree = tree_id(version)
         if compression_strength is None:
-            count = self.db.get_tree_summary(tree)["nodes"]
+            count = (await db.get_tree_summary(tree))["nodes"]
             compression_strength = (math.sin(2 * math.pi * count / adaptive_period) + 1) / 2
-        recent = self.db.get_search_nodes(
+        recent = await db.get_search_nodes(
             tree, order="recent", limit=SAMPLE_WINDOW, with_advantage=True, with_state=True
         )
         if not recent:
@@ -293,46 +280,34 @@ class FLEDBClient:
             for a in advantages
         ]
         chosen = random.choices(recent, weights=weights, k=1)[0]
-        return self._program(chosen)
+        return await self._program(chosen)
 
     async def get_largest_version(self) -> int:
         """The largest version created or reserved, 0 if none."""
-        return await self._run(self._largest_version)
-
-    def _largest_version(self) -> int:
-        found = self.db.get_version()
+        found = await self._open().get_version()
         return int(found["version"]) if found is not None else 0
 
     async def get_largest_depth_in_version(self, version: int) -> int:
         """The largest program depth of a version as FLE stores it (created depth // 2), 0 if it
         has no program."""
-        return await self._run(self._largest_depth, version)
-
-    def _largest_depth(self, version: int) -> int:
-        deepest = self.db.get_tree_summary(tree_id(version))["max_depth"]
+        deepest = (await self._open().get_tree_summary(tree_id(version)))["max_depth"]
         return int(deepest) if deepest is not None else 0
 
     async def version_exists(self, version: int) -> bool:
         """Whether the version has at least one program."""
-        return await self._run(self._version_exists, version)
-
-    def _version_exists(self, version: int) -> bool:
-        return int(self.db.get_tree_summary(tree_id(version))["nodes"]) > 0
+        return int((await self._open().get_tree_summary(tree_id(version)))["nodes"]) > 0
 
     async def get_version_metadata(self, version: int) -> dict[str, Any]:
         """``{"version_description", "model"}`` of a version (from its first program, or its
         reservation), ``{}`` for an unknown version."""
-        return await self._run(self._version_metadata, version)
-
-    def _version_metadata(self, version: int) -> dict[str, Any]:
-        found = self.db.get_version(_int(version, "version"))
+        found = await self._open().get_version(_int(version, "version"))
         return {"version_description": found["description"], "model": found["model"]} if found is not None else {}
 
     async def get_all_program_rewards(self, version: int | None = None) -> list[float]:
         """Every program value (not None) of a version, or of all versions, oldest first."""
         if version is not None:
-            return await self._run(self.db.get_node_values, tree_id(version))
-        return await self._run(functools.partial(self.db.get_node_values, tree_prefix=TREE_PREFIX))
+            return await self._open().get_node_values(tree_id(version))
+        return await self._open().get_node_values(tree_prefix=TREE_PREFIX)
 
     async def execute_query(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         """Run one read-only SELECT and return its rows as dicts.
@@ -350,15 +325,14 @@ class FLEDBClient:
             for a write or not exactly one statement, QueryTimeoutError, QueryLimitError, and on
             PostgreSQL/MySQL ConfigurationError when the SELECT-only login is missing.
         """
-        return await self._run(self.db.execute_query, query, params)
+        return await self._open().execute_query(query, params)
 
     async def cleanup(self) -> None:
-        """Release every connection and the thread pool. Idempotent; the client is unusable after."""
+        """Release every connection. Idempotent; the client is unusable after."""
         if self._closed:
             return
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.db.close)
-        self._executor.shutdown(wait=False)
+        await self.db.close()
 
     def get_connection(self) -> Any:
         """FLE's raw psycopg2 connection: not offered (fle-db owns its SQL and transactions).
@@ -373,16 +347,16 @@ class FLEDBClient:
         )
 
     # -- conversion -----------------------------------------------------------------------
-    def _program(self, node: dict[str, Any]) -> Any:
+    async def _program(self, node: dict[str, Any]) -> Any:
         """The program stored at a node: an FLE ``Program`` when available, else a dict."""
-        step = self.db.load_step(node["trajectory_id"], node["step_number"])
+        step = await self.db.load_step(node["trajectory_id"], node["step_number"])
         body = step.get("fle_program")
         if not isinstance(body, dict):
             raise NotFoundError(f"search node {node['node_id']} is not an FLE program")
         version, instance = _parse_trajectory(node["trajectory_id"])
         state_json = None
         if step["game_state_id"] is not None:
-            state = _reordered(self.db.load_game_state(step["game_state_id"]), step.get("state_key_order"))
+            state = _reordered(await self.db.load_game_state(step["game_state_id"]), step.get("state_key_order"))
             state_json = json.dumps(state)
         row = {
             **body,
@@ -397,7 +371,8 @@ class FLEDBClient:
             "created_at": from_us(node["created_at"]),
             "state": state_json,
         }
-        models = _fle_models() if self._return_programs is not False else None
+        # FLE (numpy, openai...) takes seconds to import: the first time, on a thread
+        models = await asyncio.to_thread(_fle_models) if self._return_programs is not False else None
         if models is None:
             return row
         return _to_fle_program(models, row)
@@ -416,7 +391,8 @@ async def create_db_client(
         SchemaVersionError: the file holds tables fle-db did not create (e.g. FLE's own
         ``programs`` database: point ``SQLITE_DB_FILE`` at a new file).
     """
-    db = await asyncio.to_thread(DatabaseClient, max_connections=max_connections)
+    db = AsyncDatabaseClient(max_connections=max_connections)
+    await db.__aenter__()  # opens and migrates now: errors surface here, as in FLE
     return FLEDBClient(db, max_conversation_length=max_conversation_length)
 
 
@@ -425,7 +401,7 @@ async def get_next_version() -> int:
     (concurrent callers, in any process, get distinct numbers)."""
     client = await create_db_client()
     try:
-        return await client._run(client.db.allocate_version)
+        return await client.db.allocate_version()
     finally:
         await client.cleanup()
 

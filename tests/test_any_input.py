@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 import pytest
+from async_adapter import CLIENT_KINDS, client_factory
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -140,16 +141,18 @@ def _values(place: Path) -> st.SearchStrategy[Any]:
     return st.one_of(st.sampled_from(fixed), st.text(max_size=20), st.integers(), st.floats())
 
 
-def _seeded(url: str, place: Path) -> DatabaseClient:
-    client = DatabaseClient(url, backup_dir=place / "backups?x=1", connection_timeout=5, retry_deadline=0)
+def _seeded(url: str, place: Path, kind: str = "sync") -> DatabaseClient:
+    client = client_factory(kind)(url, backup_dir=place / "backups?x=1", connection_timeout=5, retry_deadline=0)
     client.save_step({"trajectory_id": "t1", "step_number": 0, "action": "a"}, game_state={"tick": 1})
     client.fork_trajectory("t1", 0, "12")
     client.create_backup()
     return client
 
 
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
 @pytest.mark.parametrize("name", METHODS)
-def test_every_public_method_raises_only_fle_db_errors(name: str, db_url: str, place: Path) -> None:
+def test_every_public_method_raises_only_fle_db_errors(name: str, kind: str, db_url: str, place: Path) -> None:
+    """Through both clients (the asyncio one driven by tests/async_adapter.py)."""
     signature = inspect.signature(getattr(DatabaseClient, name))
     parameters = [
         p
@@ -163,7 +166,7 @@ def test_every_public_method_raises_only_fle_db_errors(name: str, db_url: str, p
             for p in parameters
         }
     )
-    client = _seeded(db_url, place)
+    client = _seeded(db_url, place, kind)
 
     @settings(_EXPLORE, max_examples=30)
     @given(arguments)

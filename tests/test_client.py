@@ -1,8 +1,15 @@
-"""The client API of the spec and its promises, on every backend."""
+"""The client API of the spec and its promises, on every backend, through both clients: every test
+here runs against ``DatabaseClient`` and against ``AsyncDatabaseClient`` (driven through
+``tests/async_adapter.py``), except the one that opens a client of its own with other options
+(which runs through both as well, via ``client_factory``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
+from async_adapter import CLIENT_KINDS, client_factory, open_client
 
 from fle_db import (
     ConflictError,
@@ -25,6 +32,16 @@ SPEC_TRAJECTORY = {
     "success": True,
 }
 STATE = {"entities": "eJzLSM3JyVcozy/KSQEAGgQEXQ==", "research": {"automation": {"researched": True}}, "tick": 60}
+
+
+@pytest.fixture(params=CLIENT_KINDS)
+def client_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db(client_kind: str, db_url: str) -> Iterator[Any]:
+    yield from open_client(client_kind, db_url)
 
 
 def step(n: int, tid: str = "t1", **extra: object) -> dict[str, object]:
@@ -336,8 +353,8 @@ def test_deeply_nested_json_is_rejected(db: DatabaseClient) -> None:
         db.save_step(step(0, observation=deep))
 
 
-def test_oversize_payload_raises_and_names_the_limit(db_url: str) -> None:
-    with DatabaseClient(db_url, max_payload_bytes=4096) as small:
+def test_oversize_payload_raises_and_names_the_limit(client_kind: str, db_url: str) -> None:
+    with client_factory(client_kind)(db_url, max_payload_bytes=4096) as small:
         with pytest.raises(PayloadTooLargeError, match="max_payload_bytes"):
             small.save_step(step(0, observation="x" * 5000))
         with pytest.raises(PayloadTooLargeError):

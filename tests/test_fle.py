@@ -21,7 +21,7 @@ from fle_support import use_fle_environment
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fle_db import DatabaseClient
+from fle_db import AsyncDatabaseClient, DatabaseClient
 from fle_db.errors import NotFoundError, ValidationError
 from fle_db.fle import FLEDBClient, ResumePoint, _key_order, _reordered, create_db_client, get_next_version
 
@@ -68,15 +68,27 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def fle(db_url: str) -> Iterator[FLEDBClient]:
-    client = FLEDBClient(DatabaseClient(db_url), return_programs=False)
-    yield client
-    client.db.close()
+_loop: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(autouse=True)
+def event_loop() -> Iterator[None]:
+    """One event loop per test, for every ``run``: the asyncio client belongs to the loop it
+    first ran on (as FLE runs: one loop per process)."""
+    _loop.append(asyncio.new_event_loop())
+    yield
+    _loop.pop().close()
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+    return _loop[-1].run_until_complete(coro)
+
+
+@pytest.fixture
+def fle(db_url: str) -> Iterator[FLEDBClient]:
+    client = FLEDBClient(AsyncDatabaseClient(db_url), return_programs=False)
+    yield client
+    run(client.cleanup())
 
 
 def test_create_resume_beam_sample_update_round_trip(fle: FLEDBClient) -> None:
@@ -163,7 +175,7 @@ def test_resume_without_a_checkpoint_says_so(fle: FLEDBClient) -> None:
 
 def test_depth_reads_back_as_fle_stores_it_or_as_created(db_url: str) -> None:
     async def scenario() -> tuple[Any, Any, int]:
-        with DatabaseClient(db_url) as db:
+        async with AsyncDatabaseClient(db_url) as db:
             fle_way = FLEDBClient(db, return_programs=False)
             exact = FLEDBClient(db, return_programs=False, fle_depth=False)
             current_depth = 3  # FLE's beam search creates depth = current_depth * 2...

@@ -35,7 +35,7 @@ from fle.commons.models.research_state import ResearchState
 from fle.commons.models.technology_state import TechnologyState
 from fle.commons.models.timing_metrics import TimingMetrics
 
-from fle_db import DatabaseClient
+from fle_db import AsyncDatabaseClient
 from fle_db.fle import FLEDBClient
 
 
@@ -121,9 +121,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def fle(db_url: str) -> Iterator[FLEDBClient]:
-    client = FLEDBClient(DatabaseClient(db_url))
-    yield client
-    client.db.close()
+    """The client; the test's event loop closes it (``cleanup``) before that loop ends."""
+    yield FLEDBClient(AsyncDatabaseClient(db_url))
 
 
 def test_fles_own_programs_round_trip_create_resume_beam_sample_update(fle: FLEDBClient) -> None:
@@ -171,7 +170,13 @@ def test_fles_own_programs_round_trip_create_resume_beam_sample_update(fle: FLED
         assert await fle.get_version_metadata(42) == {"version_description": "model: test\nbeam", "model": "test-model"}
         assert await fle.get_largest_depth_in_version(42) == 3
 
-    asyncio.run(scenario())
+    async def closing() -> None:
+        try:
+            await scenario()
+        finally:
+            await fle.cleanup()
+
+    asyncio.run(closing())
 
 
 def test_the_client_has_fles_method_names_parameters_and_async_ness() -> None:

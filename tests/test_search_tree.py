@@ -200,3 +200,15 @@ def test_best_per_depth_and_recent_nodes_read_the_tree_index(db: DatabaseClient)
             plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
             assert "ix_search_nodes_" in plan, plan
     assert len(backend.find_nodes(NodeQuery("tree3", order="recent", limit=5))) == 5
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\x00b", 5])
+def test_a_version_description_or_model_that_is_not_clean_text_is_refused_before_writing(
+    db: DatabaseClient, bad: object
+) -> None:
+    """Lone surrogates too: PostgreSQL's driver cannot encode them (found by tests/test_any_input.py)."""
+    with pytest.raises(ValidationError):
+        db.allocate_version(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        db.register_version(3, "v", bad)  # type: ignore[arg-type]
+    assert db.get_version() is None

@@ -56,7 +56,7 @@ MIGRATION_LOCK_KEY = int.from_bytes(b"fle_db", "big")
 SYNCHRONOUS_COMMIT = {"full": "on", "fast": "off"}
 
 
-def _no_preparing_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
+def no_preparing_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
     """Prepared statements where they are safe. psycopg prepares a statement once it ran
     ``prepare_threshold`` (5) times on a connection, saving its parse and plan on every later
     call. Behind a pooler in transaction mode (PgBouncer 1.18 keeps no prepared statements across
@@ -69,7 +69,8 @@ def _no_preparing_behind_a_pooler(dbapi_conn: Any, _record: Any) -> None:
         (pid,) = cursor.fetchone()
     dbapi_conn.rollback()
     if pid != dbapi_conn.info.backend_pid:
-        dbapi_conn.prepare_threshold = None
+        # psycopg's own connection (SQLAlchemy's asyncio adapter wraps it: driver_connection)
+        getattr(dbapi_conn, "driver_connection", dbapi_conn).prepare_threshold = None
 
 
 @compiles(CurrentCommit, "postgresql")
@@ -151,6 +152,12 @@ class PostgresBackend(SQLBackend):
         return url.set(drivername="postgresql+psycopg")
 
     def _create_engine(self) -> Engine:
+        engine = create_engine(self.settings.url, **self._engine_options())
+        event.listen(engine, "connect", no_preparing_behind_a_pooler)
+        return engine
+
+    def _engine_options(self) -> dict[str, Any]:
+        """``create_engine``'s keyword arguments (the asyncio client's engine takes the same)."""
         settings = self.settings
         connect_args: dict[str, Any] = {
             "connect_timeout": max(1, round(settings.connection_timeout)),
@@ -168,15 +175,12 @@ class PostgresBackend(SQLBackend):
             options.append("-c default_transaction_read_only=on")
         if options:
             connect_args["options"] = " ".join(options)
-        engine = create_engine(
-            settings.url,
-            pool_size=settings.max_connections,
-            max_overflow=0,
-            pool_timeout=settings.connection_timeout,
-            connect_args=connect_args,
-        )
-        event.listen(engine, "connect", _no_preparing_behind_a_pooler)
-        return engine
+        return {
+            "pool_size": settings.max_connections,
+            "max_overflow": 0,
+            "pool_timeout": settings.connection_timeout,
+            "connect_args": connect_args,
+        }
 
     def _after_load(self, conn: Connection) -> None:
         """The search-node id sequence continues after the highest id loaded."""

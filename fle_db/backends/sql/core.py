@@ -16,11 +16,11 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -189,7 +189,9 @@ class SQLCore(CheckpointStore):
         super().__init__(settings)
         self.engine: Engine = self._create_engine()
         self._closed = False
-        self._in_transaction = threading.local()  # .conn: this thread's open write transaction
+        # This thread's (or, over an asyncio driver, this greenlet's) open write transaction: a
+        # context variable, as greenlets of one thread each have their own context.
+        self._in_transaction: ContextVar[Connection | None] = ContextVar(f"fle_db_write_{id(self)}", default=None)
         event.listen(self.engine, "checkout", self._refuse_second_connection)
         self._reached = False  # set by the first call that got an answer (see _retrying)
         dialect = self.engine.dialect
@@ -376,8 +378,12 @@ class SQLCore(CheckpointStore):
                     raise final from exc
                 pause = min(delay * random.uniform(0.8, 1.2), remaining)
                 log.warning("connection to %s lost (%s); retrying in %.2f s", self.settings.safe_url(), exc, pause)
-                time.sleep(pause)
+                self._pause(pause)
                 delay = min(delay * 2, 2.0)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait between retries (over an asyncio driver: without blocking the event loop)."""
+        time.sleep(seconds)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -393,11 +399,11 @@ class SQLCore(CheckpointStore):
             with self._translate(), self.engine.connect() as conn:
                 conn.execution_options(fle_write=True)
                 with conn.begin():
-                    self._in_transaction.conn = conn
+                    token = self._in_transaction.set(conn)
                     try:
                         yield conn
                     finally:
-                        self._in_transaction.conn = None
+                        self._in_transaction.reset(token)
                     committing = True
         except BackendUnavailableError as exc:
             exc.commit_unknown = committing and exc.retryable
@@ -407,7 +413,7 @@ class SQLCore(CheckpointStore):
         """Pool checkout hook: a thread inside a write transaction never waits for a second
         connection (with ``max_connections=1``, or a server at its connection limit, it would
         wait on itself until ``connection_timeout``)."""
-        if getattr(self._in_transaction, "conn", None) is not None:
+        if self._in_transaction.get() is not None:
             raise FleDBError("fle-db bug: a second connection was checked out inside a write transaction")
 
     @contextmanager
@@ -416,7 +422,7 @@ class SQLCore(CheckpointStore):
         and load-state join the step, state, parts and bases), so a backend may read in
         autocommit (:attr:`read_isolation`) and save the BEGIN/ROLLBACK round trips. Inside this
         thread's write transaction: that transaction's connection."""
-        held = getattr(self._in_transaction, "conn", None)
+        held = self._in_transaction.get()
         if held is not None:
             yield held
             return
