@@ -201,6 +201,13 @@ class PostgresBackend(SQLBackend):
         with conn.connection.dbapi_connection.pipeline():  # type: ignore[union-attr]
             yield
 
+    # psycopg's pipeline: BEGIN, the INSERTs and COMMIT of a checkpoint in one round trip.
+    commits_in_pipeline = True
+
+    def _is_duplicate_key(self, exc: BaseException) -> bool:
+        """SQLSTATE 23505, unique_violation."""
+        return getattr(exc, "sqlstate", None) == "23505"
+
     def _is_disconnect(self, exc: BaseException | None) -> bool:
         """Connection refused, closed or terminated, server shutting down or starting up."""
         return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))

@@ -62,6 +62,7 @@ _DUMP_OPTIONS = (
     | orjson.OPT_PASSTHROUGH_DATACLASS
     | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
+_UNSORTED_OPTIONS = _DUMP_OPTIONS & ~orjson.OPT_SORT_KEYS
 
 
 def canonical_json(value: Any, what: str, max_bytes: int) -> bytes:
@@ -78,10 +79,12 @@ def canonical_json(value: Any, what: str, max_bytes: int) -> bytes:
     return raw
 
 
-def dumps(value: Any, what: str, max_bytes: int) -> bytes:
-    """Canonical (sorted-key) JSON bytes of ``value``, not yet proven exact (see :func:`verify_exact`)."""
+def dumps(value: Any, what: str, max_bytes: int, sort_keys: bool = True) -> bytes:
+    """Canonical (sorted-key) JSON bytes of ``value``, not yet proven exact (see :func:`verify_exact`);
+    with ``sort_keys=False`` the same text with the keys in the value's order (as long, and
+    refused for the same reasons)."""
     try:
-        raw = orjson.dumps(value, option=_DUMP_OPTIONS)
+        raw = orjson.dumps(value, option=_DUMP_OPTIONS if sort_keys else _UNSORTED_OPTIONS)
     except (orjson.JSONEncodeError, TypeError) as exc:
         raise ValidationError(f"{what}: {_find_problem(value, 'value') or exc}") from None
     if len(raw) > max_bytes:

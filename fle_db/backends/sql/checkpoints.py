@@ -157,6 +157,10 @@ def _record_values(cp: Checkpoint, record: EncodedRecord, now: int, **columns: A
                 base_step_number=record.base)  # fmt: skip
 
 
+class _AlreadyStored(Exception):
+    """A one-trip write met a stored key (see ``SQLCheckpoints._write_checkpoints``)."""
+
+
 class SQLCheckpoints(SQLCore):
     """Writes (one transaction each, idempotent per part) and reads of checkpoints."""
 
@@ -169,6 +173,11 @@ class SQLCheckpoints(SQLCore):
         self._raw_delta = self._raw_insert_ignore(blobs)
         self._raw_step = self._raw_insert_ignore(steps)
         self._raw_record = {part: self._raw_insert_ignore(table) for part, table in _STEP_RECORDS.items()}
+        # Plain INSERTs for a one-trip write (BEGIN, INSERTs and COMMIT in one pipeline, see
+        # commits_in_pipeline): a stored key fails it before anything is committed, and it runs
+        # again the checking way.
+        self._strict_step = self._raw_insert(steps)
+        self._strict_record = {part: self._raw_insert(table) for part, table in _STEP_RECORDS.items()}
         # Explicit columns: the id is left to the database (identity / AUTOINCREMENT).
         node_keys = [c.name for c in search_nodes.c if c.name not in ("id", "valid_from_seq")]
         self._raw_node = _Raw(
@@ -280,9 +289,17 @@ class SQLCheckpoints(SQLCore):
         ids = list(dict.fromkeys(cp.trajectory_id for cp in checkpoints))
         with self._known_lock:
             assumed = {tid for tid in ids if tid in self._known}
+
+        def attempt(assumed: Collection[str], one_trip: bool) -> set[tuple[str, int]]:
+            with self._write(explicit=one_trip) as conn:
+                return self._write_checkpoints(conn, checkpoints, now_us(), True, assumed, one_trip)
+
         try:
-            with self._write() as conn:
-                existed = self._write_checkpoints(conn, checkpoints, now_us(), log=True, assumed=assumed)
+            try:
+                existed = attempt(assumed, self.commits_in_pipeline)
+            except _AlreadyStored:
+                # A retry, or a step saved before: compare it with what is stored.
+                existed = attempt(assumed, False)
         except MissingReferenceError:
             if not assumed:
                 raise
@@ -290,8 +307,7 @@ class SQLCheckpoints(SQLCore):
             with self._known_lock:
                 for tid in ids:
                     self._known.pop(tid, None)
-            with self._write() as conn:
-                existed = self._write_checkpoints(conn, checkpoints, now_us(), log=True)
+            existed = attempt((), False)
         with self._known_lock:
             for tid in ids:
                 self._known[tid] = None
@@ -301,7 +317,13 @@ class SQLCheckpoints(SQLCore):
         return [_save_result(cp, existed) for cp in checkpoints]
 
     def _write_checkpoints(
-        self, conn: Connection, checkpoints: Sequence[Checkpoint], now: int, log: bool, assumed: Collection[str] = ()
+        self,
+        conn: Connection,
+        checkpoints: Sequence[Checkpoint],
+        now: int,
+        log: bool,
+        assumed: Collection[str] = (),
+        one_trip: bool = False,
     ) -> set[tuple[str, int]]:
         """Insert the checkpoints' rows inside the caller's write transaction, taking the commit
         number first in the same pipeline when ``log`` (else the caller took it); returns the keys
@@ -309,7 +331,11 @@ class SQLCheckpoints(SQLCore):
 
         The trajectory rows are created if missing, except those of ``assumed`` (which this
         backend stored before: re-inserting them was one more statement per checkpoint); a
-        write naming one that was deleted since fails with MissingReferenceError."""
+        write naming one that was deleted since fails with MissingReferenceError.
+
+        ``one_trip`` (in ``_write(explicit=True)``): BEGIN and COMMIT go in the same pipeline, so
+        the steps and their records are plain INSERTs, never skipped, and a stored key raises
+        :class:`_AlreadyStored` (nothing committed) instead of being compared."""
         step_rows = [self._step_values(cp, now) for cp in checkpoints if cp.step is not None]
         record_rows = {
             part: [_record_values(cp, blob, now) for cp in checkpoints if (blob := getattr(cp, part)) is not None]
@@ -317,23 +343,35 @@ class SQLCheckpoints(SQLCore):
         }
         node_rows = [_node_values(cp, now) for cp in checkpoints if cp.node is not None]
         existed: set[tuple[str, int]] = set()
+        step_insert, record_inserts = (
+            (self._strict_step, self._strict_record) if one_trip else (self._raw_step, self._raw_record)
+        )
         # Every INSERT goes out in one pipeline (PostgreSQL: one round trip); the row counts
         # of the immutable records are read after it, and only a shortfall costs a query.
-        with self._pipeline(conn):
-            logged = self._open_commit(conn) if log else []
-            ids = [tid for tid in dict.fromkeys(cp.trajectory_id for cp in checkpoints) if tid not in assumed]
-            self._ensure_trajectories(conn, ids, now)
-            states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
-            if states:
-                self._insert_states(conn, list(states.values()), now)
-            counted = [(self._raw_step.start(conn, step_rows), steps, step_rows, "step")]
-            for part, table in _STEP_RECORDS.items():
-                rows = record_rows[part]
-                counted.append((self._raw_record[part].start(conn, rows), table, rows, part.replace("_", " ")))
-            # A node already stored for its step keeps its (mutable) statistics.
-            self._raw_node.run(conn, node_rows)
-            if log:
-                logged.append(self._close_commit(conn))
+        try:
+            with self._pipeline(conn):
+                logged = [self._send_begin(conn)] if one_trip else []
+                if log:
+                    logged += self._open_commit(conn)
+                ids = [tid for tid in dict.fromkeys(cp.trajectory_id for cp in checkpoints) if tid not in assumed]
+                self._ensure_trajectories(conn, ids, now)
+                states = {cp.game_state.id: cp.game_state for cp in checkpoints if cp.game_state is not None}
+                if states:
+                    self._insert_states(conn, list(states.values()), now)
+                counted = [(step_insert.start(conn, step_rows), steps, step_rows, "step")]
+                for part, table in _STEP_RECORDS.items():
+                    rows = record_rows[part]
+                    counted.append((record_inserts[part].start(conn, rows), table, rows, part.replace("_", " ")))
+                # A node already stored for its step keeps its (mutable) statistics.
+                self._raw_node.run(conn, node_rows)
+                if log:
+                    logged.append(self._close_commit(conn))
+                if one_trip:
+                    logged.append(self._send_commit(conn))
+        except self.engine.dialect.loaded_dbapi.IntegrityError as exc:
+            if one_trip and self._is_duplicate_key(exc):
+                raise _AlreadyStored from exc
+            raise
         for cursor in logged:
             _rowcount(cursor)
         for cursor, table, rows, what in counted:

@@ -36,6 +36,7 @@ from sqlalchemy import (
     insert,
     null,
     select,
+    text,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -212,12 +213,19 @@ class SQLCore(CheckpointStore):
             dialect,
         )
         self._raw_head = _Raw(select(versioned.CURRENT_SEQ), dialect)
+        self._raw_begin = _Raw(text("BEGIN"), dialect)
+        self._raw_commit = _Raw(text("COMMIT"), dialect)
 
     def _stamped(self, table: Table) -> tuple[Any, list[str]]:
         """INSERT of ``table`` whose rows carry the current commit (see :mod:`.versioned`); the
         caller's rows give every other column (their names are returned)."""
         keys = [c.name for c in table.columns if c.name != "valid_from_seq"]
         return type(self).dialect_insert(table).values(valid_from_seq=versioned.CURRENT_SEQ), keys
+
+    def _raw_insert(self, table: Table) -> _Raw:
+        """A precompiled plain INSERT of ``table``: a key stored already fails the statement."""
+        stmt, keys = self._stamped(table)
+        return _Raw(stmt, self.engine.dialect, keys)
 
     def _raw_insert_ignore(self, table: Table) -> _Raw:
         """A precompiled INSERT of ``table`` that skips rows whose key is stored already."""
@@ -266,6 +274,28 @@ class SQLCore(CheckpointStore):
     def _pipeline(self, conn: Connection) -> Iterator[None]:
         """Batch the statements sent inside into as few round trips as the driver allows."""
         yield
+
+    #: Whether a write may send its BEGIN and COMMIT itself inside :meth:`_pipeline`, with its
+    #: statements (see :meth:`_write` ``explicit``): one round trip for the whole transaction
+    #: instead of three (psycopg syncs after the BEGIN it sends in a pipeline, and its commit()
+    #: is one more).
+    commits_in_pipeline = False
+
+    def _send_begin(self, conn: Connection) -> Any:
+        """Send BEGIN on a connection of ``_write(explicit=True)``; returns its cursor."""
+        return self._raw_begin.start(conn, [{}])
+
+    def _send_commit(self, conn: Connection) -> Any:
+        """Send COMMIT on a connection of ``_write(explicit=True)``, as the last statement of the
+        pipeline: the server runs it only if every statement before it succeeded (after an error
+        it skips to the pipeline's sync, and :meth:`_write` rolls back). From here on, a lost
+        connection is ``commit_unknown``. Returns its cursor."""
+        self._in_transaction.commit_sent = True
+        return self._raw_commit.start(conn, [{}])
+
+    def _is_duplicate_key(self, exc: BaseException) -> bool:
+        """Whether driver error ``exc`` is a unique-key violation (a plain INSERT of a stored key)."""
+        return False
 
     @abstractmethod
     def _migration_lock(self, conn: Connection) -> AbstractContextManager[None]:
@@ -386,18 +416,27 @@ class SQLCore(CheckpointStore):
         time.sleep(seconds)
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, explicit: bool = False) -> Iterator[Connection]:
         """One write transaction: commits on success, rolls back on any error. While it is open,
         this thread's reads run on its connection (see :meth:`_refuse_second_connection`).
+
+        ``explicit`` (only where :attr:`commits_in_pipeline`): the caller sends BEGIN and COMMIT
+        itself (:meth:`_send_begin`, :meth:`_send_commit`) in one pipeline with its statements;
+        the driver runs in autocommit, so it sends neither, and the rollback after an error
+        still ends the failed transaction.
 
         Raises ReadOnlyError at once on a read-only backend (whose connections refuse writes
         anyway: this only saves taking a write lock for nothing)."""
         if self.settings.read_only:
             raise ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: nothing was written")
         committing = False
+        self._in_transaction.commit_sent = False
         try:
             with self._translate(), self.engine.connect() as conn:
-                conn.execution_options(fle_write=True)
+                if explicit:
+                    conn.execution_options(fle_write=True, isolation_level="AUTOCOMMIT")
+                else:
+                    conn.execution_options(fle_write=True)
                 with conn.begin():
                     token = self._in_transaction.set(conn)
                     try:
@@ -406,7 +445,7 @@ class SQLCore(CheckpointStore):
                         self._in_transaction.reset(token)
                     committing = True
         except BackendUnavailableError as exc:
-            exc.commit_unknown = committing and exc.retryable
+            exc.commit_unknown = (committing or self._in_transaction.commit_sent) and exc.retryable
             raise
 
     def _refuse_second_connection(self, *_args: Any) -> None:
