@@ -54,6 +54,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, event, func, text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 
@@ -255,6 +256,31 @@ class MySQLBackend(SQLBackend):
         """Draw this transaction's commit token into ``@fle_commit`` (under a shared lock of the
         ``log_head`` row: writers share it, :meth:`_lock_out_writers` excludes them)."""
         return [self._raw_token.start(conn, [{}])]
+
+    def _writers_in_flight(self, conn: Connection) -> frozenset[str]:
+        """The open transactions of this database's sessions that have written rows (InnoDB's
+        ``INNODB_TRX`` joined to the process list): only such a transaction, if it had already
+        logged its commit before the head was read, can still appear at or below it. Reading
+        every session's transactions needs the ``PROCESS`` privilege."""
+        import pymysql
+
+        try:
+            rows = conn.execute(
+                text(
+                    "SELECT t.trx_id FROM information_schema.INNODB_TRX t "
+                    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+                    "WHERE p.DB = DATABASE() AND t.trx_rows_modified > 0 AND t.trx_mysql_thread_id <> CONNECTION_ID()"
+                )
+            ).scalars()
+            return frozenset(str(row) for row in rows)
+        except DBAPIError as exc:
+            if isinstance(exc.orig, pymysql.err.OperationalError) and _error_code(exc.orig) in ER_READ_ONLY:
+                raise ConfigurationError(
+                    "a live tail on MySQL/MariaDB sees the write transactions in flight through "
+                    "information_schema.INNODB_TRX, which needs the PROCESS privilege: "
+                    "GRANT PROCESS ON *.* TO the tail's user"
+                ) from exc
+            raise
 
     def _lock_out_writers(self, conn: Connection) -> None:
         """The ``log_head`` row locked exclusively: every writer's first statement waits until

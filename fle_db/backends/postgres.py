@@ -99,10 +99,10 @@ class PostgresBackend(SQLBackend):
         self._notifier = pgnotify.Notifier(self.engine)
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, explicit: bool = False) -> Iterator[Connection]:
         """A write transaction; once it committed, a wake-up for live tails, sent out of band
         (see :mod:`.pgnotify`)."""
-        with super()._write() as conn:
+        with super()._write(explicit) as conn:
             yield conn
         self._notifier.poke()
 

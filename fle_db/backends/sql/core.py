@@ -193,6 +193,8 @@ class SQLCore(CheckpointStore):
         # This thread's (or, over an asyncio driver, this greenlet's) open write transaction: a
         # context variable, as greenlets of one thread each have their own context.
         self._in_transaction: ContextVar[Connection | None] = ContextVar(f"fle_db_write_{id(self)}", default=None)
+        # Whether this context's write transaction has sent its COMMIT (see _send_commit).
+        self._commit_sent: ContextVar[bool] = ContextVar(f"fle_db_commit_sent_{id(self)}", default=False)
         event.listen(self.engine, "checkout", self._refuse_second_connection)
         self._reached = False  # set by the first call that got an answer (see _retrying)
         dialect = self.engine.dialect
@@ -290,7 +292,7 @@ class SQLCore(CheckpointStore):
         pipeline: the server runs it only if every statement before it succeeded (after an error
         it skips to the pipeline's sync, and :meth:`_write` rolls back). From here on, a lost
         connection is ``commit_unknown``. Returns its cursor."""
-        self._in_transaction.commit_sent = True
+        self._commit_sent.set(True)
         return self._raw_commit.start(conn, [{}])
 
     def _is_duplicate_key(self, exc: BaseException) -> bool:
@@ -430,7 +432,7 @@ class SQLCore(CheckpointStore):
         if self.settings.read_only:
             raise ReadOnlyError(f"{self.settings.safe_url()} was opened read-only: nothing was written")
         committing = False
-        self._in_transaction.commit_sent = False
+        sent = self._commit_sent.set(False)
         try:
             with self._translate(), self.engine.connect() as conn:
                 if explicit:
@@ -445,8 +447,10 @@ class SQLCore(CheckpointStore):
                         self._in_transaction.reset(token)
                     committing = True
         except BackendUnavailableError as exc:
-            exc.commit_unknown = (committing or self._in_transaction.commit_sent) and exc.retryable
+            exc.commit_unknown = (committing or self._commit_sent.get()) and exc.retryable
             raise
+        finally:
+            self._commit_sent.reset(sent)
 
     def _refuse_second_connection(self, *_args: Any) -> None:
         """Pool checkout hook: a thread inside a write transaction never waits for a second

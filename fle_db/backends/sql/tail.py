@@ -6,10 +6,10 @@ A step row carries its commit's token (``valid_from_seq``, indexed by ``ix_steps
 log joined to the steps of its tokens: it follows the commits, never row ids or step creation
 times, and a transaction that commits late with an early row is found by its commit.
 
-Where writers run concurrently (PostgreSQL), a commit in flight can still be logged at or below
-the newest visible instant; :meth:`SQLTail.tail_mark` reports those writers (the dialect's
-:meth:`SQLTail._writers_in_flight`) so that the tail only reads up to a settled instant. Where
-writers are serialized by the ``log_head`` counter (SQLite, MySQL/MariaDB) a commit that becomes
+Where writers run concurrently (PostgreSQL, MySQL/MariaDB), a commit in flight can still be
+logged at or below the newest visible instant; :meth:`SQLTail.tail_mark` reports those writers
+(the dialect's :meth:`SQLTail._writers_in_flight`) so that the tail only reads up to a settled
+instant. Where writers are serialized by the ``log_head`` counter (SQLite) a commit that becomes
 visible always has a later instant than every commit visible before it, and nothing is in flight.
 """
 
