@@ -54,7 +54,6 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, Table, cast, create_engine, event, func, text
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 
@@ -100,6 +99,9 @@ STATEMENT_OVERHEAD = 64 * 1024
 SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
 
 
+#: How far below the newest commit a live tail waits for commits in flight (µs): a write
+#: transaction's COMMIT follows its last statement within milliseconds.
+IN_FLIGHT_WINDOW_US = 10_000_000
 #: The session variable holding this write transaction's commit token.
 TOKEN_VARIABLE = "@fle_commit"
 #: Draws the token: ``log_head.seq`` (the base) + ``UUID_SHORT()`` without its top byte (the
@@ -258,29 +260,21 @@ class MySQLBackend(SQLBackend):
         return [self._raw_token.start(conn, [{}])]
 
     def _writers_in_flight(self, conn: Connection) -> frozenset[str]:
-        """The open transactions of this database's sessions that have written rows (InnoDB's
-        ``INNODB_TRX`` joined to the process list): only such a transaction, if it had already
-        logged its commit before the head was read, can still appear at or below it. Reading
-        every session's transactions needs the ``PROCESS`` privilege."""
-        import pymysql
-
-        try:
-            rows = conn.execute(
-                text(
-                    "SELECT t.trx_id FROM information_schema.INNODB_TRX t "
-                    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
-                    "WHERE p.DB = DATABASE() AND t.trx_rows_modified > 0 AND t.trx_mysql_thread_id <> CONNECTION_ID()"
-                )
-            ).scalars()
-            return frozenset(str(row) for row in rows)
-        except DBAPIError as exc:
-            if isinstance(exc.orig, pymysql.err.OperationalError) and _error_code(exc.orig) in ER_READ_ONLY:
-                raise ConfigurationError(
-                    "a live tail on MySQL/MariaDB sees the write transactions in flight through "
-                    "information_schema.INNODB_TRX, which needs the PROCESS privilege: "
-                    "GRANT PROCESS ON *.* TO the tail's user"
-                ) from exc
-            raise
+        """Waits for the commits in flight instead of naming them: a locking read of the commit
+        log's newest :data:`IN_FLIGHT_WINDOW_US` (a write transaction's uncommitted log row holds
+        its lock, so the read returns once each has committed or rolled back; committed rows'
+        shared locks stop no writer, READ COMMITTED takes no gap locks). Then none is in flight.
+        (``information_schema.INNODB_TRX`` could name them, but InnoDB refreshes that view only
+        after 100 ms without readers, so a tail polling faster saw it frozen.) A commit whose
+        COMMIT comes more than the window after its last statement could still be missed."""
+        conn.execute(
+            text(
+                "SELECT COUNT(*) FROM commit_log WHERE committed_at >= "
+                "(SELECT COALESCE(MAX(c.committed_at), 0) FROM commit_log c) - :window LOCK IN SHARE MODE"
+            ),
+            {"window": IN_FLIGHT_WINDOW_US},
+        )
+        return frozenset()
 
     def _lock_out_writers(self, conn: Connection) -> None:
         """The ``log_head`` row locked exclusively: every writer's first statement waits until
