@@ -138,8 +138,8 @@ def test_thinned_programs_are_never_offered_to_sample_resume_or_beam(fle: FLEDBC
         return [p["id"] for p in made]
 
     ids = run(scenario())
-    tid = fle.db.list_trajectories()["trajectories"][0]["id"]
-    report = fle.db.thin(trajectory_ids=[tid], keep_every=1000, thin_search_nodes=True, keep_best_per_depth=1)
+    tid = run(fle.db.list_trajectories())["trajectories"][0]["id"]
+    report = run(fle.db.thin(trajectory_ids=[tid], keep_every=1000, thin_search_nodes=True, keep_best_per_depth=1))
     # Kept: step 0 (a multiple of keep_every), the best of the depth (value 5: step 5), the latest
     # step with a state (6; the latest step, 7, has none).
     assert report["game_states"] == 4
