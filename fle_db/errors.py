@@ -107,6 +107,13 @@ class DataIntegrityError(FleDBError):
     """Stored data failed a checksum or could not be decoded: the store never returns wrong data."""
 
 
+class WouldWaitError(FleDBError):
+    """Internal, never raised to a caller: a call made under a backend's ``without_lock_waits()``
+    would have waited for another connection's lock, so it stopped before writing anything. The
+    asyncio client then runs the call again on its worker thread (see :mod:`fle_db.aio._runner`);
+    not exported, and not counted in the performance metrics."""
+
+
 __all__ = [
     "BackendUnavailableError",
     "ClientClosedError",

@@ -10,10 +10,13 @@ import asyncio
 import gc
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import apsw
+import psycopg
 import pytest
 from async_adapter import SyncAdapter
 from test_lost_connections import WRITES, _kill_connections
@@ -120,6 +123,51 @@ def test_calls_are_counted_in_the_performance_metrics_and_errors_are_typed(db_ur
     operations = asyncio.run(main())["operations"]
     assert operations["save_step"]["count"] == 1
     assert operations["load_checkpoint"] == {**operations["load_checkpoint"], "count": 2, "errors": 1}
+
+
+@contextmanager
+def _writers_locked_out(db_url: str) -> Iterator[None]:
+    """Another connection holds what every save must wait for: SQLite's write lock; on
+    PostgreSQL, the steps table locked against inserts."""
+    if db_url.startswith("sqlite"):
+        # apsw's SQLite, as fle-db's: two SQLite libraries in one process do not see each
+        # other's POSIX locks.
+        conn = apsw.Connection(db_url.removeprefix("sqlite:///"))
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        conn = psycopg.connect(db_url, autocommit=True)
+        conn.execute("BEGIN")
+        conn.execute("LOCK TABLE steps IN EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_a_save_waiting_for_another_connections_lock_leaves_the_event_loop_turning(db_url: str) -> None:
+    """SQLite runs a lone save on the loop itself, but never a wait: a save that would wait for
+    another connection's write lock waits on the worker thread, and lands once the lock is
+    released, counted once and not as an error."""
+
+    async def main() -> dict[str, Any]:
+        async with AsyncDatabaseClient(db_url) as db:
+            await db.save_step({"trajectory_id": "t", "step_number": 0}, game_state={"tick": 0})
+            with _writers_locked_out(db_url):
+                save = asyncio.create_task(
+                    db.save_step({"trajectory_id": "t", "step_number": 1}, game_state={"tick": 1})
+                )
+                started = time.perf_counter()
+                for _ in range(30):
+                    await asyncio.sleep(0.01)
+                assert time.perf_counter() - started < 1.0, "the event loop stood still"
+                assert not save.done()
+            assert (await asyncio.wait_for(save, 10))["created"]
+            assert (await db.load_latest_checkpoint("t"))["game_state"] == {"tick": 1}
+            return await db.get_performance_metrics()
+
+    saves = asyncio.run(main())["operations"]["save_step"]
+    assert (saves["count"], saves["errors"]) == (2, 0)
 
 
 def test_concurrent_appends_get_distinct_gap_free_numbers_through_one_connection(db_url: str) -> None:

@@ -11,12 +11,23 @@
   exports, imports, backups, restores, validation, ``execute_query`` with its own login): a plain
   ``DatabaseClient`` on the runner's own threads. On PostgreSQL that client opens lazily, with at
   most two connections, and records into the native client's metrics.
+- **inline** (SQLite's per-step calls, :data:`INLINE_CALLS`): on the event loop itself, one call
+  per turn of the loop, while nothing runs on the worker thread. Handing a call to a thread and
+  back wakes two threads, which on a VM costs a wake-up of an idle virtual CPU each way: measured
+  on the 2-core VM, ~100 µs per call (10 µs with both threads pinned to one CPU), 10-25 % of a
+  ~1 ms checkpoint save, where a lone save on the loop costs one turn (~20 µs). What could make
+  an inline call wait is ruled out: another connection's write lock (the backend's
+  ``without_lock_waits()``: the call stops before writing and runs again on the worker thread,
+  which waits for the lock), and a slow disk (a call over :data:`INLINE_BUDGET` sends the calls
+  to the worker thread for :data:`INLINE_PAUSE`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -24,14 +35,35 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ..backends import CheckpointStore
 from ..client import DatabaseClient
 from ..config import Settings
-from ..errors import ClientClosedError
+from ..errors import ClientClosedError, WouldWaitError
 from ..ops.backup import BackupScheduler
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
+log = logging.getLogger("fle_db")
+
 #: Connections of the worker client beside a native one (bulk and file work is rare and serial).
 WORKER_CONNECTIONS = 2
+
+#: The calls of an agent's step, run on the event loop where the backend allows it (see the
+#: module's docstring): each touches one step, so its time is bounded by a checkpoint's size.
+INLINE_CALLS: frozenset[Callable[..., Any]] = frozenset(
+    {
+        DatabaseClient.save_step,
+        DatabaseClient.append_step,
+        DatabaseClient.load_step,
+        DatabaseClient.load_checkpoint,
+        DatabaseClient.load_latest_checkpoint,
+        DatabaseClient.load_game_state,
+        DatabaseClient.get_search_node,
+        DatabaseClient.update_search_stats,
+    }
+)
+#: Seconds an inline call may hold the loop; one that takes longer (a slow disk's fsync, a huge
+#: state) sends the client's calls to its worker thread for :data:`INLINE_PAUSE` seconds.
+INLINE_BUDGET = 0.010
+INLINE_PAUSE = 10.0
 
 
 class _NativeClient(DatabaseClient):
@@ -83,6 +115,13 @@ class Runner:
         self._worker: DatabaseClient | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        # Inline calls (see the module's docstring): whether the backend allows them, the lock
+        # that gives each its own turn of the loop, the calls running on the worker threads,
+        # and when inline calls resume after one ran over budget.
+        self._inline = False
+        self._turns = asyncio.Lock()
+        self._on_threads = 0
+        self._inline_from = 0.0
 
     async def main(self) -> DatabaseClient:
         """The client of the everyday calls (opened, and the schema migrated, on first use).
@@ -103,6 +142,7 @@ class Runner:
                         await self._open_worker()
                 else:
                     self._main = await self._on_thread(DatabaseClient, self._url, **self._options)
+                    self._inline = self._main._backend.runs_on_event_loop
             return self._main
 
     async def worker(self) -> DatabaseClient:
@@ -142,7 +182,35 @@ class Runner:
             finally:
                 client.running -= 1
             return result
+        if self._inline and method in INLINE_CALLS and not self._on_threads and time.monotonic() >= self._inline_from:
+            try:
+                return await self._run_inline(functools.partial(method, client, *args, **kwargs), client)
+            except WouldWaitError:
+                pass  # it would have waited for a lock: it waits on the worker thread instead
         return await self._on_thread(method, client, *args, **kwargs)
+
+    async def _run_inline(self, call: Callable[[], T], client: DatabaseClient) -> T:
+        """``call`` on the loop, in a turn of its own. WouldWaitError (nothing done) if a call
+        started on the worker thread meanwhile, or if it would wait for another connection."""
+        async with self._turns:
+            await asyncio.sleep(0)  # timers and I/O run between two inline calls
+            if self._on_threads:
+                raise WouldWaitError("a call is running on the worker thread")
+            started = time.monotonic()
+            try:
+                with client._backend.without_lock_waits():
+                    return call()
+            finally:
+                took = time.monotonic() - started
+                if took > INLINE_BUDGET:
+                    self._inline_from = time.monotonic() + INLINE_PAUSE
+                    log.info(
+                        "an asyncio call of %s held the event loop %.0f ms: the calls run on the worker "
+                        "thread for %g s",
+                        self.settings.safe_url(),
+                        took * 1000,
+                        INLINE_PAUSE,
+                    )
 
     async def offload(
         self, method: Callable[Concatenate[DatabaseClient, P], T], *args: P.args, **kwargs: P.kwargs
@@ -152,8 +220,16 @@ class Runner:
         return await self._on_thread(method, client, *args, **kwargs)
 
     async def _on_thread(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function`` on a worker thread; counted in ``_on_threads`` until it has returned
+        there (a cancelled caller does not stop it)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
+        self._on_threads += 1
+        future = self._executor.submit(function, *args, **kwargs)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._thread_done))
+        return await asyncio.wrap_future(future)
+
+    def _thread_done(self) -> None:
+        self._on_threads -= 1
 
     async def close(self) -> None:
         """Close both clients (waiting for an automated backup in progress); idempotent."""

@@ -10,9 +10,11 @@ return value and errors (a test compares their signatures)::
 Where a call runs is :mod:`fle_db.aio._runner`'s business: on PostgreSQL natively on the event
 loop over psycopg's async connections (the synchronous code path, through SQLAlchemy's greenlet
 bridge: same statements, encoding, retries and typed errors), the bulk and file work on a worker
-thread; on SQLite, MySQL/MariaDB and custom backends on the client's worker threads. The
-constructor checks the settings (``ConfigurationError`` at once) but touches no database: the
-client connects and migrates on ``async with`` or on the first call.
+thread; on SQLite, a step's calls on the event loop itself (one per turn of the loop, never
+waiting for a lock) and the rest on the client's worker thread; on MySQL/MariaDB and custom
+backends on the client's worker threads. The constructor checks the settings
+(``ConfigurationError`` at once) but touches no database: the client connects and migrates on
+``async with`` or on the first call.
 
 What differs, by nature: ``close()`` is a coroutine; ``backup_scheduler()`` gives an
 :class:`~fle_db.aio.AsyncBackupScheduler` (``await run_once()``, ``start()``, ``await stop()``);

@@ -13,7 +13,8 @@ unchanged over an asyncio driver through SQLAlchemy's greenlet bridge: the engin
 
 Only PostgreSQL has a native variant (psycopg's async connections). SQLite and MySQL run the
 synchronous backend on the client's worker threads (see :func:`has_native_backend` and
-:func:`worker_threads`).
+:func:`worker_threads`), except SQLite's per-step calls, which run on the event loop itself
+(:mod:`fle_db.aio._runner`).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.engine import URL
@@ -92,6 +92,19 @@ class CheckpointStore(ABC):
 
     #: The name it is registered and selected by (``FLE_DB_TYPE=name``, ``name://`` URLs).
     name: ClassVar[str]
+
+    #: Whether the asyncio client may run this backend's per-step calls on the event loop itself
+    #: (an embedded database: no network wait, and lock waits avoided through
+    #: :meth:`without_lock_waits`); see :mod:`fle_db.aio._runner`.
+    runs_on_event_loop: ClassVar[bool] = False
+
+    @contextmanager
+    def without_lock_waits(self) -> Iterator[None]:
+        """Inside (this thread or task only): a write that would wait for another connection's
+        lock raises :class:`~fle_db.errors.WouldWaitError` before it writes anything, instead of
+        waiting. Backends with :attr:`runs_on_event_loop` implement it; the default waits as
+        usual."""
+        yield
 
     def __init__(self, settings: Settings) -> None:
         """Raises BackendUnavailableError if the database cannot be opened (a missing driver is

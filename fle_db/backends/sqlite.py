@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,6 +43,7 @@ from ..errors import (
     NotFoundError,
     QueryTimeoutError,
     ValidationError,
+    WouldWaitError,
 )
 from ..ops.files import check_regular
 from ..schema import metadata
@@ -100,6 +102,27 @@ def _warn_wal_reset_bug(dbapi: ModuleType) -> None:
             dbapi.sqlite_version,
             dbapi.__name__,
         )
+
+
+#: Set inside :meth:`SQLiteBackend.without_lock_waits`.
+_NO_LOCK_WAIT: ContextVar[bool] = ContextVar("fle_db_sqlite_no_lock_wait", default=False)
+
+
+def _begin_without_waiting(conn: Connection, busy_ms: int) -> None:
+    """``BEGIN IMMEDIATE`` if the write lock is free now, else WouldWaitError (nothing begun)."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute("PRAGMA busy_timeout = 0")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except conn.dialect.loaded_dbapi.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise WouldWaitError("another connection holds the SQLite write lock") from exc
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    finally:
+        cursor.close()
 
 
 #: Where the database is when neither ``SQLITE_DB_FILE`` nor ``sqlite_db_file`` says (FLE's default).
@@ -184,11 +207,31 @@ class SQLiteBackend(SQLBackend):
                 creator=lambda: open_connection(settings),
             )
 
+        busy_ms = int(timeout * 1000)
+
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("fle_write") else "BEGIN")
+            if not conn.get_execution_options().get("fle_write"):
+                conn.exec_driver_sql("BEGIN")
+            elif not _NO_LOCK_WAIT.get():
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                _begin_without_waiting(conn, busy_ms)
 
         return engine
+
+    runs_on_event_loop = True
+
+    @contextmanager
+    def without_lock_waits(self) -> Iterator[None]:
+        """Write transactions begun inside take the write lock only if it is free at once
+        (``busy_timeout`` 0 for their ``BEGIN IMMEDIATE``), else raise WouldWaitError. Once
+        begun, nothing in a WAL database's write transaction waits for another connection."""
+        token = _NO_LOCK_WAIT.set(True)
+        try:
+            yield
+        finally:
+            _NO_LOCK_WAIT.reset(token)
 
     def migrate(self) -> list[str]:
         """Create the database file (owner-only) if it is missing, then migrate it."""

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..errors import WouldWaitError
+
 WINDOW = 2048
 SLOW_KEPT = 100
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,13 +88,15 @@ def timed(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        failed = True
         try:
             result = method(self, *args, **kwargs)
-            failed = False
-            return result
-        finally:
-            self._metrics.record(method.__name__, time.perf_counter() - started, failed)
+        except WouldWaitError:
+            raise  # not a call of the user's: the asyncio client runs it again (and counts it then)
+        except BaseException:
+            self._metrics.record(method.__name__, time.perf_counter() - started, True)
+            raise
+        self._metrics.record(method.__name__, time.perf_counter() - started, False)
+        return result
 
     wrapper.is_timed = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
