@@ -4,7 +4,9 @@ to fle-db's error handling."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,3 +132,23 @@ def test_errors_keep_sqlites_messages_under_the_db_api_classes_sqlite3_uses(tmp_
     closed = sqlite_apsw.connect(":memory:")
     closed.close()
     _raises(lambda: closed.execute("SELECT 1"), sqlite_apsw.ProgrammingError, "Cannot operate on a closed database.")
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "sqlite+pysqlite"])
+def test_the_write_ahead_log_is_checkpointed_while_a_writer_saves_and_stays_bounded(
+    scheme: str, tmp_path: Path
+) -> None:
+    """apsw: checkpoints run on the backend's own thread, off the commit path (the stdlib driver
+    keeps SQLite's autocheckpoint); either way the log is copied into the database while the
+    client writes, never grows past a few checkpoint thresholds, and the thread ends on close."""
+    path = tmp_path / "fle.db"
+    wal = tmp_path / "fle.db-wal"
+    largest = 0
+    with DatabaseClient(f"{scheme}:///{path}") as db:
+        for n in range(300):  # ~40 KB of incompressible state each: ~12 MB through the log
+            db.save_step({"trajectory_id": "t", "step_number": n}, game_state={"blob": os.urandom(30_000).hex()})
+            largest = max(largest, wal.stat().st_size)
+        assert path.stat().st_size > 8_000_000  # checkpointed while writing
+        assert db.load_checkpoint("t", 299)["game_state"] is not None
+    assert largest < 20_000_000, largest
+    assert not [t for t in threading.enumerate() if t.name == "fle-db-wal-checkpoint"]

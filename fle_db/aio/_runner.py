@@ -18,8 +18,10 @@
   ~1 ms checkpoint save, where a lone save on the loop costs one turn (~20 µs). What could make
   an inline call wait is ruled out: another connection's write lock (the backend's
   ``without_lock_waits()``: the call stops before writing and runs again on the worker thread,
-  which waits for the lock), and a slow disk (a call over :data:`INLINE_BUDGET` sends the calls
-  to the worker thread for :data:`INLINE_PAUSE`).
+  which waits for the lock), a WAL checkpoint's writes holding up the commit's fsync (none
+  while one is pending: see :mod:`fle_db.backends.sqlite_checkpoint`), and a slow disk (a call
+  that waited over :data:`INLINE_BUDGET` sends the calls to the worker thread for
+  :data:`INLINE_PAUSE`).
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ INLINE_CALLS: frozenset[Callable[..., Any]] = frozenset(
         DatabaseClient.update_search_stats,
     }
 )
-#: Seconds an inline call may hold the loop; one that takes longer (a slow disk's fsync, a huge
-#: state) sends the client's calls to its worker thread for :data:`INLINE_PAUSE` seconds.
+#: Seconds an inline call may spend waiting (its wall time less the loop thread's CPU time: a
+#: slow disk's fsync, not encoding or a garbage collection, which would stop the loop on any
+#: thread); one that waits longer sends the client's calls to its worker thread for
+#: :data:`INLINE_PAUSE` seconds.
 INLINE_BUDGET = 0.010
 INLINE_PAUSE = 10.0
 
@@ -196,19 +200,19 @@ class Runner:
             await asyncio.sleep(0)  # timers and I/O run between two inline calls
             if self._on_threads:
                 raise WouldWaitError("a call is running on the worker thread")
-            started = time.monotonic()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 with client._backend.without_lock_waits():
                     return call()
             finally:
-                took = time.monotonic() - started
-                if took > INLINE_BUDGET:
+                waited = (time.perf_counter() - started) - (time.thread_time() - cpu)
+                if waited > INLINE_BUDGET:
                     self._inline_from = time.monotonic() + INLINE_PAUSE
                     log.info(
-                        "an asyncio call of %s held the event loop %.0f ms: the calls run on the worker "
-                        "thread for %g s",
+                        "an asyncio call of %s waited %.0f ms on the event loop: the calls run on the "
+                        "worker thread for %g s",
                         self.settings.safe_url(),
-                        took * 1000,
+                        waited * 1000,
                         INLINE_PAUSE,
                     )
 

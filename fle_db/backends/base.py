@@ -96,7 +96,7 @@ class CheckpointStore(ABC):
     #: Whether the asyncio client may run this backend's per-step calls on the event loop itself
     #: (an embedded database: no network wait, and lock waits avoided through
     #: :meth:`without_lock_waits`); see :mod:`fle_db.aio._runner`.
-    runs_on_event_loop: ClassVar[bool] = False
+    runs_on_event_loop: bool = False
 
     @contextmanager
     def without_lock_waits(self) -> Iterator[None]:

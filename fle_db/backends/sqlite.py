@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -51,6 +51,7 @@ from . import sqlite_apsw
 from .base import ConnectionOptions, MigrationStatus
 from .readonly import capped_rows
 from .sql import SQLBackend
+from .sqlite_checkpoint import Checkpointer
 
 #: SQLite's WAL-reset bug (https://sqlite.org/wal.html, "WAL-reset bug"): two connections that
 #: write or checkpoint at the same moment can corrupt a WAL database. In 3.7.0 up to 3.51.2,
@@ -174,6 +175,11 @@ class SQLiteBackend(SQLBackend):
         path = database_path(settings.url)
         timeout = settings.connection_timeout
         dbapi = driver(settings.url)
+        self._checkpointer: Checkpointer | None = None
+        # Its calls never wait on the loop (without_lock_waits, checkpoints off the commit path);
+        # with the stdlib driver a commit may run a WAL checkpoint, so the asyncio client keeps
+        # every call on its worker thread.
+        self.runs_on_event_loop = dbapi is sqlite_apsw
         if path is None:
             # One in-memory database is one connection. A pool of exactly that connection makes
             # threads take turns (StaticPool would hand it to several threads at once, mixing
@@ -197,6 +203,11 @@ class SQLiteBackend(SQLBackend):
                 if settings.auto_migrate:
                     _create_owner_only(Path(path))
                 _warn_wal_reset_bug(dbapi)
+            # apsw: WAL checkpoints on a thread of their own, off the commit path (see
+            # sqlite_checkpoint.py); the stdlib driver keeps SQLite's autocheckpoint.
+            if dbapi is sqlite_apsw and not settings.read_only:
+                self._checkpointer = Checkpointer(lambda: open_connection(settings), path)
+            hook = self._checkpointer.wal_hook if self._checkpointer is not None else None
             engine = create_engine(
                 "sqlite://",
                 module=dbapi,
@@ -204,7 +215,7 @@ class SQLiteBackend(SQLBackend):
                 pool_size=settings.max_connections,
                 max_overflow=0,
                 pool_timeout=timeout,
-                creator=lambda: open_connection(settings),
+                creator=lambda: open_connection(settings, wal_hook=hook),
             )
 
         busy_ms = int(timeout * 1000)
@@ -215,18 +226,24 @@ class SQLiteBackend(SQLBackend):
                 conn.exec_driver_sql("BEGIN")
             elif not _NO_LOCK_WAIT.get():
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif self._checkpointer is not None and self._checkpointer.pending:
+                raise WouldWaitError("a WAL checkpoint is running: the commit's fsync would wait for its writes")
             else:
                 _begin_without_waiting(conn, busy_ms)
 
         return engine
 
-    runs_on_event_loop = True
+    def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+        super().close()
 
     @contextmanager
     def without_lock_waits(self) -> Iterator[None]:
         """Write transactions begun inside take the write lock only if it is free at once
-        (``busy_timeout`` 0 for their ``BEGIN IMMEDIATE``), else raise WouldWaitError. Once
-        begun, nothing in a WAL database's write transaction waits for another connection."""
+        (``busy_timeout`` 0 for their ``BEGIN IMMEDIATE``), and only while no WAL checkpoint
+        is pending (its writes would hold up the commit's fsync), else raise WouldWaitError.
+        Once begun, nothing in a WAL database's write transaction waits for another connection."""
         token = _NO_LOCK_WAIT.set(True)
         try:
             yield
@@ -374,7 +391,7 @@ class SQLiteBackend(SQLBackend):
             raw.execute("PRAGMA query_only = 0")
 
 
-def open_connection(settings: Any) -> Any:
+def open_connection(settings: Any, wal_hook: Callable[[Any, str, int], int] | None = None) -> Any:
     """A new DB-API connection to the SQLite database of ``settings``, set up as every fle-db
     SQLite connection is; the client's engine opens its connections with it, and so should any
     other component (an async client).
@@ -384,6 +401,8 @@ def open_connection(settings: Any) -> Any:
     ``BEGIN``/``BEGIN IMMEDIATE``). A file is opened ``mode=rw`` (never created: only migrating
     creates it) and put in WAL mode, or ``mode=ro`` plus ``query_only`` when ``read_only`` (the
     OS call opens it read-only). ``:memory:`` opens a new private in-memory database.
+    ``wal_hook`` (apsw's connections only): called after each commit, in place of SQLite's
+    autocheckpoint (see :mod:`.sqlite_checkpoint`).
     """
     path = database_path(settings.url)
     dbapi = driver(settings.url)
@@ -405,6 +424,8 @@ def open_connection(settings: Any) -> Any:
             conn.execute("PRAGMA query_only = 1")
         elif path is not None:
             _ensure_wal(dbapi, conn, timeout)
+        if wal_hook is not None:
+            conn.apsw.set_wal_hook(wal_hook)
     except BaseException:
         conn.close()
         raise
