@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -229,10 +230,15 @@ class Runner:
         loop = asyncio.get_running_loop()
         self._on_threads += 1
         future = self._executor.submit(function, *args, **kwargs)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._thread_done))
+        future.add_done_callback(lambda _: self._thread_done(loop))
         return await asyncio.wrap_future(future)
 
-    def _thread_done(self) -> None:
+    def _thread_done(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From the worker thread: count the call out on the loop (gone with a closed loop)."""
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._finished_on_thread)
+
+    def _finished_on_thread(self) -> None:
         self._on_threads -= 1
 
     async def close(self) -> None:

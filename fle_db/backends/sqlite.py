@@ -110,20 +110,18 @@ _NO_LOCK_WAIT: ContextVar[bool] = ContextVar("fle_db_sqlite_no_lock_wait", defau
 
 
 def _begin_without_waiting(conn: Connection, busy_ms: int) -> None:
-    """``BEGIN IMMEDIATE`` if the write lock is free now, else WouldWaitError (nothing begun)."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    """``BEGIN IMMEDIATE`` if the write lock is free now, else WouldWaitError (nothing begun).
+    apsw connections only (the busy timeout is set on the connection, without a statement)."""
+    raw: Any = conn.connection.dbapi_connection
+    raw.apsw.set_busy_timeout(0)
     try:
-        cursor.execute("PRAGMA busy_timeout = 0")
-        try:
-            cursor.execute("BEGIN IMMEDIATE")
-        except conn.dialect.loaded_dbapi.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            raise WouldWaitError("another connection holds the SQLite write lock") from exc
-        finally:
-            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        raw.execute("BEGIN IMMEDIATE").close()
+    except sqlite_apsw.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        raise WouldWaitError("another connection holds the SQLite write lock") from exc
     finally:
-        cursor.close()
+        raw.apsw.set_busy_timeout(busy_ms)
 
 
 #: Where the database is when neither ``SQLITE_DB_FILE`` nor ``sqlite_db_file`` says (FLE's default).
