@@ -7,8 +7,9 @@ unchanged over an asyncio driver through SQLAlchemy's greenlet bridge: the engin
 (``await_``) instead of blocking the thread. What touches the raw driver is adapted here:
 
 - PostgreSQL's pipeline (the checkpoint's INSERTs in one round trip) is psycopg's
-  ``AsyncConnection.pipeline()``, entered and left through the bridge (SQLAlchemy's adapter
-  offers no ``pipeline()``);
+  ``AsyncConnection.pipeline()``, with its statements held until the block ends and then sent
+  in one await on psycopg's own cursors (SQLAlchemy's adapter offers no ``pipeline()``, and
+  costs three awaits per statement);
 - a retry's backoff awaits ``asyncio.sleep`` (``time.sleep`` would stop the loop).
 
 Only PostgreSQL has a native variant (psycopg's async connections). SQLite and MySQL run the
@@ -23,12 +24,13 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.util import await_
 
 from .base import CheckpointStore
+from .sql.core import Held, holding
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -83,14 +85,32 @@ def _postgres_class() -> type[CheckpointStore]:
 
         @contextmanager
         def _pipeline(self, conn: Connection) -> Iterator[None]:
-            """psycopg's async pipeline mode, driven through the greenlet bridge."""
-            pipeline = conn.connection.driver_connection.pipeline()  # type: ignore[union-attr]
-            await_(pipeline.__aenter__())
-            try:
+            """The pipeline's statements are held, then sent in psycopg's async pipeline mode in
+            one await (through SQLAlchemy's adapter, each statement cost three: cursor, execute,
+            close)."""
+            with holding() as batch:
                 yield
-            except BaseException as exc:
-                await_(pipeline.__aexit__(type(exc), exc, exc.__traceback__))
-                raise
-            await_(pipeline.__aexit__(None, None, None))
+            await_(_send_pipelined(conn.connection.driver_connection, batch))  # type: ignore[union-attr]
 
     return AsyncPostgresBackend
+
+
+async def _send_pipelined(connection: Any, batch: list[Held]) -> None:
+    """Run ``batch`` on psycopg ``AsyncConnection`` ``connection`` in one pipeline (one round
+    trip) and fill in each statement's row count. A failed statement raises psycopg's error at
+    the pipeline's sync, as the synchronous pipeline does (the server skips what follows it)."""
+    cursors = []
+    try:
+        async with connection.pipeline():
+            for held in batch:
+                cursor = connection.cursor()
+                cursors.append(cursor)
+                if len(held.params) == 1:
+                    await cursor.execute(held.sql, held.params[0])
+                else:
+                    await cursor.executemany(held.sql, held.params)
+        for held, cursor in zip(batch, cursors, strict=True):
+            held.rowcount = cursor.rowcount
+    finally:
+        for cursor in cursors:
+            await cursor.close()

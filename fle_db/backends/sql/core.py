@@ -75,6 +75,38 @@ T = TypeVar("T")
 _VERIFY_CHUNK = 500
 
 
+class Held:
+    """A statement :meth:`_Raw.start` was given inside :func:`holding`: sent later, with the
+    rest of the batch, by whoever holds it; quacks like the cursor ``start`` returns otherwise
+    (its row count is -1 until the batch has run)."""
+
+    __slots__ = ("params", "rowcount", "sql")
+
+    def __init__(self, sql: str, params: list[Any]) -> None:
+        self.sql = sql
+        self.params = params
+        self.rowcount = -1
+
+    def close(self) -> None:
+        """Nothing to release: the batch's sender closes the real cursor."""
+
+
+_held: ContextVar[list[Held] | None] = ContextVar("fle_db_held", default=None)
+
+
+@contextmanager
+def holding() -> Iterator[list[Held]]:
+    """Hold the statements :meth:`_Raw.start` is given in this context instead of sending them;
+    yields the list the caller sends after the block (an asyncio backend: all of them in one
+    await, see :mod:`fle_db.backends.aio`)."""
+    batch: list[Held] = []
+    token = _held.set(batch)
+    try:
+        yield batch
+    finally:
+        _held.reset(token)
+
+
 class _Raw:
     """A statement compiled once to the driver's SQL, executed on the raw DBAPI cursor.
 
@@ -120,6 +152,11 @@ class _Raw:
         if not rows:
             return None
         params = [self.params(row) for row in rows]
+        batch = _held.get()
+        if batch is not None:
+            held = Held(self.sql, params)
+            batch.append(held)
+            return held
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             if len(params) == 1:
