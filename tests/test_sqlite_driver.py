@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fle_db import DatabaseClient
-from fle_db.backends import sqlite_apsw
+from fle_db.backends import sqlite_apsw, sqlite_checkpoint
 from fle_db.backends.sqlite import wal_reset_bug_affects
 
 FIXED = (3, 51, 3)
@@ -152,3 +152,35 @@ def test_the_write_ahead_log_is_checkpointed_while_a_writer_saves_and_stays_boun
         assert db.load_checkpoint("t", 299)["game_state"] is not None
     assert largest < 20_000_000, largest
     assert not [t for t in threading.enumerate() if t.name == "fle-db-wal-checkpoint"]
+
+
+def test_a_save_succeeds_while_another_connection_is_checkpointing_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit whose log passed the self-checkpoint size checkpoints in its WAL hook; when
+    another connection is checkpointing (many writer processes), SQLite answers SQLITE_BUSY, and
+    that must not fail the save, which is durable already (64 writer processes failed so)."""
+    monkeypatch.setattr(sqlite_checkpoint, "OWN_CHECKPOINT_PAGES", 1)  # every commit checkpoints
+    path = tmp_path / "fle.db"
+    stop = threading.Event()
+    rounds = [0]
+
+    def checkpoint_all_the_time() -> None:
+        other = sqlite_apsw.connect(str(path), timeout=0)
+        while not stop.is_set():
+            other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            rounds[0] += 1
+        other.close()
+
+    with DatabaseClient(f"sqlite:///{path}") as db:
+        db.save_trajectory({"id": "t"})
+        thread = threading.Thread(target=checkpoint_all_the_time)
+        thread.start()
+        try:
+            for n in range(150):
+                db.save_step({"trajectory_id": "t", "step_number": n}, game_state={"blob": os.urandom(20_000).hex()})
+        finally:
+            stop.set()
+            thread.join()
+        assert [s["step_number"] for s in db.load_steps("t")] == list(range(150))
+    assert rounds[0] > 150  # the other connection checkpointed throughout

@@ -58,7 +58,13 @@ class Checkpointer:
     def wal_hook(self, connection: Any, database: str, pages: int) -> int:
         """apsw's WAL hook, called after each commit with the log's size in pages."""
         if pages >= OWN_CHECKPOINT_PAGES:
-            connection.wal_checkpoint(database)  # passive
+            try:
+                connection.wal_checkpoint(database)  # passive
+            except Exception as exc:
+                # The commit is durable already: an error raised here would fail the call
+                # that made it. SQLITE_BUSY means another connection is checkpointing (many
+                # writer processes); that one copies the log, or the next commit tries again.
+                log.debug("WAL checkpoint of %s after a commit skipped: %s", self._location, exc)
         elif pages >= CHECKPOINT_PAGES:
             self._request()
         return SQLITE_OK
