@@ -19,12 +19,14 @@ import apsw
 import psycopg
 import pytest
 from async_adapter import SyncAdapter
+from sqlalchemy.util import greenlet_spawn
 from test_lost_connections import WRITES, _kill_connections
 
 from fle_db import (
     AsyncDatabaseClient,
     ClientClosedError,
     ConfigurationError,
+    ConflictError,
     DatabaseClient,
     NotFoundError,
     ValidationError,
@@ -232,6 +234,31 @@ def test_a_write_survives_a_connection_the_server_closed_while_idle(
         assert _kill_connections("postgres", url) >= 1
         call(db)  # type: ignore[arg-type]
         assert applied(db)  # type: ignore[arg-type]
+
+
+def test_a_failed_one_trip_save_hands_its_connection_back_out_of_autocommit(db_url: str) -> None:
+    """A save that failed inside its transaction (a conflicting step) leaves the pool's one
+    connection usable. On PostgreSQL the one-trip save runs psycopg in autocommit (its own BEGIN
+    and COMMIT in the pipeline) and switches it back in the same await: the connection is out of
+    autocommit again, so the next multi-statement write is still one transaction."""
+
+    async def main() -> None:
+        async with AsyncDatabaseClient(db_url, max_connections=1) as db:
+            await db.save_step({"trajectory_id": "t", "step_number": 0, "action": "a"})
+            with pytest.raises(ConflictError):
+                await db.save_step({"trajectory_id": "t", "step_number": 0, "action": "changed"})
+            if db_url.startswith("postgres"):
+                engine = (await db._runner.main())._backend.engine  # type: ignore[attr-defined]
+
+                def autocommit() -> bool:
+                    with engine.connect() as conn:
+                        return bool(conn.connection.driver_connection.autocommit)
+
+                assert await greenlet_spawn(autocommit) is False
+            await db.save_step({"trajectory_id": "t", "step_number": 1, "action": "b"})
+            assert [s["action"] for s in await db.load_steps("t")] == ["a", "b"]
+
+    asyncio.run(main())
 
 
 def test_a_cancelled_call_leaves_whole_checkpoints_or_nothing_and_no_connection_behind(db_url: str) -> None:

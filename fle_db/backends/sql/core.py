@@ -21,7 +21,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -320,6 +320,10 @@ class SQLCore(CheckpointStore):
     #: is one more).
     commits_in_pipeline = False
 
+    #: Execution options of a ``_write(explicit=True)`` connection: the driver in autocommit,
+    #: so that it sends neither a BEGIN nor a COMMIT of its own.
+    explicit_options: ClassVar[dict[str, Any]] = {"isolation_level": "AUTOCOMMIT"}
+
     def _send_begin(self, conn: Connection) -> Any:
         """Send BEGIN on a connection of ``_write(explicit=True)``; returns its cursor."""
         return self._raw_begin.start(conn, [{}])
@@ -473,7 +477,7 @@ class SQLCore(CheckpointStore):
         try:
             with self._translate(), self.engine.connect() as conn:
                 if explicit:
-                    conn.execution_options(fle_write=True, isolation_level="AUTOCOMMIT")
+                    conn.execution_options(fle_write=True, **self.explicit_options)
                 else:
                     conn.execution_options(fle_write=True)
                 with conn.begin():
