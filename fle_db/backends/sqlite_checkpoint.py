@@ -64,7 +64,9 @@ class Checkpointer:
                 # The commit is durable already: an error raised here would fail the call
                 # that made it. SQLITE_BUSY means another connection is checkpointing (many
                 # writer processes); that one copies the log, or the next commit tries again.
-                log.debug("WAL checkpoint of %s after a commit skipped: %s", self._location, exc)
+                busy = "locked" in str(exc) or "busy" in str(exc).lower()
+                log.log(logging.DEBUG if busy else logging.WARNING,
+                        "WAL checkpoint of %s after a commit skipped: %s", self._location, exc)  # fmt: skip
         elif pages >= CHECKPOINT_PAGES:
             self._request()
         return SQLITE_OK
