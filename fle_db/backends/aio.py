@@ -111,10 +111,10 @@ async def _send_pipelined(connection: Any, batch: list[Held], explicit: bool) ->
     (else it would send a BEGIN of its own, synced alone) and is switched back after, a failed
     transaction rolled back first; a connection that cannot be switched back is closed, and so
     discarded like any lost connection (never handed out in autocommit)."""
-    if explicit:
-        await connection.set_autocommit(True)
     cursors = []
     try:
+        if explicit:  # inside the try: a cancellation may land right after the switch
+            await connection.set_autocommit(True)
         async with connection.pipeline():
             for held in batch:
                 cursor = connection.cursor()
