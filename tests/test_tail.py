@@ -20,10 +20,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from async_adapter import SyncAdapter
 from conftest import ADMIN_URL, ALL_BACKENDS, mysql_admin
 from sqlalchemy.engine import make_url as parse_url
 
 from fle_db import DatabaseClient, ValidationError
+from fle_db.backends import pgnotify
 from fle_db.backends.base import TailPosition
 from fle_db.instants import parse_instant
 from fle_db.tail import AsyncTail, encode_cursor, follower
@@ -311,3 +313,45 @@ def test_postgres_wakes_the_tail_by_notify_and_survives_losing_the_listener(make
             assert item["step_number"] == n
             lags.append(time.time() - parse_instant(item["committed_at"]) / 1e6)
         assert max(lags) < 1.0
+
+
+@pytest.mark.parametrize("client", [DatabaseClient, SyncAdapter], ids=["sync", "async"])
+def test_a_writing_client_of_either_kind_notifies_a_listening_session_after_its_commits(
+    client: Any, make_url: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's notifier (a thread) sends ``pg_notify`` on a session of its own: the asyncio
+    client's pooled connections belong to its event loop and cannot be driven from a thread.
+    Once nobody listens, it closes that session."""
+    monkeypatch.setattr(pgnotify, "LISTENERS_CHECK_INTERVAL", 0.0)
+    url = make_url("postgres")
+    plain = parse_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    name = parse_url(url).database
+
+    def notifier_sessions() -> int:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+                (name, pgnotify.NOTIFIER_NAME),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    with psycopg.connect(plain, autocommit=True, application_name=pgnotify.LISTENER_NAME) as listening:
+        listening.execute(f"LISTEN {pgnotify.CHANNEL}")
+        with client(url, backup_interval=0) as writer:
+            woken = []
+            for n in range(20):
+                writer.save_step({"trajectory_id": "a", "step_number": n})
+                woken = list(listening.notifies(timeout=0.1, stop_after=1))
+                if woken:
+                    break
+            assert woken and woken[0].channel == pgnotify.CHANNEL
+            assert notifier_sessions() == 1
+            listening.execute(f"UNLISTEN {pgnotify.CHANNEL}")
+            listening.close()
+            deadline = time.monotonic() + 5
+            n += 1
+            while notifier_sessions() and time.monotonic() < deadline:
+                writer.save_step({"trajectory_id": "a", "step_number": n})
+                n += 1
+                time.sleep(0.3)
+            assert notifier_sessions() == 0

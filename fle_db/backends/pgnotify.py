@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, text
 
 from .base import TailListener
 
@@ -37,15 +36,23 @@ NOTIFY_INTERVAL = 0.25
 LISTENERS_CHECK_INTERVAL = 5.0
 #: ``application_name`` of a tail's listening session (find it in ``pg_stat_activity``).
 LISTENER_NAME = "fle-db tail"
+#: ``application_name`` of a writing client's notifying session.
+NOTIFIER_NAME = "fle-db notify"
 #: Seconds a listener pauses after losing its connection, before the tail's catch-up round.
 RECONNECT_PAUSE = 0.1
 
 
 class Notifier:
-    """Sends ``pg_notify(CHANNEL)`` from a daemon thread after :meth:`poke`, rate-limited."""
+    """Sends ``pg_notify(CHANNEL)`` from a daemon thread after :meth:`poke`, rate-limited.
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    The thread has a psycopg connection of its own (autocommit, never preparing: it may go
+    through a pooler), open only while a tail listens or for a look: neither the client's pool
+    (a thread of the asyncio client cannot drive its connections, which belong to the event
+    loop) nor a connection held by a writer nobody tails."""
+
+    def __init__(self, conninfo: str, connect_args: dict[str, Any]) -> None:
+        self._conninfo = conninfo
+        self._connect_args = connect_args
         self._poked = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -64,27 +71,42 @@ class Notifier:
         # The first look comes one interval after the first commit: a short-lived writer, or
         # one that nobody tails, opens no connection for it.
         listened, looked = False, time.monotonic()
-        while True:
-            self._poked.wait()
-            if self._stopped:
-                return
-            self._poked.clear()
-            due = time.monotonic() - looked >= LISTENERS_CHECK_INTERVAL
-            if due or listened:
-                try:
-                    with self._engine.connect() as conn:
-                        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while True:
+                self._poked.wait()
+                if self._stopped:
+                    return
+                self._poked.clear()
+                due = time.monotonic() - looked >= LISTENERS_CHECK_INTERVAL
+                if due or listened:
+                    try:
+                        if conn is None or conn.closed:
+                            conn = psycopg.connect(
+                                self._conninfo,
+                                autocommit=True,
+                                prepare_threshold=None,
+                                **{**self._connect_args, "application_name": NOTIFIER_NAME},
+                            )
                         if due:
-                            listened = bool(conn.execute(_LISTENED, {"name": LISTENER_NAME}).scalar())
-                            looked = time.monotonic()
+                            row = conn.execute(_LISTENED, {"name": LISTENER_NAME}).fetchone()
+                            listened, looked = bool(row and row[0]), time.monotonic()
                         if listened:
-                            conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
-                except Exception as exc:  # a hint: a failure only delays tails until they poll
-                    log.debug("tail notification not sent: %s", exc)
-            threading.Event().wait(NOTIFY_INTERVAL)
+                            conn.execute("SELECT pg_notify(%(channel)s, '')", {"channel": CHANNEL})
+                        else:
+                            conn.close()
+                    except Exception as exc:  # a hint: a failure only delays tails until they poll
+                        log.debug("tail notification not sent: %s", exc)
+                        if conn is not None:
+                            conn.close()
+                threading.Event().wait(NOTIFY_INTERVAL)
+        finally:
+            if conn is not None:
+                conn.close()
 
     def stop(self) -> None:
-        """Stop the thread (before the engine is disposed). Idempotent."""
+        """Stop the thread and close its connection (before the client's engine is disposed).
+        Idempotent."""
         self._stopped = True
         self._poked.set()
         if self._thread is not None:
@@ -92,8 +114,8 @@ class Notifier:
 
 
 #: Whether a tail listens to this database (its session's ``application_name``).
-_LISTENED = text(
-    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = :name)"
+_LISTENED = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = %(name)s)"
 )
 
 

@@ -96,7 +96,7 @@ class PostgresBackend(SQLBackend):
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self._notifier = pgnotify.Notifier(self.engine)
+        self._notifier = pgnotify.Notifier(*self._own_session())
 
     @contextmanager
     def _write(self, explicit: bool = False) -> Iterator[Connection]:
@@ -129,11 +129,14 @@ class PostgresBackend(SQLBackend):
         """``LISTEN`` on a session of its own; None behind a pooler in transaction mode."""
         with self._translate():  # a closed client refuses (ClientClosedError)
             pass
+        return pgnotify.listener(*self._own_session())
+
+    def _own_session(self) -> tuple[str, dict[str, Any]]:
+        """libpq conninfo and psycopg ``connect`` arguments of a session outside the pool."""
         url = self.settings.url.set(drivername="postgresql")
-        return pgnotify.listener(
-            url.render_as_string(hide_password=False),
-            {"connect_timeout": max(1, round(self.settings.connection_timeout))},
-        )
+        return url.render_as_string(hide_password=False), {
+            "connect_timeout": max(1, round(self.settings.connection_timeout))
+        }
 
     def _make_read_only_login(self) -> ReadOnlyLogin:
         return PostgresReadOnlyLogin(self.settings)
