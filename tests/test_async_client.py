@@ -261,6 +261,43 @@ def test_a_failed_one_trip_save_hands_its_connection_back_out_of_autocommit(db_u
     asyncio.run(main())
 
 
+def test_async_postgres_awaits_no_commit_or_rollback_on_a_connection_with_no_transaction_open(
+    make_url: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-trip save sends its own BEGIN and COMMIT; SQLAlchemy's commit after it and the
+    pool's rollback on return find psycopg idle and are skipped (each was an await sending
+    nothing). A write that leaves its transaction to SQLAlchemy still commits, a failed save
+    still rolls back, and what was saved is visible to another client."""
+    url = make_url("postgres")
+    awaited: list[str] = []
+    for name in ("commit", "rollback"):
+        original = getattr(psycopg.AsyncConnection, name)
+
+        async def spy(self: psycopg.AsyncConnection, _name: str = name, _original: Any = original) -> None:
+            awaited.append(_name)
+            await _original(self)
+
+        monkeypatch.setattr(psycopg.AsyncConnection, name, spy)
+
+    async def main() -> None:
+        async with AsyncDatabaseClient(url, max_connections=1) as db:
+            await db.save_step({"trajectory_id": "t", "step_number": 0, "action": "a"})
+            awaited.clear()
+            for n in range(1, 6):
+                await db.save_step({"trajectory_id": "t", "step_number": n, "action": f"a{n}"}, game_state={"n": n})
+            assert awaited == []
+            await db.save_trajectory({"id": "u", "task": "k"})
+            assert "commit" in awaited
+            with pytest.raises(ConflictError):
+                await db.save_step({"trajectory_id": "t", "step_number": 0, "action": "changed"})
+            await db.save_step({"trajectory_id": "t", "step_number": 6, "action": "a6"})
+
+    asyncio.run(main())
+    with DatabaseClient(url) as sync:
+        assert [s["action"] for s in sync.load_steps("t")] == ["a", "a1", "a2", "a3", "a4", "a5", "a6"]
+        assert sync.load_trajectory("u")["task"] == "k"
+
+
 def test_a_cancelled_call_leaves_whole_checkpoints_or_nothing_and_no_connection_behind(db_url: str) -> None:
     checkpoints = _fle_checkpoints(24)
 

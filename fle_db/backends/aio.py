@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Dialect, Engine, event
 from sqlalchemy.util import await_
 
 from .base import CheckpointStore
@@ -81,6 +81,7 @@ def _postgres_class() -> type[CheckpointStore]:
         def _create_engine(self) -> Engine:
             engine = create_async_engine(self.settings.url, **self._engine_options()).sync_engine
             event.listen(engine, "connect", no_preparing_behind_a_pooler)
+            _skip_idle_ends(engine.dialect)
             return engine
 
         #: psycopg's autocommit is switched by :func:`_send_pipelined`, in the await that sends
@@ -132,11 +133,38 @@ async def _send_pipelined(connection: Any, batch: list[Held], explicit: bool) ->
             await _leave_autocommit(connection)
 
 
+def _skip_idle_ends(dialect: Dialect) -> None:
+    """Make ``dialect`` skip COMMIT and ROLLBACK on a connection with no transaction open.
+
+    psycopg sends nothing then either (its ``commit()``/``rollback()`` return on an idle
+    connection), but through SQLAlchemy's adapter each still costs an await (psycopg's connection
+    lock, a coroutine and the greenlet switch). After the one-trip save (its own BEGIN and COMMIT,
+    sent by :func:`_send_pipelined`), both SQLAlchemy's commit and the pool's reset-on-return
+    rollback find the connection idle: two of a save's three awaits, measured ~20-30 µs of CPU."""
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def do_commit(dbapi_connection: Any) -> None:
+        if not _idle(dbapi_connection.driver_connection):
+            commit(dbapi_connection)
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        if not _idle(dbapi_connection.driver_connection):
+            rollback(dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+
+def _idle(connection: Any) -> bool:
+    """Whether psycopg ``connection`` has no transaction open (nor a failed one)."""
+    return bool(connection.info.transaction_status.name == "IDLE")
+
+
 async def _leave_autocommit(connection: Any) -> None:
     """Switch psycopg ``AsyncConnection`` ``connection`` back from autocommit (rolling back a
     transaction the batch left open or failed); close it if that fails."""
     try:
-        if connection.info.transaction_status.name != "IDLE":
+        if not _idle(connection):
             await connection.rollback()
         await connection.set_autocommit(False)
     except BaseException as exc:  # lost, in an unknown state, or cancelled meanwhile: never reuse it
