@@ -267,10 +267,12 @@ def test_export_to_a_directory_is_a_validation_error(db: DatabaseClient, tmp_pat
         ["restore-to", "2026-01-01T00:00:00Z"],
     ],
 )
-def test_inspection_commands_do_not_create_a_database(tmp_path: Path, command: list[str]) -> None:
+def test_inspection_commands_do_not_create_a_database(
+    tmp_path: Path, command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "missing.db"
-    with CliRunner().isolated_filesystem(temp_dir=tmp_path):
-        result = CliRunner().invoke(main, ["--url", f"sqlite:///{path}", *command])
+    monkeypatch.chdir(tmp_path)  # relative paths (export's file) land in the test's directory
+    result = CliRunner().invoke(main, ["--url", f"sqlite:///{path}", *command])
     assert result.exit_code == 1, result.output
     assert "does not exist" in result.output and "Traceback" not in result.output
     assert not path.exists()
