@@ -288,8 +288,10 @@ def test_async_postgres_awaits_no_commit_or_rollback_on_a_connection_with_no_tra
             assert awaited == []
             await db.save_trajectory({"id": "u", "task": "k"})
             assert "commit" in awaited
+            awaited.clear()
             with pytest.raises(ConflictError):
                 await db.save_step({"trajectory_id": "t", "step_number": 0, "action": "changed"})
+            assert "rollback" in awaited
             await db.save_step({"trajectory_id": "t", "step_number": 6, "action": "a6"})
 
     asyncio.run(main())
