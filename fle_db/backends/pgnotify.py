@@ -42,17 +42,54 @@ NOTIFIER_NAME = "fle-db notify"
 RECONNECT_PAUSE = 0.1
 
 
-class Notifier:
-    """Sends ``pg_notify(CHANNEL)`` from a daemon thread after :meth:`poke`, rate-limited.
+class _OwnSession:
+    """A psycopg session outside the client's pool, opened on demand under ``application_name``
+    :attr:`name`: autocommit, and never preparing (it may go through a pooler). Not the pool's:
+    a thread cannot drive the asyncio client's connections, which belong to its event loop."""
 
-    The thread has a psycopg connection of its own (autocommit, never preparing: it may go
-    through a pooler), open only while a tail listens or for a look: neither the client's pool
-    (a thread of the asyncio client cannot drive its connections, which belong to the event
-    loop) nor a connection held by a writer nobody tails."""
+    name = ""
 
     def __init__(self, conninfo: str, connect_args: dict[str, Any]) -> None:
         self._conninfo = conninfo
         self._connect_args = connect_args
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _session(self) -> psycopg.Connection[Any]:
+        """The open session, connected (and set up by :meth:`_opened`) if it is not."""
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(
+                self._conninfo,
+                autocommit=True,
+                prepare_threshold=None,
+                **{**self._connect_args, "application_name": self.name},
+            )
+            try:
+                self._opened(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _opened(self, conn: psycopg.Connection[Any]) -> None:
+        """Set up a session just connected (nothing by default)."""
+
+    def _close_session(self) -> None:
+        """Close the session (the next :meth:`_session` opens a new one). Idempotent."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class Notifier(_OwnSession):
+    """Sends ``pg_notify(CHANNEL)`` from a daemon thread after :meth:`poke`, rate-limited, on a
+    session of its own (:data:`NOTIFIER_NAME`), open only for a look or while a tail listens:
+    a writer nobody tails holds no connection for it."""
+
+    name = NOTIFIER_NAME
+
+    def __init__(self, conninfo: str, connect_args: dict[str, Any]) -> None:
+        super().__init__(conninfo, connect_args)
         self._poked = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -71,7 +108,6 @@ class Notifier:
         # The first look comes one interval after the first commit: a short-lived writer, or
         # one that nobody tails, opens no connection for it.
         listened, looked = False, time.monotonic()
-        conn: psycopg.Connection[Any] | None = None
         try:
             while True:
                 self._poked.wait()
@@ -81,31 +117,22 @@ class Notifier:
                 due = time.monotonic() - looked >= LISTENERS_CHECK_INTERVAL
                 if due or listened:
                     try:
-                        if conn is None or conn.closed:
-                            conn = psycopg.connect(
-                                self._conninfo,
-                                autocommit=True,
-                                prepare_threshold=None,
-                                **{**self._connect_args, "application_name": NOTIFIER_NAME},
-                            )
                         if due:
-                            row = conn.execute(_LISTENED, {"name": LISTENER_NAME}).fetchone()
+                            row = self._session().execute(_LISTENED, {"name": LISTENER_NAME}).fetchone()
                             listened, looked = bool(row and row[0]), time.monotonic()
                         if listened:
-                            conn.execute("SELECT pg_notify(%(channel)s, '')", {"channel": CHANNEL})
+                            self._session().execute("SELECT pg_notify(%(channel)s, '')", {"channel": CHANNEL})
                         else:
-                            conn.close()
+                            self._close_session()
                     except Exception as exc:  # a hint: a failure only delays tails until they poll
                         log.debug("tail notification not sent: %s", exc)
-                        if conn is not None:
-                            conn.close()
+                        self._close_session()
                 threading.Event().wait(NOTIFY_INTERVAL)
         finally:
-            if conn is not None:
-                conn.close()
+            self._close_session()
 
     def stop(self) -> None:
-        """Stop the thread and close its connection (before the client's engine is disposed).
+        """Stop the thread, which closes its session (before the client's engine is disposed).
         Idempotent."""
         self._stopped = True
         self._poked.set()
@@ -119,34 +146,22 @@ _LISTENED = (
 )
 
 
-class Listener(TailListener):
-    """A ``LISTEN`` session of its own (autocommit, ``application_name`` :data:`LISTENER_NAME`),
-    reconnected on the next wait after it is lost."""
+class Listener(_OwnSession, TailListener):
+    """A ``LISTEN`` session of its own (:data:`LISTENER_NAME`), reconnected on the next wait
+    after it is lost."""
 
-    def __init__(self, conninfo: str, connect_args: dict[str, Any]) -> None:
-        self._conninfo = conninfo
-        self._connect_args = connect_args
-        self._conn: psycopg.Connection[Any] | None = None
+    name = LISTENER_NAME
 
-    def _connect(self) -> psycopg.Connection[Any] | None:
-        if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(
-                self._conninfo, autocommit=True, **{**self._connect_args, "application_name": LISTENER_NAME}
-            )
-            pid = conn.execute("SELECT pg_backend_pid()").fetchone()
-            if pid is None or pid[0] != conn.info.backend_pid:
-                conn.close()
-                raise _Pooled
-            conn.execute(f"LISTEN {CHANNEL}")
-            self._conn = conn
-        return self._conn
+    def _opened(self, conn: psycopg.Connection[Any]) -> None:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+        if pid is None or pid[0] != conn.info.backend_pid:
+            raise _Pooled
+        conn.execute(f"LISTEN {CHANNEL}")
 
     def wait(self, seconds: float) -> None:
         """Until a notification or ``seconds``; a lost session is closed after a short pause."""
         try:
-            conn = self._connect()
-            assert conn is not None
-            for _ in conn.notifies(timeout=seconds, stop_after=1):  # what arrived together: one wake-up
+            for _ in self._session().notifies(timeout=seconds, stop_after=1):  # arrived together: one wake-up
                 pass
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             # Notifications sent meanwhile are lost: return, so the tail catches up at once.
@@ -156,9 +171,7 @@ class Listener(TailListener):
 
     def close(self) -> None:
         """Close the session (a later wait opens a new one). Idempotent."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._close_session()
 
 
 class _Pooled(Exception):
@@ -169,7 +182,7 @@ def listener(conninfo: str, connect_args: dict[str, Any]) -> Listener | None:
     """A connected :class:`Listener`, or None behind a pooler (LISTEN unavailable: poll)."""
     candidate = Listener(conninfo, connect_args)
     try:
-        candidate._connect()
+        candidate._session()
     except _Pooled:
         return None
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
